@@ -1,0 +1,58 @@
+"""``register()``: the one place that writes to torchreid's model and dataset registries."""
+from __future__ import annotations
+
+import logging
+import threading
+
+logger = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_done = False
+
+__all__ = ["register", "is_registered"]
+
+
+def is_registered() -> bool:
+    return _done
+
+
+def _put(table: dict, name: str, obj, kind: str) -> None:
+    current = table.get(name)
+    if current is obj:
+        return
+    if current is not None:
+        raise ValueError(
+            f"torchreid already has a {kind} named '{name}' ({current!r}); "
+            "the plugin will not overwrite it"
+        )
+    table[name] = obj
+
+
+def register() -> None:
+    """Adds the plugin's models and datasets to torchreid. Calling it again is a no-op.
+
+    Raises:
+        ValueError: torchreid already holds a different object under one of the plugin's names.
+    """
+    global _done
+    with _lock:
+        if _done:
+            return
+        from clip3dreid_plugin import compat
+        from clip3dreid_plugin.models import MODEL_FACTORIES
+        from datasets_ext import IMAGE_DATASETS, VIDEO_DATASETS
+
+        factory = compat.model_factory()
+        for name, fn in MODEL_FACTORIES.items():
+            _put(factory, name, fn, "model")
+        image_table = compat.image_dataset_registry()
+        for name, cls in IMAGE_DATASETS.items():
+            _put(image_table, name, cls, "image dataset")
+        video_table = compat.video_dataset_registry()
+        for name, cls in VIDEO_DATASETS.items():
+            _put(video_table, name, cls, "video dataset")
+        _done = True
+        logger.debug(
+            "registered %d models, %d image and %d video datasets",
+            len(MODEL_FACTORIES), len(IMAGE_DATASETS), len(VIDEO_DATASETS),
+        )
