@@ -1,0 +1,100 @@
+"""YAML loading with ``_BASE_`` inheritance and strict key checking."""
+from __future__ import annotations
+
+import os.path as osp
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+from yacs.config import CfgNode as CN
+
+from clip3dreid_plugin.config.defaults import get_cfg
+
+__all__ = ["ConfigError", "load_config", "load_yaml_with_base"]
+
+BASE_KEY = "_BASE_"
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file and key."""
+
+
+def _deep_merge(base: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_yaml_with_base(path: str, _seen: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Reads ``path`` and recursively merges its ``_BASE_`` file(s) underneath it.
+
+    ``_BASE_`` may be a string or a list; relative paths resolve against the including file.
+    """
+    path = osp.abspath(path)
+    seen = list(_seen or [])
+    if path in seen:
+        raise ConfigError(f"config inheritance cycle: {' -> '.join(seen + [path])}")
+    if not osp.isfile(path):
+        raise ConfigError(f"config file not found: '{path}'")
+    with open(path, "r", encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"cannot parse YAML '{path}': {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config '{path}' must be a mapping at top level")
+    bases = data.pop(BASE_KEY, None)
+    if bases is None:
+        return data
+    merged: Dict[str, Any] = {}
+    for b in [bases] if isinstance(bases, str) else list(bases):
+        bpath = b if osp.isabs(b) else osp.join(osp.dirname(path), b)
+        merged = _deep_merge(merged, load_yaml_with_base(bpath, seen + [path]))
+    return _deep_merge(merged, data)
+
+
+def _check_keys(node: CN, data: Dict[str, Any], source: str, prefix: str = "") -> None:
+    for k, v in data.items():
+        full = f"{prefix}{k}"
+        if k not in node:
+            close = [c for c in node.keys() if c[:3] == k[:3]]
+            hint = f" (did you mean {', '.join(prefix + c for c in close)}?)" if close else ""
+            raise ConfigError(f"unknown config key '{full}' in {source}{hint}")
+        if isinstance(v, dict):
+            if not isinstance(node[k], CN):
+                raise ConfigError(f"config key '{full}' in {source} is a value, not a section")
+            _check_keys(node[k], v, source, full + ".")
+
+
+def load_config(config_file: Optional[str] = None, opts: Sequence[str] = ()) -> CN:
+    """Builds the full config: defaults, then ``config_file`` (with bases), then ``KEY VALUE`` opts.
+
+    Raises:
+        ConfigError: a file is missing or malformed, or a key is unknown (named in the message).
+    """
+    cfg = get_cfg()
+    if config_file:
+        data = load_yaml_with_base(config_file)
+        _check_keys(cfg, data, f"'{config_file}'")
+        try:
+            cfg.merge_from_other_cfg(CN(data))
+        except (KeyError, ValueError, TypeError) as err:
+            raise ConfigError(f"invalid value in '{config_file}': {err}") from None
+    opts = list(opts)
+    if len(opts) % 2:
+        raise ConfigError(f"overrides must be KEY VALUE pairs, got an odd list: {opts}")
+    for key in opts[0::2]:
+        node = cfg
+        parts = key.split(".")
+        for i, p in enumerate(parts):
+            if not isinstance(node, CN) or p not in node:
+                raise ConfigError(f"unknown config key '{key}' on the command line")
+            node = node[p]
+    try:
+        cfg.merge_from_list(opts)
+    except (KeyError, ValueError, TypeError, AssertionError) as err:
+        raise ConfigError(f"invalid override: {err}") from None
+    return cfg

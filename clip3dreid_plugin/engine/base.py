@@ -1,0 +1,308 @@
+"""Clothes-aware training/evaluation loop shared by every engine of the plugin.
+
+``ClothesAwareEngineMixin`` sits in front of a torchreid engine class in the MRO and replaces
+its epoch loop, evaluation and checkpointing:
+
+* evaluation reports every protocol the target dataset defines (general / SC / CC), logs each
+  number to TensorBoard, and uses the vectorised evaluator;
+* the best checkpoint is chosen by CC rank-1 where the dataset defines CC;
+* checkpoints hold plain Python numbers (reloadable under torch >= 2.6), tolerate a ``None``
+  scheduler, are written atomically, and are saved every ``ckpt_freq`` epochs so a killed run
+  can resume from the last finished epoch with its optimizer and scheduler state;
+* only the main process writes (ready for ``torch.distributed``).
+"""
+from __future__ import annotations
+
+import datetime
+import glob
+import logging
+import os
+import os.path as osp
+import random
+import re
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchreid
+from torch.utils.tensorboard import SummaryWriter
+
+from clip3dreid_plugin import compat
+from clip3dreid_plugin.utils.progress import progress
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ClothesAwareEngineMixin", "EvalSettings", "latest_checkpoint"]
+
+_CKPT_RE = re.compile(r"model\.pth\.tar-(\d+)$")
+
+
+def latest_checkpoint(save_dir: str, name: str = "model") -> Optional[str]:
+    """Path of the highest-epoch ``model.pth.tar-N`` under ``save_dir/name``, or None."""
+    best, best_ep = None, -1
+    for p in glob.glob(osp.join(save_dir, name, "model.pth.tar-*")):
+        m = _CKPT_RE.search(p)
+        if m and int(m.group(1)) > best_ep:
+            best, best_ep = p, int(m.group(1))
+    return best
+
+
+def rng_state() -> dict:
+    """Python, numpy and torch CPU RNG states, so a resumed run draws the same batches."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+
+
+class EvalSettings:
+    """Evaluation options that torchreid's ``run()`` does not carry (from ``cfg.eval``)."""
+
+    def __init__(self, protocols: Sequence[str] = ("auto",), flip: bool = True, select_by: str = "auto",
+                 max_rank: int = 50, device: str = "auto"):
+        self.protocols = tuple(protocols)
+        self.flip = flip
+        self.select_by = select_by
+        self.max_rank = max_rank
+        self.device = device
+
+    @classmethod
+    def from_cfg(cls, cfg) -> "EvalSettings":
+        return cls(cfg.eval.protocols, cfg.eval.flip, cfg.eval.select_by, cfg.eval.max_rank, cfg.eval.device)
+
+
+class ClothesAwareEngineMixin:
+    """Mixin placed before a torchreid ``Engine`` subclass.
+
+    Subclasses must call ``self.setup_plugin(...)`` after torchreid's ``__init__``.
+    """
+
+    eval_settings: EvalSettings
+    ckpt_freq: int = 1
+    is_main: bool = True
+    show_progress: bool = True
+
+    def setup_plugin(self, eval_settings: Optional[EvalSettings] = None, ckpt_freq: int = 1,
+                     is_main: bool = True, show_progress: bool = True) -> None:
+        self.eval_settings = eval_settings or EvalSettings()
+        self.ckpt_freq = ckpt_freq
+        self.is_main = is_main
+        self.show_progress = show_progress
+        self.device = torch.device("cuda") if self.use_gpu else torch.device("cpu")
+        self.best_metric = -float("inf")
+        self.last_metrics: Dict[str, Dict[str, float]] = {}
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False,
+                   metrics: Optional[dict] = None) -> None:
+        """Writes ``save_dir/<name>/model.pth.tar-<epoch+1>`` for every registered model."""
+        if not self.is_main:
+            return
+        for name in self.get_model_names():
+            model = self._models[name]
+            model = getattr(model, "module", model)  # unwrap DDP/DataParallel
+            sched = self._scheds[name]
+            state = {
+                "state_dict": model.state_dict(),
+                "epoch": epoch + 1,
+                "rank1": float(rank1),
+                "metrics": metrics or {},
+                "best_metric": float(self.best_metric),
+                "optimizer": self._optims[name].state_dict() if self._optims[name] is not None else None,
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "rng": getattr(self, "_rng_after_train", None) or rng_state(),
+            }
+            path = compat.save_checkpoint(state, osp.join(save_dir, name, f"model.pth.tar-{epoch + 1}"))
+            if is_best:
+                compat.save_checkpoint(state, osp.join(save_dir, name, "model-best.pth.tar"))
+            logger.info("saved %s%s", path, " (best)" if is_best else "")
+
+    def resume(self, fpath: str, name: str = "model") -> int:
+        """Restores model, optimizer and scheduler from ``fpath``; returns the epoch to start from."""
+        ckpt = compat.load_checkpoint(fpath)
+        model = self._models[name]
+        getattr(model, "module", model).load_state_dict(ckpt["state_dict"])
+        if ckpt.get("optimizer") is not None and self._optims[name] is not None:
+            self._optims[name].load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scheduler") is not None and self._scheds[name] is not None:
+            self._scheds[name].load_state_dict(ckpt["scheduler"])
+        self.best_metric = float(ckpt.get("best_metric", -float("inf")))
+        if ckpt.get("rng") is not None:
+            set_rng_state(ckpt["rng"])
+        logger.info("resumed from %s (epoch %d)", fpath, ckpt["epoch"])
+        return int(ckpt["epoch"])
+
+    # ------------------------------------------------------------------ main loop
+    def run(self, save_dir: str = "log", max_epoch: int = 0, start_epoch: int = 0, print_freq: int = 10,
+            fixbase_epoch: int = 0, open_layers=None, start_eval: int = 0, eval_freq: int = -1,
+            test_only: bool = False, dist_metric: str = "euclidean", normalize_feature: bool = False,
+            visrank: bool = False, visrank_topk: int = 10, use_metric_cuhk03: bool = False,
+            ranks: Sequence[int] = (1, 5, 10, 20), rerank: bool = False) -> Dict[str, Dict[str, float]]:
+        """torchreid's ``Engine.run`` contract, with per-epoch checkpoints and clothes-aware selection.
+
+        Returns:
+            ``{dataset: {metric: value}}`` of the last evaluation.
+        """
+        eval_kw = dict(dist_metric=dist_metric, normalize_feature=normalize_feature, visrank=visrank,
+                       visrank_topk=visrank_topk, save_dir=save_dir, use_metric_cuhk03=use_metric_cuhk03,
+                       ranks=ranks, rerank=rerank)
+        if self.writer is None and self.is_main:
+            self.writer = SummaryWriter(log_dir=save_dir)
+        if test_only:
+            self.test(**eval_kw)
+            return self.last_metrics
+        if visrank:
+            raise ValueError("test.visrank can be used only with test.evaluate True")
+
+        t0 = time.time()
+        self.start_epoch, self.max_epoch = start_epoch, max_epoch
+        logger.info("start training: epochs %d..%d", start_epoch + 1, max_epoch)
+        for self.epoch in range(start_epoch, max_epoch):
+            self.train(print_freq=print_freq, fixbase_epoch=fixbase_epoch, open_layers=open_layers)
+            # Snapshot RNG before evaluation (whose loaders draw seeds) so a resume replays training exactly.
+            self._rng_after_train = rng_state()
+            last = self.epoch + 1 == max_epoch
+            do_eval = last or (eval_freq > 0 and (self.epoch + 1) >= start_eval and (self.epoch + 1) % eval_freq == 0)
+            rank1, is_best, metrics = 0.0, False, {}
+            if do_eval:
+                self.test(**eval_kw)
+                metrics = self.last_metrics
+                score = self.selection_score(metrics)
+                rank1 = score
+                is_best = score > self.best_metric
+                if is_best:
+                    self.best_metric = score
+            if last or do_eval or (self.ckpt_freq > 0 and (self.epoch + 1) % self.ckpt_freq == 0):
+                self.save_model(self.epoch, rank1, save_dir, is_best=is_best, metrics=metrics)
+        logger.info("elapsed %s", datetime.timedelta(seconds=round(time.time() - t0)))
+        if self.writer is not None:
+            self.writer.flush()
+        return self.last_metrics
+
+    def train(self, print_freq: int = 10, fixbase_epoch: int = 0, open_layers=None) -> Dict[str, float]:
+        """One epoch over ``self.train_loader``; logs the mean of every loss term."""
+        meters = torchreid.utils.MetricMeter()
+        self.set_model_mode("train")
+        self.two_stepped_transfer_learning(self.epoch, fixbase_epoch, open_layers)
+        self.num_batches = len(self.train_loader)
+        sampler = getattr(self.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epoch)
+        t_epoch = time.time()
+        bar = progress(self.train_loader, total=self.num_batches, desc=f"epoch {self.epoch + 1}/{self.max_epoch}",
+                       enabled=self.show_progress and self.is_main)
+        for self.batch_idx, data in enumerate(bar):
+            summary = self.forward_backward(data)
+            meters.update(summary)
+            if self.writer is not None:
+                n_iter = self.epoch * self.num_batches + self.batch_idx
+                for k, v in summary.items():
+                    self.writer.add_scalar(f"Train/{k}", v, n_iter)
+                self.writer.add_scalar("Train/lr", self.get_current_lr(), n_iter)
+            if hasattr(bar, "set_postfix") and (self.batch_idx + 1) % max(1, print_freq) == 0:
+                bar.set_postfix({k: f"{m.avg:.3f}" for k, m in meters.meters.items()})
+        self.update_lr()
+        means = {k: m.avg for k, m in meters.meters.items()}
+        logger.info("epoch %d/%d done in %.1fs | %s | lr %.2e", self.epoch + 1, self.max_epoch, time.time() - t_epoch,
+                    " ".join(f"{k} {v:.4f}" for k, v in means.items()), self.get_current_lr())
+        return means
+
+    # ------------------------------------------------------------------ evaluation
+    def selection_score(self, metrics: Dict[str, Dict[str, float]]) -> float:
+        """Score used to pick the best checkpoint: the first target's CC rank-1 when defined."""
+        if not metrics:
+            return 0.0
+        first = metrics[next(iter(metrics))]
+        key = self.eval_settings.select_by
+        if key == "auto":
+            key = "cc_rank1" if "cc_rank1" in first else "general_rank1"
+        if key not in first:
+            raise KeyError(f"eval.select_by='{key}' is not among the computed metrics {sorted(first)}")
+        return first[key]
+
+    def protocols_for(self, name: str) -> Tuple[str, ...]:
+        defined = tuple(getattr(self.datamanager, "eval_protocols", {}).get(name, ("general",)))
+        wanted = self.eval_settings.protocols
+        if "auto" in wanted:
+            return defined
+        unknown = [p for p in wanted if p not in defined]
+        if unknown:
+            raise ValueError(f"eval.protocols {unknown} are not defined for dataset '{name}' (it has {defined})")
+        return tuple(wanted)
+
+    def parse_data_for_eval(self, data):
+        clothes = data.get("clothes_id", data["pid"])
+        return data["img"], data["pid"], data["camid"], clothes
+
+    @torch.no_grad()
+    def extract_loader(self, loader, desc: str = "") -> Tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+        """Features ``[n, D]`` (flip-averaged when ``eval.flip``) plus pids, camids, clothes ids."""
+        feats, pids, camids, clothes = [], [], [], []
+        for data in progress(loader, total=len(loader), desc=desc, enabled=self.show_progress and self.is_main):
+            imgs, p, c, cl = self.parse_data_for_eval(data)
+            imgs = imgs.to(self.device, non_blocking=True)
+            f = self.extract_features(imgs)
+            if self.eval_settings.flip:
+                f = f + self.extract_features(torch.flip(imgs, dims=[3]))
+            feats.append(f.float().cpu())
+            pids.append(torch.as_tensor(p).numpy())
+            camids.append(torch.as_tensor(c).numpy())
+            clothes.append(torch.as_tensor(cl).numpy())
+        return torch.cat(feats), np.concatenate(pids), np.concatenate(camids), np.concatenate(clothes)
+
+    def test(self, dist_metric: str = "euclidean", normalize_feature: bool = False, visrank: bool = False,
+             visrank_topk: int = 10, save_dir: str = "", use_metric_cuhk03: bool = False,
+             ranks: Sequence[int] = (1, 5, 10, 20), rerank: bool = False) -> float:
+        """Evaluates every target with its protocols; returns the selection score (torchreid contract)."""
+        from clip3dreid_plugin.evaluation import evaluate_all
+
+        self.set_model_mode("eval")
+        results: Dict[str, Dict[str, float]] = {}
+        for name in self.test_loader:
+            protocols = self.protocols_for(name)
+            qf, q_pids, q_camids, q_clothes = self.extract_loader(self.test_loader[name]["query"], f"{name} query")
+            gf, g_pids, g_camids, g_clothes = self.extract_loader(self.test_loader[name]["gallery"], f"{name} gallery")
+            if normalize_feature:
+                qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
+            distmat = torchreid.metrics.compute_distance_matrix(qf, gf, dist_metric)
+            if rerank:
+                qq = torchreid.metrics.compute_distance_matrix(qf, qf, dist_metric)
+                gg = torchreid.metrics.compute_distance_matrix(gf, gf, dist_metric)
+                distmat = torch.as_tensor(torchreid.utils.re_ranking(distmat.numpy(), qq.numpy(), gg.numpy()))
+            dev = self.eval_settings.device
+            dev = ("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev
+            out = evaluate_all(distmat.to(dev), q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes,
+                               modes=protocols, max_rank=self.eval_settings.max_rank)
+            metrics: Dict[str, float] = {}
+            lines = [f"** {name} ** (camera rule: {getattr(self.datamanager, 'camera_rules', {}).get(name, 'camid')})",
+                     "  protocol |   mAP  | " + " | ".join(f"R{r:<4d}" for r in ranks)]
+            for mode, (cmc, mAP) in out.items():
+                metrics[f"{mode}_mAP"] = float(mAP)
+                for r in ranks:
+                    metrics[f"{mode}_rank{r}"] = float(cmc[min(r, len(cmc)) - 1])
+                lines.append(f"  {mode:8s} | {mAP:6.1%} | " + " | ".join(f"{cmc[min(r, len(cmc)) - 1]:5.1%}" for r in ranks))
+            logger.info("\n".join(lines))
+            if self.writer is not None:
+                for k, v in metrics.items():
+                    self.writer.add_scalar(f"Test/{name}/{k}", v, self.epoch)
+            results[name] = metrics
+            if visrank and self.is_main:
+                torchreid.utils.visualize_ranked_results(
+                    distmat.numpy(), self.datamanager.fetch_test_loaders(name), self.datamanager.data_type,
+                    width=self.datamanager.width, height=self.datamanager.height,
+                    save_dir=osp.join(save_dir, "visrank_" + name), topk=visrank_topk,
+                )
+        self.last_metrics = results
+        return self.selection_score(results)

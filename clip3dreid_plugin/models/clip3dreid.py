@@ -1,0 +1,182 @@
+"""The CLIP3DReID student: ResNet-50 local features, an MLP aggregator, and the distillation heads.
+
+Data flow (paper Sec. 3.1)::
+
+    x [B,3,H,W] -> ResNet-50 (last stride s) -> F [B, N, d']          (local features, N = h*w)
+    F -> mean over N -> MLP (one hidden layer) -> f_id [B, d']         (identity feature)
+    f_id -> classifier -> logits [B, K]
+    H [B, M, d] -> Psi -> [B, M, d']                                   (text features, OT target)
+    g [B, d]    -> Phi -> [B, d']                                      (teacher image feature, MSE target)
+    f_id        -> phi -> betas [B, 10]                                (SMPL shape coefficients)
+
+Eval mode returns ``f_id`` only, so torchreid's evaluator, ``FeatureExtractor`` and re-ranking
+work unchanged. The heads run inside ``forward`` (not called by the engine separately) so that a
+``DistributedDataParallel`` wrapper sees one forward per step.
+"""
+from __future__ import annotations
+
+import logging
+import os.path as osp
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+import torchvision
+
+from clip3dreid_plugin import compat
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CLIP3DReID", "build_head", "clip3dreid"]
+
+
+def build_head(in_dim: int, out_dim: int, head_type: str = "mlp", hidden_dim: int = 512) -> nn.Module:
+    """Psi/Phi/phi head: an MLP with one hidden layer (main paper) or one linear layer (supplement).
+
+    Args:
+        in_dim: input width.
+        out_dim: output width.
+        head_type: ``"mlp"`` or ``"linear"``.
+        hidden_dim: hidden width of the MLP.
+    """
+    if head_type == "linear":
+        return nn.Linear(in_dim, out_dim)
+    if head_type == "mlp":
+        return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+    raise ValueError(f"clip3dreid.head_type must be 'mlp' or 'linear', got '{head_type}'")
+
+
+class CLIP3DReID(nn.Module):
+    """ResNet student of CLIP3DReID.
+
+    Args:
+        num_classes: training identities K.
+        loss: torchreid loss name (kept for the factory contract).
+        backbone: torchvision ResNet name (``resnet50``).
+        last_stride: stride of ``layer4`` (1 doubles the local-feature resolution).
+        local_dim: d', width of F and f_id (a 1x1 projection is added when != trunk width).
+        agg_hidden_dim: hidden width of the aggregation MLP.
+        head_type: ``mlp`` or ``linear`` for Psi, Phi and phi.
+        head_hidden_dim: hidden width of the heads.
+        teacher_dim: d, width of the teacher's text/image features.
+        num_shape_coeffs: number of SMPL betas predicted by phi.
+    """
+
+    def __init__(self, num_classes: int, loss: str = "softmax", backbone: str = "resnet50", last_stride: int = 1,
+                 local_dim: int = 2048, agg_hidden_dim: int = 512, head_type: str = "mlp",
+                 head_hidden_dim: int = 512, teacher_dim: int = 768, num_shape_coeffs: int = 10):
+        super().__init__()
+        self.loss = loss
+        if not hasattr(torchvision.models, backbone) or not backbone.startswith("resnet"):
+            raise ValueError(f"clip3dreid.backbone must be a torchvision ResNet, got '{backbone}'")
+        trunk = getattr(torchvision.models, backbone)(weights=None)
+        if last_stride not in (1, 2):
+            raise ValueError(f"clip3dreid.last_stride must be 1 or 2, got {last_stride}")
+        if last_stride == 1:
+            block = trunk.layer4[0]
+            (block.conv2 if hasattr(block, "conv3") else block.conv1).stride = (1, 1)
+            block.downsample[0].stride = (1, 1)
+        self.backbone = nn.Sequential(trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool, trunk.layer1, trunk.layer2,
+                                      trunk.layer3, trunk.layer4)
+        trunk_dim = trunk.fc.in_features
+        self.local_proj = nn.Identity() if local_dim == trunk_dim else nn.Conv2d(trunk_dim, local_dim, 1, bias=False)
+        self.aggregator = nn.Sequential(
+            nn.Linear(local_dim, agg_hidden_dim), nn.BatchNorm1d(agg_hidden_dim), nn.ReLU(inplace=True),
+            nn.Linear(agg_hidden_dim, local_dim),
+        )
+        self.classifier = nn.Linear(local_dim, num_classes, bias=False)
+        self.text_head = build_head(teacher_dim, local_dim, head_type, head_hidden_dim)  # Psi
+        self.image_head = build_head(teacher_dim, local_dim, head_type, head_hidden_dim)  # Phi
+        self.shape_head = build_head(local_dim, num_shape_coeffs, head_type, head_hidden_dim)  # phi
+        self.feature_dim = local_dim
+        nn.init.normal_(self.classifier.weight, std=0.001)
+
+    def load_imagenet(self, path: str) -> None:
+        """Loads a torchvision ResNet state dict (``conv1.*``, ``layer1.*``, ...) into the trunk.
+
+        Raises:
+            FileNotFoundError: ``path`` does not exist.
+        """
+        if not osp.isfile(path):
+            raise FileNotFoundError(f"clip3dreid.imagenet_weights: file not found: '{path}'")
+        state = compat.load_checkpoint(path)
+        state = state.get("state_dict", state)
+        names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+        mapped = {}
+        for k, v in state.items():
+            k = k[7:] if k.startswith("module.") else k
+            head = k.split(".")[0]
+            if head in names:
+                mapped[f"{names.index(head)}.{k[len(head) + 1:]}"] = v
+        missing, unexpected = self.backbone.load_state_dict(mapped, strict=False)
+        if missing:
+            raise RuntimeError(f"'{path}' is not a torchvision ResNet state dict: missing {missing[:3]}...")
+        logger.info("loaded ImageNet weights from %s (%d tensors)", path, len(mapped))
+
+    def local_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Local features F.
+
+        Args:
+            x: images ``[B, 3, H, W]``.
+
+        Returns:
+            ``[B, N, d']`` with N = h * w of the last feature map.
+        """
+        fmap = self.local_proj(self.backbone(x))
+        return fmap.flatten(2).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, text_feats: Optional[torch.Tensor] = None,
+                teacher_feats: Optional[torch.Tensor] = None):
+        """Student forward.
+
+        Args:
+            x: images ``[B, 3, H, W]``.
+            text_feats: teacher text features H of the chosen descriptors ``[B, M, d]`` (train only).
+            teacher_feats: teacher image features g ``[B, d]`` (train only).
+
+        Returns:
+            Eval mode: ``f_id`` ``[B, d']``. Train mode: a dict with ``logits [B,K]``, ``f_id [B,d']``,
+            ``local [B,N,d']``, ``betas [B,10]`` and, when given, ``text_proj [B,M,d']`` and
+            ``teacher_proj [B,d']``.
+        """
+        local = self.local_features(x)
+        f_id = self.aggregator(local.mean(dim=1))
+        if not self.training:
+            return f_id
+        out: Dict[str, torch.Tensor] = {
+            "logits": self.classifier(f_id),
+            "f_id": f_id,
+            "local": local,
+            "betas": self.shape_head(f_id),
+        }
+        if text_feats is not None:
+            out["text_proj"] = self.text_head(text_feats)
+        if teacher_feats is not None:
+            out["teacher_proj"] = self.image_head(teacher_feats)
+        return out
+
+
+def clip3dreid(num_classes: int, loss: str = "softmax", pretrained: bool = True, use_gpu: bool = True,
+               cfg=None, **kwargs) -> CLIP3DReID:
+    """torchreid model factory for ``clip3dreid``.
+
+    Without ``cfg`` the defaults of ``add_clip3dreid_config`` are used. ``pretrained`` loads
+    ``cfg.clip3dreid.imagenet_weights`` when that path is set; torchreid-style downloads are not
+    attempted (offline-safe), and a missing path with ``pretrained=True`` is logged as a warning.
+    """
+    if cfg is None:
+        from clip3dreid_plugin.config.defaults import get_cfg
+
+        cfg = get_cfg()
+    c = cfg.clip3dreid
+    model = CLIP3DReID(num_classes, loss=loss, backbone=c.backbone, last_stride=c.last_stride,
+                       local_dim=c.local_dim, agg_hidden_dim=c.agg_hidden_dim, head_type=c.head_type,
+                       head_hidden_dim=c.head_hidden_dim, teacher_dim=c.teacher_dim,
+                       num_shape_coeffs=c.num_shape_coeffs, **kwargs)
+    if pretrained:
+        if c.imagenet_weights:
+            model.load_imagenet(c.imagenet_weights)
+        else:
+            logger.warning("clip3dreid: pretrained=True but clip3dreid.imagenet_weights is empty; "
+                           "the trunk is randomly initialised")
+    return model

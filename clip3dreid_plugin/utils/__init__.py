@@ -1,0 +1,1 @@
+"""Small runtime utilities (progress bars, logging set-up, seeding, device choice)."""

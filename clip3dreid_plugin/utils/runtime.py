@@ -1,0 +1,63 @@
+"""Process set-up: logging to console + file, seeding, device selection."""
+from __future__ import annotations
+
+import logging
+import os
+import os.path as osp
+import random
+import sys
+import warnings
+
+import numpy as np
+import torch
+
+__all__ = ["setup_logging", "set_seed", "resolve_device", "quiet_torchreid_warnings"]
+
+
+def quiet_torchreid_warnings() -> None:
+    """torchreid warns on every import that its Cython ranker is missing; the plugin has its own."""
+    warnings.filterwarnings("ignore", message="Cython evaluation")
+
+
+def setup_logging(save_dir: str = "", filename: str = "train.log", level: int = logging.INFO,
+                  is_main: bool = True) -> logging.Logger:
+    """Configures the root logger: console always, ``save_dir/filename`` on the main process."""
+    root = logging.getLogger()
+    root.setLevel(level if is_main else logging.WARNING)
+    for h in list(root.handlers):
+        if getattr(h, "_clip3dreid", False):
+            root.removeHandler(h)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(fmt)
+    console._clip3dreid = True  # type: ignore[attr-defined]
+    root.addHandler(console)
+    if save_dir and is_main:
+        os.makedirs(save_dir, exist_ok=True)
+        fh = logging.FileHandler(osp.join(save_dir, filename))
+        fh.setFormatter(fmt)
+        fh._clip3dreid = True  # type: ignore[attr-defined]
+        root.addHandler(fh)
+    return root
+
+
+def set_seed(seed: int, deterministic: bool = False) -> None:
+    """Seeds python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available else cpu; ``cuda`` without a GPU raises a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was requested but torch sees no CUDA device; use --device cpu")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise ValueError(f"unknown device '{name}' (use auto, cpu or cuda)")
+    return torch.device(name)

@@ -1,0 +1,45 @@
+"""Installs the CLIP3DReID torchreid plugin and every runtime dependency.
+
+torch/torchvision are pinned as a pair: PyPI's torchvision wheels link the CUDA torch build,
+which also runs on CPU-only machines; a mismatched pair fails at ``import torchvision``.
+PyPI's ``torchreid==0.2.5`` declares no dependencies, so its needs are listed here too.
+"""
+from setuptools import find_packages, setup
+
+RUNTIME = [
+    "torch==2.15.0",
+    "torchvision==0.29.2",
+    "torchreid==0.2.5",
+    "open_clip_torch>=3.3,<4",
+    "smplx>=0.1.28",
+    "pyrender>=0.1.45",
+    "trimesh>=4",
+    "pot>=0.9.7",
+    "numpy>=1.26",
+    "scipy>=1.11",
+    "yacs>=0.1.8",
+    "PyYAML>=6",
+    "tensorboard>=2.15",
+    "gdown>=5",
+    "opencv-python-headless>=4.8",
+    "Pillow>=10",
+    "tqdm>=4.66",
+]
+
+EXTRAS = {
+    "test": ["pytest>=8", "onnx>=1.16", "onnxruntime>=1.18"],
+    "export": ["onnx>=1.16", "onnxruntime>=1.18"],
+}
+
+setup(
+    name="clip3dreid-plugin",
+    version="0.1.0",
+    description="CLIP3DReID (Liu et al., CVPR 2024) as a torchreid plugin, with cloth-changing datasets",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["clip3dreid_plugin", "clip3dreid_plugin.*", "datasets_ext", "datasets_ext.*"]),
+    python_requires=">=3.9",
+    install_requires=RUNTIME,
+    extras_require=EXTRAS,
+    license="MIT",
+)
