@@ -21,7 +21,7 @@ RUNTIME = [
     "PyYAML>=6",
     "tensorboard>=2.15",
     "gdown>=5",
-    "opencv-python-headless>=4.8",
+    "opencv-python-headless>=4.8,<5",  # 5.x drops CascadeClassifier and the Haar files
     "Pillow>=10",
     "tqdm>=4.66",
 ]

@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""Prints per-split statistics of a dataset registered in torchreid (plugin datasets included).
+
+Examples::
+
+    python scripts/dataset_info.py --dataset ltcc --root /data
+    python scripts/dataset_info.py --dataset ccvid --root /data --json
+    python scripts/dataset_info.py --dataset prcc --root /data --check-images
+
+The dataset is built exactly as training builds it (``clip3dreid_plugin.register()`` then
+torchreid's ``init_image_dataset``/``init_video_dataset``), so a layout problem shows up here
+first. ``--check-images`` also opens every image (torchreid's reader would hang on a corrupt one).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Dict, List, Optional, Sequence
+
+logger = logging.getLogger("dataset_info")
+
+SPLITS = ("train", "query", "gallery")
+
+
+def split_stats(data: Sequence[tuple]) -> Dict[str, int]:
+    """Counts ``ids``, ``images`` (tracklets for video), ``clothes`` and ``cameras`` of one split.
+
+    torchreid's own datasets have no clothes field; they count one outfit per identity.
+    """
+    from datasets_ext.base import to_clothes_items
+
+    items = to_clothes_items(data)
+    return {
+        "ids": len({it[1] for it in items}),
+        "images": len(items),
+        "clothes": len({it[4] for it in items}),
+        "cameras": len({it[2] for it in items}),
+    }
+
+
+def build_dataset(name: str, root: str):
+    """Builds ``name`` through torchreid's registry (after ``register()``); returns ``(dataset, is_video)``.
+
+    Raises:
+        ValueError: ``name`` is not a registered image or video dataset.
+    """
+    import torchreid
+    import torchvision.transforms as T
+
+    import clip3dreid_plugin
+    from clip3dreid_plugin import compat
+
+    clip3dreid_plugin.register()
+    if name in compat.video_dataset_registry():
+        # torchreid's VideoDataset refuses transform=None; frames are not read here anyway.
+        ds = torchreid.data.datasets.init_video_dataset(name, root=root, transform=T.ToTensor(), mode="train",
+                                                        verbose=False)
+        return ds, True
+    if name in compat.image_dataset_registry():
+        return torchreid.data.datasets.init_image_dataset(name, root=root, mode="train", verbose=False), False
+    known = sorted(compat.image_dataset_registry()) + sorted(compat.video_dataset_registry())
+    raise ValueError(f"unknown dataset '{name}'; registered: {', '.join(known)}")
+
+
+def collect_info(name: str, root: str) -> dict:
+    """Statistics, protocols and camera rule of ``name`` as a JSON-ready dict."""
+    ds, is_video = build_dataset(name, root)
+    info = {
+        "dataset": name,
+        "class": type(ds).__name__,
+        "dataset_dir": getattr(ds, "dataset_dir", None),
+        "kind": "video" if is_video else "image",
+        "eval_protocols": list(getattr(ds, "eval_protocols", ("general",))),
+        "camera_rule": getattr(ds, "camera_rule", "camera index (torchreid loader)"),
+        "splits": {split: split_stats(getattr(ds, split)) for split in SPLITS},
+    }
+    if is_video:
+        for split in SPLITS:
+            info["splits"][split]["frames"] = sum(len(it[0]) for it in getattr(ds, split))
+    info["_dataset"] = ds
+    return info
+
+
+def check_images(ds, is_video: bool) -> List[str]:
+    """Opens every image of every split; returns the error messages (empty when all are readable)."""
+    from clip3dreid_plugin.data.image_io import ImageReadError, read_image
+    from clip3dreid_plugin.utils.progress import progress
+
+    paths: List[str] = []
+    for split in SPLITS:
+        for it in getattr(ds, split):
+            paths.extend(it[0] if is_video else [it[0]])
+    errors = []
+    for path in progress(sorted(set(paths)), desc="checking images"):
+        try:
+            read_image(path)
+        except ImageReadError as err:
+            errors.append(str(err))
+    return errors
+
+
+def format_table(info: dict) -> str:
+    unit = "tracklets" if info["kind"] == "video" else "images"
+    lines = [
+        f"{info['dataset']} ({info['class']}) at {info['dataset_dir']}",
+        f"  protocols: {', '.join(info['eval_protocols'])}",
+        f"  camera rule: {info['camera_rule']}",
+        f"  {'split':8s} | {'ids':>6s} | {unit:>9s} | {'clothes':>7s} | {'cameras':>7s}",
+    ]
+    for split in SPLITS:
+        s = info["splits"][split]
+        lines.append(f"  {split:8s} | {s['ids']:6d} | {s['images']:9d} | {s['clothes']:7d} | {s['cameras']:7d}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point; returns the exit status (0 ok, 1 unreadable images, 2 bad dataset)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", required=True, help="registered dataset name, e.g. ltcc, prcc, ccvid")
+    parser.add_argument("--root", required=True, help="folder holding the dataset folder (or the dataset folder)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--check-images", action="store_true", help="also open every image of every split")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings
+
+    quiet_torchreid_warnings()  # before torchreid's first import, which warns about its Cython ranker
+    from datasets_ext.base import DatasetLayoutError
+
+    if not os.path.isdir(args.root):
+        # torchreid would otherwise try to download some of its own datasets into it.
+        logger.error("--root '%s' does not exist or is not a folder", args.root)
+        return 2
+    try:
+        info = collect_info(args.dataset, args.root)
+    except (DatasetLayoutError, ValueError) as err:
+        logger.error("%s", err)
+        return 2
+    ds = info.pop("_dataset")
+    status = 0
+    if args.check_images:
+        errors = check_images(ds, info["kind"] == "video")
+        info["unreadable_images"] = len(errors)
+        for msg in errors[:20]:
+            logger.error("%s", msg)
+        if errors:
+            logger.error("%d unreadable image(s)", len(errors))
+            status = 1
+    print(json.dumps(info, indent=2) if args.json else format_table(info))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
