@@ -15,11 +15,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torchreid
 
+from clip3dreid_plugin.data.samplers import ShardSampler
 from datasets_ext.base import ClothesImageDataset, DatasetLayoutError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ClothesImageDataManager", "as_clothes_dataset"]
+__all__ = ["ClothesImageDataManager", "ClothesVideoDataManager", "as_clothes_dataset"]
 
 
 def as_clothes_dataset(ds) -> ClothesImageDataset:
@@ -51,6 +52,8 @@ class ClothesImageDataManager(torchreid.data.ImageDataManager):
         persistent_workers: keep loader workers alive across epochs (only when workers > 0).
         train_sampler_fn: optional ``fn(data_source, batch_size) -> Sampler`` replacing torchreid's
             sampler (the distributed P x K sampler plugs in here).
+        eval_shard: ``(rank, world_size)``; each rank then extracts features of items
+            ``rank::world_size`` of every query/gallery set (gathered back in order by the engine).
     """
 
     data_type = "image"
@@ -84,6 +87,7 @@ class ClothesImageDataManager(torchreid.data.ImageDataManager):
         pin_memory: bool = True,
         persistent_workers: bool = True,
         train_sampler_fn=None,
+        eval_shard: Tuple[int, int] = (0, 1),
     ):
         # Transforms, sources/targets normalisation and use_gpu come from torchreid's base class.
         torchreid.data.datamanager.DataManager.__init__(
@@ -117,13 +121,9 @@ class ClothesImageDataManager(torchreid.data.ImageDataManager):
             market1501_500k=market1501_500k,
         )
 
+        self.k_tfm = k_tfm
         trainsets = [
-            as_clothes_dataset(
-                torchreid.data.datasets.init_image_dataset(
-                    name, transform=self.transform_tr, k_tfm=k_tfm, mode="train", combineall=combineall,
-                    verbose=False, **ds_kw,
-                )
-            )
+            self._init_dataset(name, transform=self.transform_tr, mode="train", combineall=combineall, **ds_kw)
             for name in self.sources
         ]
         trainset = trainsets[0]
@@ -154,15 +154,12 @@ class ClothesImageDataManager(torchreid.data.ImageDataManager):
         for name in self.targets:
             sets = {}
             for mode in ("query", "gallery"):
-                sets[mode] = as_clothes_dataset(
-                    torchreid.data.datasets.init_image_dataset(
-                        name, transform=self.transform_te, mode=mode, combineall=combineall, verbose=False,
-                        **ds_kw,
-                    )
-                )
+                sets[mode] = self._init_dataset(name, transform=self.transform_te, mode=mode, combineall=combineall,
+                                                test=True, **ds_kw)
             self.test_loader[name] = {
                 mode: torch.utils.data.DataLoader(
-                    ds, batch_size=batch_size_test, shuffle=False, drop_last=False, **self._loader_kw
+                    ds, batch_size=batch_size_test, shuffle=False, drop_last=False,
+                    sampler=ShardSampler(len(ds), *eval_shard) if eval_shard[1] > 1 else None, **self._loader_kw
                 )
                 for mode, ds in sets.items()
             }
@@ -170,6 +167,11 @@ class ClothesImageDataManager(torchreid.data.ImageDataManager):
             self.eval_protocols[name] = tuple(sets["query"].eval_protocols)
             self.camera_rules[name] = sets["query"].camera_rule
         self._log_summary()
+
+    def _init_dataset(self, name: str, test: bool = False, **kw):
+        """Builds one split of dataset ``name`` through torchreid's registry, as a clothes-aware dataset."""
+        ds = torchreid.data.datasets.init_image_dataset(name, k_tfm=1 if test else self.k_tfm, verbose=False, **kw)
+        return as_clothes_dataset(ds)
 
     @property
     def num_train_clothes(self) -> int:
@@ -188,3 +190,29 @@ class ClothesImageDataManager(torchreid.data.ImageDataManager):
                 len(self.test_dataset[name]["query"]), len(self.test_dataset[name]["gallery"]),
                 ",".join(self.eval_protocols[name]), self.camera_rules[name],
             )
+
+
+class ClothesVideoDataManager(ClothesImageDataManager):
+    """Video counterpart: tracklets of ``seq_len`` frames from a clothes-aware video dataset (CCVID).
+
+    Args:
+        seq_len: frames per tracklet sample.
+        sample_method: torchreid's frame sampling for training (``evenly``/``random``/``all``); test
+            tracklets are always sampled ``evenly``.
+        **kwargs: as :class:`ClothesImageDataManager`.
+    """
+
+    data_type = "video"
+
+    def __init__(self, seq_len: int = 15, sample_method: str = "evenly", **kwargs):
+        self.seq_len, self.sample_method = seq_len, sample_method
+        super().__init__(**kwargs)
+
+    def _init_dataset(self, name: str, test: bool = False, **kw):
+        for key in ("cuhk03_labeled", "cuhk03_classic_split", "market1501_500k"):
+            kw.pop(key, None)
+        ds = torchreid.data.datasets.init_video_dataset(
+            name, seq_len=self.seq_len, sample_method="evenly" if test else self.sample_method, verbose=False, **kw)
+        if not hasattr(ds, "num_train_clothes"):
+            raise ValueError(f"video dataset '{name}' has no clothes-aware loader (use ccvid)")
+        return ds

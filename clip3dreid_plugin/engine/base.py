@@ -30,11 +30,12 @@ import torchreid
 from torch.utils.tensorboard import SummaryWriter
 
 from clip3dreid_plugin import compat
+from clip3dreid_plugin.utils.distributed import all_gather_ordered
 from clip3dreid_plugin.utils.progress import progress
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ClothesAwareEngineMixin", "EvalSettings", "latest_checkpoint"]
+__all__ = ["ClothesAwareEngineMixin", "EvalSettings", "latest_checkpoint", "unwrap"]
 
 _CKPT_RE = re.compile(r"model\.pth\.tar-(\d+)$")
 
@@ -47,6 +48,15 @@ def latest_checkpoint(save_dir: str, name: str = "model") -> Optional[str]:
         if m and int(m.group(1)) > best_ep:
             best, best_ep = p, int(m.group(1))
     return best
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
 
 
 def rng_state() -> dict:
@@ -111,8 +121,7 @@ class ClothesAwareEngineMixin:
         if not self.is_main:
             return
         for name in self.get_model_names():
-            model = self._models[name]
-            model = getattr(model, "module", model)  # unwrap DDP/DataParallel
+            model = unwrap(self._models[name])
             sched = self._scheds[name]
             state = {
                 "state_dict": model.state_dict(),
@@ -132,8 +141,7 @@ class ClothesAwareEngineMixin:
     def resume(self, fpath: str, name: str = "model") -> int:
         """Restores model, optimizer and scheduler from ``fpath``; returns the epoch to start from."""
         ckpt = compat.load_checkpoint(fpath)
-        model = self._models[name]
-        getattr(model, "module", model).load_state_dict(ckpt["state_dict"])
+        unwrap(self._models[name]).load_state_dict(ckpt["state_dict"])
         if ckpt.get("optimizer") is not None and self._optims[name] is not None:
             self._optims[name].load_state_dict(ckpt["optimizer"])
         if ckpt.get("scheduler") is not None and self._scheds[name] is not None:
@@ -242,6 +250,19 @@ class ClothesAwareEngineMixin:
             raise ValueError(f"eval.protocols {unknown} are not defined for dataset '{name}' (it has {defined})")
         return tuple(wanted)
 
+    def extract_features(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Eval-mode feature ``[B, D]`` from the unwrapped model (DDP adds nothing at test time).
+
+        A video batch ``[B, T, C, H, W]`` gives the average (or max, ``video.pooling_method``) of its ``T``
+        frame features: tracklet-level evaluation.
+        """
+        model = unwrap(self.model)
+        if imgs.dim() == 5:
+            b, t = imgs.shape[:2]
+            frames = model(imgs.flatten(0, 1)).view(b, t, -1)
+            return frames.max(1)[0] if getattr(self, "pooling_method", "avg") == "max" else frames.mean(1)
+        return model(imgs)
+
     def parse_data_for_eval(self, data):
         clothes = data.get("clothes_id", data["pid"])
         return data["img"], data["pid"], data["camid"], clothes
@@ -255,12 +276,16 @@ class ClothesAwareEngineMixin:
             imgs = imgs.to(self.device, non_blocking=True)
             f = self.extract_features(imgs)
             if self.eval_settings.flip:
-                f = f + self.extract_features(torch.flip(imgs, dims=[3]))
-            feats.append(f.float().cpu())
-            pids.append(torch.as_tensor(p).numpy())
-            camids.append(torch.as_tensor(c).numpy())
-            clothes.append(torch.as_tensor(cl).numpy())
-        return torch.cat(feats), np.concatenate(pids), np.concatenate(camids), np.concatenate(clothes)
+                f = f + self.extract_features(torch.flip(imgs, dims=[-1]))
+            feats.append(f.float())
+            pids.append(torch.as_tensor(p))
+            camids.append(torch.as_tensor(c))
+            clothes.append(torch.as_tensor(cl))
+        # Under torch.distributed each rank holds items rank::world; gather them back in dataset order.
+        total = len(loader.dataset)
+        gathered = [all_gather_ordered(torch.cat(x).to(self.device), total).cpu()
+                    for x in (feats, pids, camids, clothes)]
+        return gathered[0], gathered[1].numpy(), gathered[2].numpy(), gathered[3].numpy()
 
     def test(self, dist_metric: str = "euclidean", normalize_feature: bool = False, visrank: bool = False,
              visrank_topk: int = 10, save_dir: str = "", use_metric_cuhk03: bool = False,

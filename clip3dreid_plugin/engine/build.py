@@ -6,7 +6,7 @@ from typing import Callable, Dict
 from yacs.config import CfgNode as CN
 
 from clip3dreid_plugin.engine.base import EvalSettings
-from clip3dreid_plugin.engine.standard import ClothesSoftmaxEngine, ClothesTripletEngine
+from clip3dreid_plugin.engine.standard import ClothesSoftmaxEngine, ClothesTripletEngine, ClothesVideoSoftmaxEngine
 
 __all__ = ["build_engine", "ENGINE_BUILDERS"]
 
@@ -15,6 +15,12 @@ ENGINE_BUILDERS: Dict[str, Callable] = {}
 
 
 def _standard_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: bool):
+    if cfg.data.type == "video":
+        if cfg.loss.name != "softmax":
+            raise ValueError("video training supports loss.name softmax only")
+        return ClothesVideoSoftmaxEngine(datamanager, model, optimizer=optimizer, scheduler=scheduler,
+                                         use_gpu=use_gpu, label_smooth=cfg.loss.softmax.label_smooth,
+                                         pooling_method=cfg.video.pooling_method)
     if cfg.loss.name == "softmax":
         return ClothesSoftmaxEngine(datamanager, model, optimizer=optimizer, scheduler=scheduler, use_gpu=use_gpu,
                                     label_smooth=cfg.loss.softmax.label_smooth)

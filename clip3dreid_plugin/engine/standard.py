@@ -5,7 +5,7 @@ import torchreid
 
 from clip3dreid_plugin.engine.base import ClothesAwareEngineMixin
 
-__all__ = ["ClothesSoftmaxEngine", "ClothesTripletEngine"]
+__all__ = ["ClothesSoftmaxEngine", "ClothesTripletEngine", "ClothesVideoSoftmaxEngine"]
 
 
 class ClothesSoftmaxEngine(ClothesAwareEngineMixin, torchreid.engine.ImageSoftmaxEngine):
@@ -14,3 +14,7 @@ class ClothesSoftmaxEngine(ClothesAwareEngineMixin, torchreid.engine.ImageSoftma
 
 class ClothesTripletEngine(ClothesAwareEngineMixin, torchreid.engine.ImageTripletEngine):
     """``torchreid.engine.ImageTripletEngine`` + plugin evaluation."""
+
+
+class ClothesVideoSoftmaxEngine(ClothesAwareEngineMixin, torchreid.engine.VideoSoftmaxEngine):
+    """``torchreid.engine.VideoSoftmaxEngine`` (frame-level softmax, tracklet-average test) + plugin evaluation."""

@@ -69,6 +69,7 @@ USER_ERRORS = _user_errors
 
 def run(cfg) -> dict:
     """Builds data, model, optimizer and engine from ``cfg`` and runs training/evaluation."""
+    import torch
     import torchreid
 
     import clip3dreid_plugin
@@ -77,23 +78,48 @@ def run(cfg) -> dict:
     from clip3dreid_plugin.data.build import build_datamanager
     from clip3dreid_plugin.engine import latest_checkpoint
     from clip3dreid_plugin.engine.build import build_engine
+    from clip3dreid_plugin.data.samplers import DistributedIdentitySampler
+    from clip3dreid_plugin.models import MODEL_FACTORIES
     from clip3dreid_plugin.models.build import build_model
+    from clip3dreid_plugin.utils import distributed as dist_utils
     from clip3dreid_plugin.utils.runtime import resolve_device, set_seed
 
     clip3dreid_plugin.register()
-    set_seed(cfg.train.seed, cfg.runtime.deterministic)
     device = resolve_device(cfg.runtime.device)
+    distributed = dist_utils.init_distributed(cfg.runtime.dist_backend, device.type)
+    rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
+    if distributed and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
     use_gpu = device.type == "cuda"
-    logger.info("device: %s", device)
+    set_seed(cfg.train.seed + rank, cfg.runtime.deterministic)
+    logger.info("device: %s%s", device, f" (rank {rank}/{world})" if distributed else "")
 
-    datamanager = build_datamanager(cfg, use_gpu)
+    sampler_fn = None
+    if distributed:
+        def sampler_fn(data_source, batch_size):
+            return DistributedIdentitySampler(data_source, batch_size, cfg.sampler.num_instances, rank, world,
+                                              seed=cfg.train.seed)
+    datamanager = build_datamanager(cfg, use_gpu, train_sampler_fn=sampler_fn, eval_shard=(rank, world))
     model = build_model(cfg, datamanager.num_train_pids, use_gpu)
     if cfg.model.load_weights:
         compat.load_pretrained_weights(model, cfg.model.load_weights)
+    if distributed and cfg.runtime.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
+    if cfg.runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torchreid.optim.build_optimizer(model, **optimizer_kwargs(cfg))
     scheduler = torchreid.optim.build_lr_scheduler(optimizer, **lr_scheduler_kwargs(cfg))
-    engine = build_engine(cfg, datamanager, model, optimizer, scheduler, use_gpu)
+    train_model = model
+    if cfg.runtime.compile:
+        train_model = torch.compile(model)
+    if distributed:
+        # Plugin models compute heads a given ablation may not use; torchreid's models use every parameter.
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            train_model, device_ids=[device.index] if use_gpu else None,
+            find_unused_parameters=cfg.model.name in MODEL_FACTORIES)
+    engine = build_engine(cfg, datamanager, train_model, optimizer, scheduler, use_gpu, is_main=(rank == 0))
+    engine.channels_last = cfg.runtime.channels_last
 
     run_kw = engine_run_kwargs(cfg)
     resume = cfg.model.resume
@@ -105,7 +131,10 @@ def run(cfg) -> dict:
         run_kw["start_epoch"] = engine.resume(resume)
     elif resume:
         compat.load_pretrained_weights(model, resume)
-    return engine.run(**run_kw)
+    try:
+        return engine.run(**run_kw)
+    finally:
+        dist_utils.cleanup()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -120,11 +149,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         cfg = setup_cfg(args)
         save_dir = cfg.data.save_dir
-        os.makedirs(save_dir, exist_ok=True)
-        setup_logging(save_dir, "train.log" if not cfg.test.evaluate else "test.log")
-        with open(osp.join(save_dir, "config.yaml"), "w", encoding="utf-8") as f:
-            f.write(cfg.dump())
-        logger.info("config written to %s", osp.join(save_dir, "config.yaml"))
+        is_main = int(os.environ.get("RANK", "0")) == 0  # only rank 0 of a torchrun job writes files
+        setup_logging(save_dir, "train.log" if not cfg.test.evaluate else "test.log", is_main=is_main)
+        if is_main:
+            os.makedirs(save_dir, exist_ok=True)
+            with open(osp.join(save_dir, "config.yaml"), "w", encoding="utf-8") as f:
+                f.write(cfg.dump())
+            logger.info("config written to %s", osp.join(save_dir, "config.yaml"))
         run(cfg)
     except USER_ERRORS() as err:
         if os.environ.get("CLIP3DREID_DEBUG") == "1":

@@ -1,0 +1,98 @@
+"""Samplers for distributed training and evaluation.
+
+``DistributedIdentitySampler`` is torchreid's ``RandomIdentitySampler`` idea (P identities x K
+instances per batch) made rank-aware: every rank builds the same epoch-level index list from
+``seed + epoch`` and takes its own contiguous slice of every global batch, so the global batch is
+identity-balanced and no two ranks see the same image in a step. ``ShardSampler`` splits an
+evaluation set as ``rank::world`` so the gathered features can be put back in the original order.
+"""
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from typing import Iterator, List, Sequence
+
+import torch
+from torch.utils.data import Sampler
+
+__all__ = ["DistributedIdentitySampler", "ShardSampler"]
+
+
+class DistributedIdentitySampler(Sampler[int]):
+    """P x K identity-balanced sampler sharded over ranks.
+
+    Args:
+        data_source: items ``(img_path, pid, ...)``.
+        batch_size: per-rank batch size (a multiple of ``num_instances``).
+        num_instances: K, images per identity in a batch.
+        rank: this process's rank.
+        world_size: number of processes.
+        seed: base seed; the epoch is added so every epoch shuffles differently but reproducibly.
+    """
+
+    def __init__(self, data_source: Sequence, batch_size: int, num_instances: int = 4, rank: int = 0,
+                 world_size: int = 1, seed: int = 0):
+        if batch_size % num_instances:
+            raise ValueError(f"train.batch_size ({batch_size}) must be a multiple of sampler.num_instances "
+                             f"({num_instances})")
+        self.data_source = data_source
+        self.batch_size = batch_size
+        self.num_instances = num_instances
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.epoch = 0
+        self.index_dic = defaultdict(list)
+        for i, it in enumerate(data_source):
+            self.index_dic[it[1]].append(i)
+        self.pids = sorted(self.index_dic)
+        global_batch = batch_size * world_size
+        per_epoch = sum(max(len(v), num_instances) // num_instances * num_instances for v in self.index_dic.values())
+        self.num_global_batches = per_epoch // global_batch
+        if self.num_global_batches == 0:
+            raise ValueError(f"the training set is too small for a global batch of {global_batch} images")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _global_order(self) -> List[int]:
+        rng = random.Random(self.seed + self.epoch)
+        chunks = defaultdict(list)
+        for pid in self.pids:
+            idxs = list(self.index_dic[pid])
+            if len(idxs) < self.num_instances:
+                idxs = idxs + rng.choices(idxs, k=self.num_instances - len(idxs))
+            rng.shuffle(idxs)
+            for s in range(0, len(idxs) - self.num_instances + 1, self.num_instances):
+                chunks[pid].append(idxs[s: s + self.num_instances])
+        avail = [p for p in self.pids if chunks[p]]
+        per_batch = self.batch_size * self.world_size // self.num_instances
+        order: List[int] = []
+        while len(avail) >= per_batch:
+            for pid in rng.sample(avail, per_batch):
+                order.extend(chunks[pid].pop(0))
+                if not chunks[pid]:
+                    avail.remove(pid)
+        return order
+
+    def __iter__(self) -> Iterator[int]:
+        order = self._global_order()
+        gb = self.batch_size * self.world_size
+        n = min(len(order) // gb, self.num_global_batches)
+        for b in range(n):
+            start = b * gb + self.rank * self.batch_size
+            yield from order[start: start + self.batch_size]
+
+    def __len__(self) -> int:
+        return self.num_global_batches * self.batch_size
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world, ...`` of a dataset of ``n`` items (no padding, no shuffling)."""
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1):
+        self.n, self.rank, self.world_size = n, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))

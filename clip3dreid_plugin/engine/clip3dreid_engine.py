@@ -1,0 +1,157 @@
+"""``CLIP3DReIDEngine``: the paper's training objective (Eq. 10) on torchreid's engine.
+
+    L = L_CE(f_id) + alpha * L_OT + beta * L_global + gamma * (L_OT_syn + L_3D)   [+ w_t * L_triplet]
+
+Per step: look up the teacher's image feature g and descriptor labels for each real image (from the
+cache, or online), gather the chosen descriptors' text features H, append the synthetic mesh
+batch when the 3D term is on, run the student once, then combine the enabled terms. A term that is
+switched off is not computed at all, so its head receives no gradient.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from typing import Dict, Optional
+
+import torch
+import torchreid
+
+from clip3dreid_plugin.engine.base import ClothesAwareEngineMixin
+from clip3dreid_plugin.losses import OTLoss, global_distill_loss
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CLIP3DReIDEngine", "LossSwitches"]
+
+
+class LossSwitches:
+    """Weights and ablation switches of Eq. 10 (``cfg.loss.clip3dreid``)."""
+
+    def __init__(self, alpha: float = 0.3, beta: float = 0.5, gamma: float = 0.3, use_ce: bool = True,
+                 use_ot: bool = True, use_global: bool = True, use_3d: bool = False, triplet_weight: float = 0.0):
+        self.alpha, self.beta, self.gamma = alpha, beta, gamma
+        self.use_ce, self.use_ot, self.use_global, self.use_3d = use_ce, use_ot, use_global, use_3d
+        self.triplet_weight = triplet_weight
+
+    @classmethod
+    def from_cfg(cls, cfg) -> "LossSwitches":
+        c = cfg.loss.clip3dreid
+        return cls(c.alpha, c.beta, c.gamma, c.use_ce, c.use_ot, c.use_global, c.use_3d, c.triplet_weight)
+
+
+class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
+    """torchreid ``Engine`` training the CLIP3DReID student.
+
+    Args:
+        datamanager: a :class:`~clip3dreid_plugin.data.datamanager.ClothesImageDataManager`.
+        model: the student (``clip3dreid``), possibly wrapped in DDP.
+        optimizer: torchreid optimizer.
+        teacher: a teacher source with ``lookup(paths, imgs) -> (g [B,d], labels [B,M])`` and
+            ``gather_text(labels [B,M]) -> H [B,M,d]`` (see ``clip3dreid_plugin.teacher.source``).
+        switches: loss weights and ablation switches.
+        ot_loss: the OT loss module (entropic weight, iteration cap, tolerance).
+        scheduler: torchreid LR scheduler or None.
+        use_gpu: train on CUDA.
+        label_smooth: label smoothing of the cross-entropy.
+        triplet_margin: margin of the optional triplet term.
+        synthetic: optional iterator of synthetic batches ``{'img', 'labels', 'betas'}`` (3D term).
+        body_model: optional body model with ``canonical_vertices(betas [B,10]) -> [B,V,3]`` (3D term).
+        amp: ``none`` | ``bf16`` | ``fp16`` autocast for the student forward.
+    """
+
+    def __init__(self, datamanager, model, optimizer, teacher, switches: LossSwitches, ot_loss: OTLoss,
+                 scheduler=None, use_gpu: bool = True, label_smooth: bool = True, triplet_margin: float = 0.3,
+                 synthetic=None, body_model=None, amp: str = "none"):
+        super().__init__(datamanager, use_gpu)
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.register_model("model", model, optimizer, scheduler)
+        self.teacher = teacher  # not registered: never checkpointed, never trained
+        self.switches = switches
+        self.ot_loss = ot_loss
+        self.criterion_ce = torchreid.losses.CrossEntropyLoss(
+            num_classes=datamanager.num_train_pids, use_gpu=self.use_gpu, label_smooth=label_smooth)
+        self.criterion_tri = torchreid.losses.TripletLoss(margin=triplet_margin)
+        self.synthetic = synthetic
+        self.body_model = body_model
+        if switches.use_3d and (synthetic is None or body_model is None):
+            raise ValueError("loss.clip3dreid.use_3d needs body.synthetic_dir and body.model_dir")
+        if not (switches.use_ce or switches.use_ot or switches.use_global or switches.use_3d
+                or switches.triplet_weight > 0):
+            raise ValueError("every term of loss.clip3dreid is switched off: nothing to train")
+        self.amp = amp
+        self.scaler = torch.amp.GradScaler("cuda", enabled=(amp == "fp16" and self.use_gpu))
+
+    def _autocast(self):
+        if self.amp == "none":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
+        return torch.autocast(device_type="cuda" if self.use_gpu else "cpu", dtype=dtype)
+
+    def compute_losses(self, data: dict) -> Dict[str, torch.Tensor]:
+        """Forward pass and every enabled loss term (no backward).
+
+        Args:
+            data: a torchreid batch dict with ``img [B,3,H,W]``, ``pid [B]`` and ``impath``.
+
+        Returns:
+            ``{'loss': total, 'ce': ..., 'ot': ..., 'global': ..., 'ot_syn': ..., '3d': ..., 'triplet': ...}``
+            with only the enabled terms.
+        """
+        s = self.switches
+        dev = self.device
+        imgs = data["img"].to(dev, non_blocking=True)
+        pids = data["pid"].to(dev, non_blocking=True)
+        B = imgs.size(0)
+        text_feats = teacher_feats = None
+        if s.use_ot or s.use_global:
+            g, labels = self.teacher.lookup(list(data["impath"]), imgs)
+            if s.use_ot:
+                text_feats = self.teacher.gather_text(labels.to(dev))
+            if s.use_global:
+                teacher_feats = g.to(dev)
+        syn = None
+        if s.use_3d:
+            syn = next(self.synthetic)
+            imgs = torch.cat([imgs, syn["img"].to(dev, non_blocking=True)])
+            syn_text = self.teacher.gather_text(syn["labels"].to(dev))
+            text_feats = syn_text if text_feats is None else torch.cat([text_feats, syn_text])
+        if getattr(self, "channels_last", False):
+            imgs = imgs.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            out = self.model(imgs, text_feats=text_feats, teacher_feats=teacher_feats)
+        f_id = out["f_id"].float()
+        terms: Dict[str, torch.Tensor] = {}
+        total = f_id.new_zeros(())
+        if s.use_ce:
+            terms["ce"] = self.criterion_ce(out["logits"][:B].float(), pids)
+            total = total + terms["ce"]
+        if s.triplet_weight > 0:
+            terms["triplet"] = self.criterion_tri(f_id[:B], pids)
+            total = total + s.triplet_weight * terms["triplet"]
+        if s.use_ot:
+            terms["ot"] = self.ot_loss(out["local"][:B], out["text_proj"][:B])
+            total = total + s.alpha * terms["ot"]
+        if s.use_global:
+            terms["global"] = global_distill_loss(out["teacher_proj"].float(), f_id[:B])
+            total = total + s.beta * terms["global"]
+        if s.use_3d:
+            # text_proj holds [real (only when use_ot); synthetic] rows, in that order.
+            text_syn = out["text_proj"][B:] if s.use_ot else out["text_proj"]
+            terms["ot_syn"] = self.ot_loss(out["local"][B:], text_syn)
+            pred = self.body_model.canonical_vertices(out["betas"][B:].float())
+            with torch.no_grad():
+                target = self.body_model.canonical_vertices(syn["betas"].to(dev).float())
+            terms["3d"] = ((pred - target) ** 2).sum(-1).mean()
+            total = total + s.gamma * (terms["ot_syn"] + terms["3d"])
+        terms["loss"] = total
+        return terms
+
+    def forward_backward(self, data: dict) -> Dict[str, float]:
+        terms = self.compute_losses(data)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms["loss"]).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {k: float(v.detach()) for k, v in terms.items()}

@@ -1,0 +1,88 @@
+"""torch.distributed helpers: init from ``torchrun`` variables, rank queries, ordered all-gather."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import List
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["init_distributed", "is_distributed", "get_rank", "get_world_size", "is_main_process",
+           "all_gather_ordered", "barrier", "cleanup"]
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def init_distributed(backend: str = "auto", device_type: str = "cpu") -> bool:
+    """Initialises the default process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1).
+
+    Args:
+        backend: ``auto`` (nccl on CUDA, gloo on CPU), ``nccl`` or ``gloo``.
+        device_type: ``cpu`` or ``cuda``; on CUDA each process binds to ``LOCAL_RANK``.
+
+    Returns:
+        True when running distributed.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or is_distributed():
+        return is_distributed()
+    if backend == "auto":
+        backend = "nccl" if device_type == "cuda" else "gloo"
+    if device_type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend)
+    logger.info("distributed: rank %d/%d, backend %s", get_rank(), get_world_size(), backend)
+    return True
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def cleanup() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def all_gather_ordered(t: torch.Tensor, total: int) -> torch.Tensor:
+    """Gathers the shards of ``rank::world`` interleaved sharding back into the original order.
+
+    Args:
+        t: this rank's rows ``[n_r, ...]`` = rows ``rank, rank + W, rank + 2W, ...`` of the full tensor.
+        total: number of rows of the full tensor.
+
+    Returns:
+        The full tensor ``[total, ...]`` on every rank (``t`` itself when not distributed).
+    """
+    if not is_distributed():
+        return t
+    world = get_world_size()
+    per = (total + world - 1) // world
+    # gloo/nccl all_gather need equal shapes: pad every shard to ceil(total / world) rows.
+    pad = torch.zeros((per,) + tuple(t.shape[1:]), dtype=t.dtype, device=t.device)
+    pad[: t.shape[0]] = t
+    bufs = [torch.empty_like(pad) for _ in range(world)]
+    dist.all_gather(bufs, pad)
+    out = torch.empty((total,) + tuple(t.shape[1:]), dtype=t.dtype, device=t.device)
+    for r, b in enumerate(bufs):
+        n_r = len(range(r, total, world))
+        out[r::world] = b[:n_r]
+    return out
