@@ -48,8 +48,9 @@ def test_every_new_key_has_a_one_line_comment():
 def test_recipe_merges_and_names_are_registered(path):
     cfg = load_config(path)
     assert cfg.model.name in compat.model_factory(), cfg.model.name
+    registry = compat.video_dataset_registry() if cfg.data.type == "video" else compat.image_dataset_registry()
     for name in list(cfg.data.sources) + list(cfg.data.targets):
-        assert name in compat.image_dataset_registry(), f"{path}: dataset {name} not registered"
+        assert name in registry, f"{path}: {cfg.data.type} dataset {name} not registered"
     assert cfg.data.height > 0 and cfg.data.width > 0
     assert cfg.test.dist_metric == "cosine"  # inherited from the base through _BASE_
     if "_384x192" in path:
@@ -59,7 +60,7 @@ def test_recipe_merges_and_names_are_registered(path):
 def test_recipe_count_covers_every_dataset_family():
     fams = {osp.basename(osp.dirname(p)) for p in RECIPES}
     for fam in ["market1501", "msmt17", "ltcc", "prcc", "celebreid", "celebreid_light", "deepchange", "ccda",
-                "vcclothes", "last", "cross", "toy"]:
+                "vcclothes", "last", "ccvid", "cross", "toy"]:
         assert fam in fams, fam
 
 

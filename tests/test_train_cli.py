@@ -20,7 +20,8 @@ TOY = osp.join(REPO, "configs", "toy", "resnet50_baseline_64x32.yaml")
 
 
 def _opts(root: str, out: str, *extra: str) -> list:
-    return ["--config-file", TOY, "--device", "cpu", "--output-dir", out, "--seed", "3", "data.root", root, *extra]
+    # Flags must precede the KEY VALUE overrides (argparse REMAINDER), so extras go before data.root.
+    return ["--config-file", TOY, "--device", "cpu", "--output-dir", out, "--seed", "3", *extra, "data.root", root]
 
 
 def _state(path: str) -> dict:

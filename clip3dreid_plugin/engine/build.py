@@ -10,8 +10,44 @@ from clip3dreid_plugin.engine.standard import ClothesSoftmaxEngine, ClothesTripl
 
 __all__ = ["build_engine", "ENGINE_BUILDERS"]
 
+def _train_paths_per_source(datamanager) -> list:
+    """``(dataset name, training image paths)`` per source; the manager gives source i dataset id i."""
+    train = datamanager.train_set.train
+    return [(name, [it[0] for it in train if it[3] == i]) for i, name in enumerate(datamanager.sources)]
+
+
+def _clip3dreid_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: bool):
+    from clip3dreid_plugin.engine.clip3dreid_engine import CLIP3DReIDEngine, LossSwitches
+    from clip3dreid_plugin.losses import OTLoss
+    from clip3dreid_plugin.teacher.source import build_teacher_source
+
+    switches = LossSwitches.from_cfg(cfg)
+    teacher = None
+    if switches.use_ot or switches.use_global or switches.use_3d:
+        teacher = build_teacher_source(cfg, _train_paths_per_source(datamanager),
+                                       device="cuda" if use_gpu else "cpu")
+        if teacher is None:
+            raise ValueError("teacher.mode none leaves L_OT/L_global/L_3D without targets: switch them off "
+                             "(loss.clip3dreid.use_ot/use_global/use_3d False) or set teacher.mode cache|online")
+        if teacher.embed_dim != cfg.clip3dreid.teacher_dim:
+            raise ValueError(f"clip3dreid.teacher_dim is {cfg.clip3dreid.teacher_dim} but teacher "
+                             f"'{cfg.teacher.name}' gives {teacher.embed_dim}-d features; set them equal")
+    synthetic = body_model = None
+    if switches.use_3d:
+        from clip3dreid_plugin.data.synthetic import build_synthetic_stream
+        from clip3dreid_plugin.body.smpl_io import load_body_model
+
+        body_model = load_body_model(cfg.body.model_dir, gender=cfg.body.gender,
+                                     device="cuda" if use_gpu else "cpu")
+        synthetic = build_synthetic_stream(cfg, datamanager)
+    return CLIP3DReIDEngine(datamanager, model, optimizer, teacher=teacher, switches=switches,
+                            ot_loss=OTLoss.from_cfg(cfg), scheduler=scheduler, use_gpu=use_gpu,
+                            label_smooth=cfg.loss.softmax.label_smooth, triplet_margin=cfg.loss.triplet.margin,
+                            synthetic=synthetic, body_model=body_model, amp=cfg.runtime.amp)
+
+
 # model name -> fn(cfg, datamanager, model, optimizer, scheduler, use_gpu) -> engine
-ENGINE_BUILDERS: Dict[str, Callable] = {}
+ENGINE_BUILDERS: Dict[str, Callable] = {"clip3dreid": _clip3dreid_engine}
 
 
 def _standard_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: bool):

@@ -20,7 +20,7 @@ from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings
 
 logger = logging.getLogger("clip3dreid")
 
-__all__ = ["main", "build_parser", "setup_cfg", "USER_ERRORS"]
+__all__ = ["main", "build_parser", "setup_cfg", "build", "run", "USER_ERRORS"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,16 +67,19 @@ def _user_errors() -> tuple:
 USER_ERRORS = _user_errors
 
 
-def run(cfg) -> dict:
-    """Builds data, model, optimizer and engine from ``cfg`` and runs training/evaluation."""
+def build(cfg):
+    """Builds data manager, model, optimizer, scheduler and engine from ``cfg`` (and joins torchrun's group).
+
+    Returns:
+        The engine, ready for ``engine.run(**engine_run_kwargs(cfg))``.
+    """
     import torch
     import torchreid
 
     import clip3dreid_plugin
     from clip3dreid_plugin import compat
-    from clip3dreid_plugin.config import lr_scheduler_kwargs, optimizer_kwargs, engine_run_kwargs
+    from clip3dreid_plugin.config import lr_scheduler_kwargs, optimizer_kwargs
     from clip3dreid_plugin.data.build import build_datamanager
-    from clip3dreid_plugin.engine import latest_checkpoint
     from clip3dreid_plugin.engine.build import build_engine
     from clip3dreid_plugin.data.samplers import DistributedIdentitySampler
     from clip3dreid_plugin.models import MODEL_FACTORIES
@@ -120,7 +123,22 @@ def run(cfg) -> dict:
             find_unused_parameters=cfg.model.name in MODEL_FACTORIES)
     engine = build_engine(cfg, datamanager, train_model, optimizer, scheduler, use_gpu, is_main=(rank == 0))
     engine.channels_last = cfg.runtime.channels_last
+    return engine
 
+
+def run(cfg) -> dict:
+    """Builds everything from ``cfg``, resumes if asked, and runs training/evaluation.
+
+    Returns:
+        ``{dataset: {metric: value}}`` of the last evaluation.
+    """
+    from clip3dreid_plugin import compat
+    from clip3dreid_plugin.config import engine_run_kwargs
+    from clip3dreid_plugin.engine import latest_checkpoint
+    from clip3dreid_plugin.engine.base import unwrap
+    from clip3dreid_plugin.utils import distributed as dist_utils
+
+    engine = build(cfg)
     run_kw = engine_run_kwargs(cfg)
     resume = cfg.model.resume
     if resume == "auto":
@@ -130,7 +148,7 @@ def run(cfg) -> dict:
     if resume and not cfg.test.evaluate:
         run_kw["start_epoch"] = engine.resume(resume)
     elif resume:
-        compat.load_pretrained_weights(model, resume)
+        compat.load_pretrained_weights(unwrap(engine.model), resume)
     try:
         return engine.run(**run_kw)
     finally:

@@ -1,0 +1,42 @@
+"""Body model layer: SMPL loading without chumpy, a procedural SMPL-format body, measurements,
+descriptor rules, synthetic mesh renders and 3D shape evaluation (Design 3 of CLIP3DReID).
+
+Submodules (one concept each): ``skeleton``, ``smpl_io``, ``procedural``, ``anthropometry``,
+``descriptor_rules``, ``poses``, ``synthetic`` (plan + metadata), ``synthetic_set`` (rendering a
+set), ``render`` (headless pyrender), ``shape_eval`` (Chamfer distance).
+
+The names below are imported lazily on first use, so ``import clip3dreid_plugin.body.render``
+(e.g. in a process that only needs to pick the OpenGL platform) does not pay for torch, and nothing
+imports pyrender or OpenGL until a :class:`MeshRenderer` is created.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BodyModel": "smpl_io", "BodyModelError": "smpl_io", "load_body_model": "smpl_io",
+    "write_procedural_smpl": "procedural",
+    "MEASUREMENT_NAMES": "anthropometry", "measure_body": "anthropometry", "measure_bodies": "anthropometry",
+    "DESCRIPTOR_PAIRS": "descriptor_rules", "descriptor_scores": "descriptor_rules",
+    "fit_thresholds": "descriptor_rules", "descriptor_labels": "descriptor_rules",
+    "PoseFileError": "poses", "builtin_pose_pool": "poses", "load_pose_file": "poses",
+    "HeadlessGLError": "render", "MeshRenderer": "render",
+    "sample_surface": "shape_eval", "chamfer_distance": "shape_eval", "evaluate_shapes": "shape_eval",
+    "make_plan": "synthetic", "sample_subjects": "synthetic", "read_synthetic_meta": "synthetic",
+    "write_synthetic_meta": "synthetic",
+    "SyntheticSetError": "synthetic_set", "render_synthetic_set": "synthetic_set",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list:
+    return sorted(list(globals()) + list(_EXPORTS))

@@ -1,0 +1,164 @@
+"""Headless rendering of synthetic bodies (CPU, EGL/llvmpipe or OSMesa) and the synthetic-set script."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clip3dreid_plugin.body import procedural, render
+from clip3dreid_plugin.body.render import HeadlessGLError, MeshRenderer
+from clip3dreid_plugin.body.smpl_io import load_body_model
+from clip3dreid_plugin.body.synthetic import read_synthetic_meta
+from clip3dreid_plugin.body.synthetic_set import SyntheticSetError, render_synthetic_set
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+H, W = 256, 128
+BACKGROUND = (0.5, 0.5, 0.5)
+
+
+@pytest.fixture(scope="module")
+def model_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("render_body_models")
+    procedural.write_procedural_smpl(str(root), num_vertices=600)
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def synthetic_set(model_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic")
+    meta = render_synthetic_set(model_root, str(out), num_female=4, num_male=4, poses_per_subject=2, height=H,
+                                width=W, seed=0, show_progress=False)
+    return str(out), meta
+
+
+def _foreground(img: np.ndarray) -> np.ndarray:
+    bg = np.round(np.array(BACKGROUND) * 255).astype(int)
+    return np.any(np.abs(img.astype(int) - bg) > 2, axis=-1)
+
+
+def _check_body_image(img: np.ndarray) -> None:
+    assert img.shape == (H, W, 3) and img.dtype == np.uint8
+    mask = _foreground(img)
+    assert mask.mean() > 0.05, "no body in the image"
+    ys, xs = np.nonzero(mask)
+    cy, cx = ys.mean() / H, xs.mean() / W
+    assert 0.3 < cy < 0.7 and 0.25 < cx < 0.75, (cy, cx)  # roughly centred
+    box_h, box_w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+    assert box_h > box_w, (box_h, box_w)  # a standing person is taller than wide
+    assert box_h > 0.75 * H or box_w > 0.75 * W  # the body fills the frame (a wide stride seen sideways: by width)
+
+
+def test_synthetic_set_shows_bodies(synthetic_set):
+    out, meta = synthetic_set
+    assert len(meta["files"]) == 16 and bool(meta["complete"])
+    for name in meta["files"]:
+        _check_body_image(np.asarray(Image.open(osp.join(out, name)).convert("RGB")))
+
+
+def test_synthetic_metadata_is_consistent(synthetic_set):
+    out, meta = synthetic_set
+    back = read_synthetic_meta(out)
+    assert set(back) == set(meta)
+    for k, v in meta.items():
+        np.testing.assert_array_equal(np.asarray(back[k]), np.asarray(v), err_msg=k)
+    n = len(back["files"])
+    assert back["betas"].shape == (n, 10) and back["labels"].shape == (n, 16)
+    assert back["scores"].shape == (n, 16) and back["thresholds"].shape == (16,)
+    assert set(np.unique(back["labels"])) <= {0, 1}
+    assert sorted(set(back["gender"].tolist())) == ["female", "male"]
+    assert back["pose_id"].max() < len(back["pose_pool"]) and back["pose_pool"].shape[1] == 69
+    assert tuple(back["image_size"]) == (H, W)
+    # one subject, one shape and one label vector, whatever the pose
+    for s in np.unique(back["subject"]):
+        rows = back["subject"] == s
+        assert len(np.unique(back["betas"][rows], axis=0)) == 1 and len(np.unique(back["labels"][rows], axis=0)) == 1
+    # labels follow the stored scores and thresholds
+    np.testing.assert_array_equal(back["labels"], np.where(back["scores"] >= back["thresholds"], 0, 1))
+    assert not [f for f in os.listdir(osp.join(out, "images")) if f.endswith(".tmp")]
+
+
+def test_resume_renders_only_missing_images(model_root, tmp_path):
+    kw = dict(num_female=1, num_male=1, poses_per_subject=2, height=H, width=W, seed=1, show_progress=False)
+    first = render_synthetic_set(model_root, str(tmp_path), **kw)
+    paths = [osp.join(tmp_path, f) for f in first["files"]]
+    os.remove(paths[1])
+    mtimes = {p: os.stat(p).st_mtime_ns for p in paths if osp.exists(p)}
+    # an interrupted run's metadata lists only what exists
+    partial = read_synthetic_meta(str(tmp_path))
+    assert len(partial["files"]) == 4
+    second = render_synthetic_set(model_root, str(tmp_path), **kw)
+    assert osp.exists(paths[1]) and bool(second["complete"])
+    assert all(os.stat(p).st_mtime_ns == t for p, t in mtimes.items())  # untouched
+    np.testing.assert_array_equal(second["files"], first["files"])
+    np.testing.assert_array_equal(second["labels"], first["labels"])
+    with pytest.raises(SyntheticSetError, match="other arguments"):
+        render_synthetic_set(model_root, str(tmp_path), **dict(kw, seed=2))
+
+
+def test_render_script(model_root, tmp_path):
+    spec = importlib.util.spec_from_file_location("_script_render_synthetic",
+                                                  osp.join(REPO, "scripts", "render_synthetic.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "set"
+    rc = mod.main(["--body-model", model_root, "--num-female", "1", "--num-male", "1", "--poses-per-subject", "1",
+                   "--out", str(out), "--height", "128", "--width", "64", "--ext", "jpg", "--no-progress"])
+    assert rc == 0
+    meta = read_synthetic_meta(str(out))
+    assert len(meta["files"]) == 2 and all(f.endswith(".jpg") for f in meta["files"])
+    assert Image.open(osp.join(out, meta["files"][0])).size == (64, 128)
+    bad = tmp_path / "poses.npz"
+    np.savez(bad, body_pose=np.zeros((2, 70)))
+    assert mod.main(["--body-model", model_root, "--num-female", "1", "--num-male", "0", "--poses-per-subject", "1",
+                     "--out", str(tmp_path / "other"), "--pose-file", str(bad), "--no-progress"]) == 2
+    assert mod.main(["--body-model", str(tmp_path / "no_models"), "--num-female", "1", "--num-male", "0",
+                     "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+
+
+def test_renderer_frames_every_view(model_root):
+    model = load_body_model(model_root, "male")
+    import torch
+
+    from clip3dreid_plugin.body.poses import builtin_pose_pool
+
+    verts = model.posed_vertices(torch.zeros(1, 10), torch.as_tensor(builtin_pose_pool()[[0, 10]])).numpy()
+    with MeshRenderer(H, W, background=BACKGROUND) as r:
+        for v in verts:
+            for yaw in (0.0, 90.0, 180.0, 270.0):
+                _check_body_image(r.render(v, model.faces, yaw))
+        small = _foreground(r.render(verts[0], model.faces, 0.0, distance_scale=1.5)).sum()
+        assert small < _foreground(r.render(verts[0], model.faces, 0.0)).sum()  # further away = smaller
+
+
+def test_no_headless_gl_gives_install_instructions(monkeypatch):
+    monkeypatch.delenv(render.PLATFORM_ENV, raising=False)
+    monkeypatch.setattr(render, "_egl_usable", lambda: False)
+    monkeypatch.setattr(render, "_osmesa_usable", lambda: False)
+    with pytest.raises(HeadlessGLError) as err:
+        render.select_gl_platform()
+    msg = str(err.value)
+    assert "libegl1 libegl-mesa0 libgl1-mesa-dri" in msg and "libosmesa6" in msg and "PyOpenGL>=3.1.5" in msg
+    assert render.PLATFORM_ENV not in os.environ
+
+
+def test_broken_gl_platform_fails_with_a_clear_message():
+    """A platform pyrender cannot use (set before anything imports OpenGL) raises HeadlessGLError."""
+    code = ("import sys\n"
+            "from clip3dreid_plugin.body.render import MeshRenderer, HeadlessGLError\n"
+            "try:\n"
+            "    MeshRenderer(32, 16)\n"
+            "except HeadlessGLError as e:\n"
+            "    print('HEADLESS_GL_ERROR', e)\n"
+            "    sys.exit(3)\n")
+    env = dict(os.environ, PYOPENGL_PLATFORM="no_such_platform",
+               PYTHONPATH=os.pathsep.join([REPO] + [p for p in [os.environ.get("PYTHONPATH", "")] if p]))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "HEADLESS_GL_ERROR" in proc.stdout and "no_such_platform" in proc.stdout
+    assert "libegl1" in proc.stdout
