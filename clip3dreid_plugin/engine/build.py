@@ -32,18 +32,20 @@ def _clip3dreid_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gp
         if teacher.embed_dim != cfg.clip3dreid.teacher_dim:
             raise ValueError(f"clip3dreid.teacher_dim is {cfg.clip3dreid.teacher_dim} but teacher "
                              f"'{cfg.teacher.name}' gives {teacher.embed_dim}-d features; set them equal")
-    synthetic = body_model = None
+    synthetic = shape_loss = None
     if switches.use_3d:
-        from clip3dreid_plugin.data.synthetic import build_synthetic_stream
         from clip3dreid_plugin.body.smpl_io import load_body_model
+        from clip3dreid_plugin.data.synthetic import GENDER_IDS, build_synthetic_stream
+        from clip3dreid_plugin.losses.shape3d import ShapeLoss
 
-        body_model = load_body_model(cfg.body.model_dir, gender=cfg.body.gender,
-                                     device="cuda" if use_gpu else "cpu")
+        dev = "cuda" if use_gpu else "cpu"
+        models = {g: load_body_model(cfg.body.model_dir, gender=g, device=dev) for g in ("female", "male", "neutral")}
+        shape_loss = ShapeLoss(models[cfg.body.gender], {GENDER_IDS[g]: m for g, m in models.items()})
         synthetic = build_synthetic_stream(cfg, datamanager)
     return CLIP3DReIDEngine(datamanager, model, optimizer, teacher=teacher, switches=switches,
                             ot_loss=OTLoss.from_cfg(cfg), scheduler=scheduler, use_gpu=use_gpu,
                             label_smooth=cfg.loss.softmax.label_smooth, triplet_margin=cfg.loss.triplet.margin,
-                            synthetic=synthetic, body_model=body_model, amp=cfg.runtime.amp)
+                            synthetic=synthetic, shape_loss=shape_loss, amp=cfg.runtime.amp)
 
 
 # model name -> fn(cfg, datamanager, model, optimizer, scheduler, use_gpu) -> engine

@@ -54,14 +54,14 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         use_gpu: train on CUDA.
         label_smooth: label smoothing of the cross-entropy.
         triplet_margin: margin of the optional triplet term.
-        synthetic: optional iterator of synthetic batches ``{'img', 'labels', 'betas'}`` (3D term).
-        body_model: optional body model with ``canonical_vertices(betas [B,10]) -> [B,V,3]`` (3D term).
+        synthetic: optional iterator of synthetic batches ``{'img', 'labels', 'betas', 'gender'}`` (3D term).
+        shape_loss: optional :class:`~clip3dreid_plugin.losses.shape3d.ShapeLoss` (3D term).
         amp: ``none`` | ``bf16`` | ``fp16`` autocast for the student forward.
     """
 
     def __init__(self, datamanager, model, optimizer, teacher, switches: LossSwitches, ot_loss: OTLoss,
                  scheduler=None, use_gpu: bool = True, label_smooth: bool = True, triplet_margin: float = 0.3,
-                 synthetic=None, body_model=None, amp: str = "none"):
+                 synthetic=None, shape_loss=None, amp: str = "none"):
         super().__init__(datamanager, use_gpu)
         self.model = model
         self.optimizer = optimizer
@@ -74,8 +74,8 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
             num_classes=datamanager.num_train_pids, use_gpu=self.use_gpu, label_smooth=label_smooth)
         self.criterion_tri = torchreid.losses.TripletLoss(margin=triplet_margin)
         self.synthetic = synthetic
-        self.body_model = body_model
-        if switches.use_3d and (synthetic is None or body_model is None):
+        self.shape_loss = shape_loss
+        if switches.use_3d and (synthetic is None or shape_loss is None):
             raise ValueError("loss.clip3dreid.use_3d needs body.synthetic_dir and body.model_dir")
         if not (switches.use_ce or switches.use_ot or switches.use_global or switches.use_3d
                 or switches.triplet_weight > 0):
@@ -140,10 +140,7 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
             # text_proj holds [real (only when use_ot); synthetic] rows, in that order.
             text_syn = out["text_proj"][B:] if s.use_ot else out["text_proj"]
             terms["ot_syn"] = self.ot_loss(out["local"][B:], text_syn)
-            pred = self.body_model.canonical_vertices(out["betas"][B:].float())
-            with torch.no_grad():
-                target = self.body_model.canonical_vertices(syn["betas"].to(dev).float())
-            terms["3d"] = ((pred - target) ** 2).sum(-1).mean()
+            terms["3d"] = self.shape_loss(out["betas"][B:], syn["betas"].to(dev), syn["gender"].to(dev))
             total = total + s.gamma * (terms["ot_syn"] + terms["3d"])
         terms["loss"] = total
         return terms

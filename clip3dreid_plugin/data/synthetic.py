@@ -1,0 +1,84 @@
+"""Synthetic body-mesh images for the 3D regularisation term (Design 3).
+
+``SyntheticMeshDataset`` reads a set written by ``scripts/render_synthetic.py`` (images plus one
+``meta.npz``). ``build_synthetic_stream`` turns it into an endless iterator of batches sized so that
+synthetic images make up ``body.synthetic_ratio`` of every training batch.
+"""
+from __future__ import annotations
+
+import logging
+import os.path as osp
+from typing import Dict, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from yacs.config import CfgNode as CN
+
+from clip3dreid_plugin.body.synthetic import read_synthetic_meta
+from clip3dreid_plugin.data.image_io import read_image
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SyntheticMeshDataset", "build_synthetic_stream", "synthetic_batch_size", "GENDER_IDS"]
+
+GENDER_IDS = {"female": 0, "male": 1, "neutral": 2}
+
+
+class SyntheticMeshDataset(Dataset):
+    """Rendered synthetic bodies with their true shape and descriptors.
+
+    Args:
+        folder: the set's folder (holds ``meta.npz`` and the images it lists).
+        transform: the student's training transform (PIL -> tensor).
+
+    Items: ``{'img': [3,H,W], 'labels': LongTensor [16], 'betas': FloatTensor [10], 'gender': int}``.
+    """
+
+    def __init__(self, folder: str, transform=None):
+        meta = read_synthetic_meta(folder)
+        base = folder if osp.isdir(folder) else osp.dirname(folder)
+        self.paths = [osp.join(base, str(f)) for f in meta["files"]]
+        if not self.paths:
+            raise ValueError(f"synthetic set '{folder}' lists no images; render it with scripts/render_synthetic.py")
+        self.labels = torch.as_tensor(np.asarray(meta["labels"], dtype=np.int64))
+        self.betas = torch.as_tensor(np.asarray(meta["betas"], dtype=np.float32))
+        self.genders = torch.as_tensor([GENDER_IDS[str(g)] for g in meta["gender"]])
+        self.transform = transform
+        if not meta.get("complete", True):
+            logger.warning("synthetic set %s is incomplete (%d images rendered so far)", folder, len(self.paths))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> Dict[str, torch.Tensor]:
+        img = read_image(self.paths[i])
+        if self.transform is not None:
+            img = self.transform(img)
+        return {"img": img, "labels": self.labels[i], "betas": self.betas[i], "gender": self.genders[i]}
+
+
+def synthetic_batch_size(real_batch: int, ratio: float) -> int:
+    """Synthetic images per step so that they are ``ratio`` of the mixed batch (at least 1)."""
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"body.synthetic_ratio must be in (0, 1), got {ratio}")
+    return max(1, int(round(real_batch * ratio / (1.0 - ratio))))
+
+
+def _forever(loader: DataLoader) -> Iterator[dict]:
+    while True:
+        yield from loader
+
+
+def build_synthetic_stream(cfg: CN, datamanager) -> Iterator[dict]:
+    """Endless shuffled batches of the synthetic set in ``cfg.body.synthetic_dir``."""
+    if not cfg.body.synthetic_dir:
+        raise ValueError("loss.clip3dreid.use_3d needs body.synthetic_dir (render one with scripts/render_synthetic.py)")
+    ds = SyntheticMeshDataset(cfg.body.synthetic_dir, transform=datamanager.transform_tr)
+    bs = synthetic_batch_size(cfg.train.batch_size, cfg.body.synthetic_ratio)
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    loader = DataLoader(ds, batch_size=bs, shuffle=True, drop_last=len(ds) >= bs, num_workers=cfg.data.workers,
+                        generator=gen, persistent_workers=cfg.data.workers > 0)
+    logger.info("synthetic meshes: %d images from %s, %d per step (ratio %.2f)", len(ds), cfg.body.synthetic_dir,
+                bs, cfg.body.synthetic_ratio)
+    return _forever(loader)

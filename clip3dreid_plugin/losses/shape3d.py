@@ -1,0 +1,43 @@
+"""``L_3D``: squared vertex error of the predicted canonical body against the true one (Eq. 10)."""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+import torch.nn as nn
+
+__all__ = ["ShapeLoss"]
+
+
+class ShapeLoss(nn.Module):
+    """``L_3D = mean_b mean_v || SMPL(phi(f_id))_v - SMPL_gender(P)_v ||^2`` in the canonical pose.
+
+    The prediction goes through ``pred_model`` (``body.gender``, neutral by default); each target
+    through the model of the gender it was rendered with, since the metadata's betas are gendered.
+    All SMPL-format models share one topology, so vertices compare one to one.
+
+    Args:
+        pred_model: body model with ``canonical_vertices(betas [B,10]) -> [B,V,3]``.
+        target_models: gender id (see ``clip3dreid_plugin.data.synthetic.GENDER_IDS``) -> body model.
+    """
+
+    def __init__(self, pred_model: nn.Module, target_models: Dict[int, nn.Module]):
+        super().__init__()
+        self.pred_model = pred_model
+        self.target_models = target_models
+
+    def forward(self, pred_betas: torch.Tensor, true_betas: torch.Tensor, genders: torch.Tensor) -> torch.Tensor:
+        """Args: ``pred_betas [B,10]`` (grad flows to phi), ``true_betas [B,10]``, ``genders [B]``.
+
+        Returns:
+            Scalar loss (metres squared).
+        """
+        pred = self.pred_model.canonical_vertices(pred_betas.float())
+        with torch.no_grad():
+            target = torch.empty_like(pred)
+            for g in genders.unique().tolist():
+                if g not in self.target_models:
+                    raise KeyError(f"no body model for synthetic gender id {g}")
+                m = genders == g
+                target[m] = self.target_models[g].canonical_vertices(true_betas[m].float())
+        return ((pred - target) ** 2).sum(-1).mean()

@@ -1,0 +1,99 @@
+"""The 3D term: L_3D is zero for a perfect prediction, reaches phi, and training on synthetic meshes lowers it."""
+from __future__ import annotations
+
+import os.path as osp
+
+import pytest
+import torch
+
+from clip3dreid_plugin.body.procedural import write_procedural_smpl
+from clip3dreid_plugin.body.smpl_io import load_body_model
+from clip3dreid_plugin.body.synthetic_set import render_synthetic_set
+from clip3dreid_plugin.data.synthetic import GENDER_IDS, SyntheticMeshDataset, synthetic_batch_size
+from clip3dreid_plugin.losses.shape3d import ShapeLoss
+from clip3dreid_plugin.models.clip3dreid import CLIP3DReID
+from clip3dreid_plugin.teacher.cache import build_teacher_cache, cache_file_path
+from clip3dreid_plugin.teacher.source import build_teacher
+from clip3dreid_plugin.tools import train_net
+from fixtures.tiny_clip import tiny_clip
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TOY = osp.join(REPO, "configs", "toy", "resnet50_baseline_64x32.yaml")
+
+
+@pytest.fixture(scope="module")
+def body_dir(tmp_path_factory):
+    return write_procedural_smpl(str(tmp_path_factory.mktemp("body")), num_vertices=400)
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory, body_dir):
+    out = str(tmp_path_factory.mktemp("syn"))
+    render_synthetic_set(body_dir, out, num_female=3, num_male=3, poses_per_subject=2, height=64, width=32,
+                         show_progress=False)
+    return out
+
+
+def test_shape_loss_zero_for_perfect_prediction_and_gradient_reaches_phi(body_dir):
+    neutral = load_body_model(body_dir, "neutral")
+    loss_fn = ShapeLoss(neutral, {GENDER_IDS["neutral"]: neutral})
+    betas = torch.randn(4, 10)
+    genders = torch.full((4,), GENDER_IDS["neutral"])
+    assert float(loss_fn(betas, betas, genders)) == pytest.approx(0.0, abs=1e-10)
+    assert float(loss_fn(betas + 0.5, betas, genders)) > 1e-6
+
+    model = CLIP3DReID(3, local_dim=32, agg_hidden_dim=16, head_hidden_dim=16, teacher_dim=8).train()
+    out = model(torch.randn(2, 3, 64, 32))
+    loss_fn(out["betas"], torch.zeros(2, 10), genders[:2]).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.shape_head.parameters())
+
+
+def test_targets_use_each_images_gendered_body(body_dir):
+    models = {GENDER_IDS[g]: load_body_model(body_dir, g) for g in ("female", "male", "neutral")}
+    loss_fn = ShapeLoss(models[GENDER_IDS["neutral"]], models)
+    betas = torch.zeros(2, 10)
+    genders = torch.tensor([GENDER_IDS["female"], GENDER_IDS["male"]])
+    expected = ((models[2].canonical_vertices(betas) - torch.cat(
+        [models[0].canonical_vertices(betas[:1]), models[1].canonical_vertices(betas[1:])])) ** 2).sum(-1).mean()
+    assert float(loss_fn(betas, betas, genders)) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_synthetic_dataset_and_batch_ratio(synthetic_dir):
+    ds = SyntheticMeshDataset(synthetic_dir)
+    assert len(ds) == 12
+    item = ds[0]
+    assert item["labels"].shape == (16,) and item["betas"].shape == (10,)
+    assert synthetic_batch_size(8, 0.2) == 2 and synthetic_batch_size(6, 0.5) == 6
+    with pytest.raises(ValueError, match="synthetic_ratio"):
+        synthetic_batch_size(8, 1.0)
+
+
+def test_training_with_the_3d_term_lowers_it(tmp_path, toy_market_root, body_dir, synthetic_dir):
+    name, weights = tiny_clip(str(tmp_path))
+    root, _ = toy_market_root
+    argv = ["--config-file", TOY, "--device", "cpu", "--output-dir", str(tmp_path / "o"), "data.root", root,
+            "model.name", "clip3dreid", "clip3dreid.local_dim", "64", "clip3dreid.agg_hidden_dim", "32",
+            "clip3dreid.head_hidden_dim", "32", "clip3dreid.teacher_dim", "64", "teacher.name", name,
+            "teacher.pretrained", weights, "teacher.cache_dir", str(tmp_path / "cache"), "train.lr", "0.001",
+            "loss.clip3dreid.use_3d", "True", "body.model_dir", body_dir, "body.synthetic_dir", synthetic_dir,
+            "body.synthetic_ratio", "0.5", "data.workers", "0"]
+    cfg = train_net.setup_cfg(train_net.build_parser().parse_args(argv))
+    import torchreid
+
+    teacher = build_teacher(cfg)
+    paths = [it[0] for it in torchreid.data.datasets.init_image_dataset(
+        "market1501", root=root, mode="train", verbose=False).train]
+    build_teacher_cache(teacher, paths, cache_file_path(cfg.teacher.cache_dir, "market1501", name,
+                                                        teacher.weights_label()), progress=False)
+    engine = train_net.build(cfg)
+    engine.set_model_mode("train")
+    batch = next(iter(engine.train_loader))
+    fixed = next(engine.synthetic)
+    engine.synthetic = iter(lambda: fixed, None)  # the same synthetic batch every step
+    first = {k: float(v.detach()) for k, v in engine.compute_losses(batch).items()}
+    assert {"ot_syn", "3d"} <= set(first)
+    for _ in range(6):
+        engine.forward_backward(batch)
+    last = {k: float(v.detach()) for k, v in engine.compute_losses(batch).items()}
+    assert last["3d"] < first["3d"]
+    assert last["ot_syn"] < first["ot_syn"]
