@@ -144,3 +144,19 @@ def test_train_script_runs_clip3dreid_end_to_end(clip_setup, tmp_path):
     ckpt = compat.load_checkpoint(osp.join(out, "model", "model.pth.tar-1"))
     assert not any(k.startswith(("teacher", "clip")) for k in ckpt["state_dict"])  # teacher never saved
     assert "general_mAP" in ckpt["metrics"]["market1501"]
+
+
+def test_teacher_only_baselines_run_through_the_train_script(clip_setup, tmp_path):
+    root, name, weights, _ = clip_setup
+    common = ["--config-file", TOY, "--device", "cpu", "data.root", root, "teacher.name", name,
+              "teacher.pretrained", weights]
+    zs = train_net.run(_cfg(*common[:4], "--output-dir", str(tmp_path / "zs"), "--eval-only", *common[4:],
+                            "model.name", "clip_zeroshot"))
+    assert 0.0 <= zs["market1501"]["general_mAP"] <= 1.0
+    lin = train_net.run(_cfg(*common[:4], "--output-dir", str(tmp_path / "lin"), *common[4:],
+                             "model.name", "clip_linear", "train.max_epoch", "1"))
+    assert "general_rank1" in lin["market1501"]
+    # The zero-shot model cannot be trained: a one-line error, not an empty-optimizer crash.
+    rc = train_net.main([*common[:4], "--output-dir", str(tmp_path / "zs2"), *common[4:], "model.name",
+                         "clip_zeroshot"])
+    assert rc == 2

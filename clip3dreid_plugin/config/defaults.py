@@ -159,6 +159,7 @@ def add_clip3dreid_config(cfg: CN) -> CN:
     cfg.teacher.prompt_template = ""  # empty = the paper's template; must contain '{}'
     cfg.teacher.descriptor_pairs = []  # empty = the paper's 16 pairs; else ['a|b', ...]
     cfg.teacher.on_stale = "rebuild"  # rebuild | error when the cache fingerprint does not match
+    cfg.teacher.resize_mode = "pad"  # pad (keep body proportions) | squash | crop: how images reach CLIP's square input
 
     # ------------------------------------------------------------------ OT
     cfg.ot = CN()
@@ -189,6 +190,7 @@ def add_clip3dreid_config(cfg: CN) -> CN:
     cfg.body.poses_per_subject = 10  # renders per subject
     cfg.body.pose_file = ""  # optional .npz with body_pose [K, 69] to extend the built-in pose pool
     cfg.body.seed = 0  # seed for shapes, poses and cameras of the synthetic set
+    cfg.body.beta_sigma = 1.0  # standard deviation of the sampled synthetic shape coefficients
 
     # ---------------------------------------------------- synthcc (default dataset)
     cfg.synthcc = CN()

@@ -4,9 +4,12 @@ from __future__ import annotations
 from typing import Callable, Dict
 
 from clip3dreid_plugin.models.clip3dreid import clip3dreid
+from clip3dreid_plugin.models.clip_baselines import clip_linear, clip_zeroshot
 
 MODEL_FACTORIES: Dict[str, Callable] = {
     "clip3dreid": clip3dreid,
+    "clip_zeroshot": clip_zeroshot,  # frozen CLIP image feature (evaluation only)
+    "clip_linear": clip_linear,  # frozen CLIP + trainable FC classifier
 }
 
 __all__ = ["MODEL_FACTORIES"]

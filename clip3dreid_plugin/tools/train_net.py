@@ -111,8 +111,12 @@ def build(cfg):
     model = model.to(device)
     if cfg.runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torchreid.optim.build_optimizer(model, **optimizer_kwargs(cfg))
-    scheduler = torchreid.optim.build_lr_scheduler(optimizer, **lr_scheduler_kwargs(cfg))
+    optimizer = scheduler = None
+    if any(p.requires_grad for p in model.parameters()):  # clip_zeroshot has nothing to train
+        optimizer = torchreid.optim.build_optimizer(model, **optimizer_kwargs(cfg))
+        scheduler = torchreid.optim.build_lr_scheduler(optimizer, **lr_scheduler_kwargs(cfg))
+    elif not cfg.test.evaluate:
+        raise ValueError(f"model '{cfg.model.name}' has no trainable parameter: run it with --eval-only")
     train_model = model
     if cfg.runtime.compile:
         train_model = torch.compile(model)

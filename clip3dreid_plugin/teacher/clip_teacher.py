@@ -1,0 +1,674 @@
+"""The frozen CLIP teacher of CLIP3DReID (image encoder E_I, text encoder E_L; paper Sec. 3.1-3.2).
+
+Checkpoint isolation
+--------------------
+The teacher never enters a checkpoint, an optimizer or a parameter count. The open_clip model is
+kept in a plain attribute (``object.__setattr__``), outside ``nn.Module``'s registry, and every
+tensor the teacher registers itself is a *non-persistent* buffer. So a student holding the teacher
+as an attribute gets no teacher keys in ``state_dict()``, ``load_state_dict(strict=True)`` does not
+expect any, and ``parameters()`` does not list CLIP's weights. ``_save_to_state_dict`` is also a
+no-op as a second line of defence. ``.to()/.cuda()`` on the parent still move CLIP (``_apply`` is
+forwarded to the hidden model), and ``.train()`` never leaves eval mode.
+
+Preprocessing
+-------------
+``encode_images`` takes batches as the student sees them (ImageNet mean/std, e.g. 384x192),
+un-normalises them, brings them to CLIP's square input and applies CLIP's mean/std. The default
+``resize_mode='pad'`` scales the longer side to CLIP's size and pads the shorter side with black
+(open_clip's ``resize_mode='longest'``): body proportions - what the descriptors are about - are
+kept, and head and feet are not cropped away as CLIP's default resize-shortest + centre-crop would
+do on a 2:1 pedestrian crop. ``'squash'`` (anisotropic resize) and ``'crop'`` (CLIP's default) are
+available for ablations. ``encode_pil`` (used for the cache) runs open_clip's own preprocessing
+built with the same resize mode, so cached and online features agree up to interpolation details.
+
+Weights
+-------
+``pretrained`` is ``None``/``''`` (random init, for tests and benchmarks), a local file, or an
+open_clip tag. Local files: a state dict (``.pt``/``.pth``/``.bin``, also ``{'state_dict': ...}``
+with ``module.`` prefixes) or ``.safetensors``, loaded through ``open_clip.load_checkpoint``; an
+OpenAI TorchScript archive (what ``pretrained='openai'`` downloads from openaipublic) cannot be read
+with ``torch.load(weights_only=True)``, so it is opened with ``torch.jit.load`` on the CPU and its
+state dict (minus the non-weight entries ``input_resolution``, ``context_length``, ``vocab_size``,
+``attn_mask``) is loaded into the open_clip model. OpenAI weights need a QuickGELU model
+(``ViT-L-14-quickgelu``). A tag is first looked up in the local download caches; only when it is
+not there is the network used, after a short HTTPS probe that fails in seconds instead of
+huggingface_hub's ~46 s of retries.
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import logging
+import os
+import os.path as osp
+import threading
+import warnings
+import zipfile
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from urllib.parse import urlparse
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from clip3dreid_plugin.teacher.descriptors import DESCRIPTOR_PAIRS, build_prompts, resolve_template
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CLIPTeacher",
+    "TeacherLoadError",
+    "DEFAULT_TEACHER",
+    "RESIZE_MODES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "descriptor_labels",
+    "gather_text_features",
+    "file_sha256",
+    "weights_label_for",
+    "weights_id_for",
+]
+
+DEFAULT_TEACHER = "ViT-L-14-quickgelu"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: teacher.resize_mode -> open_clip's ``image_resize_mode``.
+RESIZE_MODES: Dict[str, str] = {"pad": "longest", "squash": "squash", "crop": "shortest"}
+#: seconds the connectivity probe may take before a hub tag is declared unreachable.
+HUB_PROBE_TIMEOUT_S = 3.0
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt")
+# Entries of an OpenAI TorchScript state dict that are not weights of open_clip's CLIP.
+_JIT_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
+
+WEIGHTS_HINT = (
+    "To use local weights: on a machine with network access download the checkpoint once (e.g. "
+    "open_clip.create_model('ViT-L-14-quickgelu', pretrained='openai') stores it under "
+    "~/.cache/huggingface/hub), copy the .bin/.pt/.safetensors file here and set "
+    "teacher.pretrained=/path/to/file.pt (on the command line: teacher.pretrained /path/to/file.pt)."
+)
+
+
+class TeacherLoadError(RuntimeError):
+    """The CLIP teacher cannot be built; the message says why and how to supply local weights."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def file_sha256(path: str, chunk_size: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file, streamed in ``chunk_size`` blocks (ViT-L/14 is ~0.9 GB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk_size), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# (path, size, mtime_ns) -> digest, so labelling several datasets hashes the weights file once.
+_SHA_CACHE: Dict[Tuple[str, int, int], str] = {}
+
+
+def _cached_file_sha256(path: str) -> str:
+    st = os.stat(path)
+    key = (osp.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = file_sha256(path)
+    return _SHA_CACHE[key]
+
+
+def descriptor_labels(image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """Eq. 2 of the paper: per pair, 0 if phrase 1 is closer (cosine) to the image, else 1.
+
+    Ties go to phrase 2, as in Eq. 2 (``h_m = h^1 if score^1 > score^2 else h^2``).
+
+    Args:
+        image_features: ``[B, d]`` image features (normalised here, any scale accepted).
+        text_features: ``[M, 2, d]`` text features of the prompt pairs.
+
+    Returns:
+        LongTensor ``[B, M]`` with values in {0, 1}.
+    """
+    g = F.normalize(image_features.float(), dim=-1)
+    t = F.normalize(text_features.to(device=g.device, dtype=torch.float32), dim=-1)
+    sims = torch.einsum("bd,mkd->bmk", g, t)
+    return (~(sims[..., 0] > sims[..., 1])).long()
+
+
+def gather_text_features(text_features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Picks the chosen phrase's text feature for every (image, pair): the OT target ``H``.
+
+    Args:
+        text_features: ``[M, 2, d]``.
+        labels: ``[B, M]`` integer labels in {0, 1}.
+
+    Returns:
+        ``[B, M, d]`` on ``labels``' device, in ``text_features``' dtype.
+    """
+    if labels.dim() != 2 or labels.size(1) != text_features.size(0):
+        raise ValueError(f"labels must be [B, {text_features.size(0)}], got {tuple(labels.shape)}")
+    t = text_features.to(labels.device)
+    idx = labels.long()
+    pair = torch.arange(t.size(0), device=labels.device).expand_as(idx)
+    return t[pair, idx]
+
+
+def weights_label_for(pretrained: Optional[str], model_name: str = "") -> str:
+    """Short name of ``teacher.pretrained`` for cache file names, without building the teacher.
+
+    A weights file gives its stem (``/w/ViT-L-14.pt`` -> ``ViT-L-14``), a tag itself (``openai``),
+    an ``hf-hub:`` model ``hub``, and empty weights ``random``.
+    """
+    if model_name.startswith("hf-hub:") and not pretrained:
+        return "hub"
+    if not pretrained:
+        return "random"
+    if osp.isfile(osp.expanduser(pretrained)) or _looks_like_path(pretrained):
+        return osp.splitext(osp.basename(pretrained.rstrip("/\\")))[0] or "weights"
+    return pretrained
+
+
+def weights_id_for(pretrained: Optional[str], model_name: str = "") -> Optional[str]:
+    """``CLIPTeacher.weights_id()`` without building the teacher; None when it cannot be known
+    (random weights, or a weights file that is not on this machine)."""
+    if not pretrained:
+        return None
+    path = osp.expanduser(pretrained)
+    if osp.isfile(path):
+        return "sha256:" + _cached_file_sha256(path)
+    if _looks_like_path(pretrained):
+        return None
+    return f"tag:{pretrained}"
+
+
+class _DropMessages(logging.Filter):
+    """Drops root-logger records containing any of ``needles`` (open_clip logs through ``logging.*``)."""
+
+    def __init__(self, needles: Sequence[str]):
+        super().__init__()
+        self.needles = tuple(needles)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not any(n in msg for n in self.needles)
+
+
+@contextlib.contextmanager
+def _quiet_random_init_warning() -> Iterator[None]:
+    # We load the weights ourselves right after creation; open_clip's "initialized randomly"
+    # warning would be false and alarming in the logs.
+    flt = _DropMessages(["Model initialized randomly", "No potential checkpoint path"])
+    root = logging.getLogger()
+    root.addFilter(flt)
+    try:
+        yield
+    finally:
+        root.removeFilter(flt)
+
+
+def _valid_model_names() -> List[str]:
+    import open_clip
+
+    return list(open_clip.list_models())
+
+
+def _check_model_name(model_name: str) -> None:
+    if model_name.startswith(("hf-hub:", "local-dir:")):
+        return
+    names = _valid_model_names()
+    if model_name.replace("/", "-") in names:
+        return
+    close = difflib.get_close_matches(model_name, names, n=5, cutoff=0.5)
+    common = ["ViT-L-14-quickgelu", "ViT-B-16-quickgelu", "ViT-B-32-quickgelu", "ViT-L-14", "ViT-B-16", "ViT-B-32"]
+    suggest = close + [c for c in common if c not in close and c in names]
+    raise TeacherLoadError(
+        f"unknown open_clip model name teacher.name='{model_name}'; valid names include: "
+        f"{', '.join(suggest[:8])} (all {len(names)}: open_clip.list_models()). {WEIGHTS_HINT}"
+    )
+
+
+def _looks_like_path(value: str) -> bool:
+    return (os.sep in value or "/" in value or value.startswith((".", "~"))
+            or value.lower().endswith(_WEIGHT_SUFFIXES))
+
+
+def _is_torchscript_archive(path: str) -> bool:
+    """True for TorchScript zips (OpenAI's original CLIP files); ``torch.save`` zips have no ``code/``."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        for name in zf.namelist():
+            tail = name.split("/", 1)[-1]
+            if tail.startswith("code/") or tail == "constants.pkl":
+                return True
+    return False
+
+
+def _hf_offline() -> bool:
+    val = os.environ.get("HF_HUB_OFFLINE", "")
+    if val.strip().upper() in ("1", "ON", "YES", "TRUE"):
+        return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(getattr(constants, "HF_HUB_OFFLINE", False))
+    except ImportError:  # pragma: no cover - huggingface_hub is an open_clip dependency
+        return False
+
+
+def _probe_host(url: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> Optional[str]:
+    """Sends one HTTPS ``HEAD`` to ``url``; returns None when any HTTP answer came, else why not.
+
+    A plain TCP connect is not enough: sandboxes and captive proxies accept every connection and
+    then fail TLS, so the probe needs a verified HTTP response (any status counts: the server is
+    there). urllib honours ``HTTPS_PROXY`` like huggingface_hub does. DNS resolution has no timeout
+    of its own, so the request runs in a daemon thread joined with ``timeout``: the caller never
+    waits much longer than that.
+    """
+    import urllib.error
+    import urllib.request
+
+    result: Dict[str, str] = {}
+
+    def attempt() -> None:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+                result["ok"] = "1"
+        except urllib.error.HTTPError:
+            result["ok"] = "1"  # 4xx/5xx: the endpoint answered, so the network is there
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            result["err"] = f"{type(reason).__name__}: {reason}"
+
+    th = threading.Thread(target=attempt, daemon=True, name="clip-hub-probe")
+    th.start()
+    th.join(timeout + 0.5)
+    if "ok" in result:
+        return None
+    host = urlparse(url).hostname or url
+    return result.get("err", f"no answer from {host} within {timeout:.0f} s")
+
+
+def _tag_cache_candidates(tag_cfg: dict) -> List[str]:
+    """Local files where open_clip/huggingface_hub would have stored a tag's weights."""
+    out: List[str] = []
+    hf = tag_cfg.get("hf_hub", "")
+    if hf:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+            from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+        except ImportError:  # pragma: no cover
+            try_to_load_from_cache = None
+        if try_to_load_from_cache is not None:
+            repo, filename = os.path.split(hf)
+            filename = filename or HF_WEIGHTS_NAME
+            names = []
+            # open_clip prefers a .safetensors sibling when the hub has one; so do we.
+            if filename == HF_WEIGHTS_NAME:
+                names.append(HF_SAFE_WEIGHTS_NAME)
+            elif filename.endswith((".bin", ".pth")):
+                names.append(filename[:-4] + ".safetensors")
+            names.append(filename)
+            for name in names:
+                found = try_to_load_from_cache(repo_id=repo, filename=name)
+                if isinstance(found, str) and osp.isfile(found):
+                    out.append(found)
+    url = tag_cfg.get("url", "")
+    if url:
+        cand = osp.join(osp.expanduser("~/.cache/clip"), osp.basename(url))
+        if osp.isfile(cand):
+            out.append(cand)
+    return out
+
+
+def _tag_endpoint(tag_cfg: dict) -> str:
+    if tag_cfg.get("hf_hub"):
+        return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    return tag_cfg.get("url", "https://huggingface.co")
+
+
+def _require_network(what: str, endpoint: str) -> None:
+    if _hf_offline():
+        raise TeacherLoadError(f"{what} must be downloaded but HF_HUB_OFFLINE is set. {WEIGHTS_HINT}")
+    why = _probe_host(endpoint)
+    if why is not None:
+        raise TeacherLoadError(f"{what} must be downloaded from {endpoint}, which is unreachable ({why}). "
+                               f"{WEIGHTS_HINT}")
+
+
+def _load_torchscript_weights(model: nn.Module, path: str) -> None:
+    with warnings.catch_warnings():
+        # torch.jit is deprecated in favour of torch.export, but OpenAI's files are TorchScript.
+        warnings.simplefilter("ignore", FutureWarning)
+        jit = torch.jit.load(path, map_location="cpu")
+    sd = {k: v for k, v in jit.state_dict().items() if k not in _JIT_EXTRA_KEYS}
+    # OpenAI archives store fp16 weights; load_state_dict copies them into the fp32 model.
+    model.load_state_dict(sd, strict=True)
+
+
+def _load_local_weights(model: nn.Module, path: str, model_name: str) -> None:
+    import open_clip
+
+    try:
+        if _is_torchscript_archive(path):
+            logger.info("teacher weights %s are a TorchScript archive; loading its state dict", path)
+            _load_torchscript_weights(model, path)
+        else:
+            open_clip.load_checkpoint(model, path, strict=True)
+    except Exception as err:  # noqa: BLE001 - unpickling/format errors vary by file; all mean "bad weights"
+        msg = str(err).strip().splitlines()
+        short = " ".join(msg[:3])[:600]
+        raise TeacherLoadError(
+            f"cannot load teacher weights '{path}' into open_clip model '{model_name}': {short}. "
+            "Check that teacher.name matches the checkpoint (OpenAI weights need a '-quickgelu' model). "
+            + WEIGHTS_HINT
+        ) from err
+
+
+# --------------------------------------------------------------------------- teacher
+
+
+class CLIPTeacher(nn.Module):
+    """Frozen open_clip model that labels images with body-shape descriptors.
+
+    Args:
+        model_name: open_clip model name (``open_clip.list_models()``), e.g. ``ViT-L-14-quickgelu``.
+        pretrained: ``None``/``''`` (random init: tests/benchmarks only), a local weights file, or an
+            open_clip tag such as ``openai`` (needs the network unless already in the local cache).
+        device: where CLIP runs (``cpu``, ``cuda``, ``cuda:1``, ``auto``).
+        pairs: ``M`` (first, second) phrase pairs; ``None`` = the paper's 16.
+        template: prompt template with ``{}``; ``None``/``''`` = the paper's.
+        resize_mode: ``pad`` (default), ``squash`` or ``crop``; see the module docstring.
+        student_mean: per-channel mean the student's batches are normalised with.
+        student_std: per-channel std the student's batches are normalised with.
+        precision: open_clip precision (``fp32``, ``fp16``, ``bf16``); labels are computed in fp32.
+
+    Raises:
+        TeacherLoadError: unknown model name, missing/incompatible weights file, unknown tag, or a
+            tag that must be downloaded while the hub is unreachable (fails within seconds).
+        ValueError: bad pairs/template/resize mode.
+    """
+
+    def __init__(self, model_name: str = DEFAULT_TEACHER, pretrained: Optional[str] = None,
+                 device: Union[str, torch.device] = "cpu", pairs: Optional[Sequence[Tuple[str, str]]] = None,
+                 template: Optional[str] = None, resize_mode: str = "pad",
+                 student_mean: Sequence[float] = IMAGENET_MEAN, student_std: Sequence[float] = IMAGENET_STD,
+                 precision: str = "fp32"):
+        super().__init__()
+        if pretrained and _looks_like_path(pretrained) and not osp.isfile(osp.expanduser(pretrained)):
+            # Checked before importing open_clip (seconds on a busy machine) so the error is immediate.
+            raise TeacherLoadError(f"teacher weights file not found: '{pretrained}' (teacher.pretrained). "
+                                   + WEIGHTS_HINT)
+        import open_clip
+
+        if resize_mode not in RESIZE_MODES:
+            raise ValueError(f"teacher.resize_mode must be one of {sorted(RESIZE_MODES)}, got '{resize_mode}'")
+        if isinstance(device, str) and device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(device)
+        self.model_name = model_name
+        self.pretrained = pretrained or None
+        self.resize_mode = resize_mode
+        self.precision = precision
+        self.pairs: Tuple[Tuple[str, str], ...] = tuple(tuple(p) for p in (pairs or DESCRIPTOR_PAIRS))
+        self.template = resolve_template(template)
+        self.prompts: List[str] = build_prompts(self.pairs, self.template)
+        self.open_clip_version = open_clip.__version__
+
+        _check_model_name(model_name)
+        kind, source, tag_cfg = self._resolve_pretrained(model_name, self.pretrained)
+        self.weights_kind = kind  # none | file | tag
+        self.weights_file: Optional[str] = source if kind == "file" else None
+        kwargs = dict(precision=precision, device="cpu", image_resize_mode=RESIZE_MODES[resize_mode])
+        if tag_cfg:
+            # A tag can carry its own normalisation/interpolation (e.g. non-OpenAI models).
+            for key, arg in (("mean", "image_mean"), ("std", "image_std"), ("interpolation", "image_interpolation")):
+                if tag_cfg.get(key):
+                    kwargs[arg] = tag_cfg[key]
+        try:
+            if kind == "tag" and source is None:
+                # Not cached locally and the probe found the network: let open_clip download.
+                model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=self.pretrained,
+                                                                             **kwargs)
+            else:
+                with _quiet_random_init_warning() if source else contextlib.nullcontext():
+                    model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None,
+                                                                                 **kwargs)
+        except TeacherLoadError:
+            raise
+        except (RuntimeError, FileNotFoundError, ValueError) as err:
+            raise TeacherLoadError(f"open_clip could not build teacher '{model_name}' "
+                                   f"(pretrained={self.pretrained!r}): {err}. {WEIGHTS_HINT}") from err
+        if source is not None:
+            _load_local_weights(model, source, model_name)
+        if kind == "none":
+            logger.warning("CLIP teacher '%s' has RANDOM weights (teacher.pretrained is empty): descriptor labels "
+                           "are meaningless outside tests and benchmarks. %s", model_name, WEIGHTS_HINT)
+        if tag_cfg.get("quick_gelu") and "quickgelu" not in model_name.lower():
+            # open_clip only warns about this deep in its logs; the features silently drift.
+            logger.warning("weights tag '%s' was trained with QuickGELU but model '%s' uses GELU; "
+                           "use '%s-quickgelu'", self.pretrained, model_name, model_name)
+
+        model.eval()
+        model.requires_grad_(False)
+        model.to(device)
+        # Kept outside the module registry so it is never checkpointed, optimised or counted.
+        object.__setattr__(self, "_clip", model)
+        object.__setattr__(self, "preprocess", preprocess)
+        object.__setattr__(self, "tokenizer", open_clip.get_tokenizer(model_name))
+
+        size = model.visual.image_size
+        self.image_size: Tuple[int, int] = (size, size) if isinstance(size, int) else tuple(size)[-2:]
+        pp = getattr(model.visual, "preprocess_cfg", {}) or {}
+        self.interpolation = pp.get("interpolation", "bicubic")
+        clip_mean = pp.get("mean", (0.48145466, 0.4578275, 0.40821073))
+        clip_std = pp.get("std", (0.26862954, 0.26130258, 0.27577711))
+        # Non-persistent buffers: they follow .to() but never appear in a state_dict.
+        self.register_buffer("clip_mean", torch.tensor(clip_mean, dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("clip_std", torch.tensor(clip_std, dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("student_mean", torch.tensor(student_mean, dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("student_std", torch.tensor(student_std, dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
+        self.to(device)
+        self.register_buffer("text_features", self._compute_text_features(), persistent=False)
+        self._weights_id: Optional[str] = None
+        super().train(False)
+
+    # ------------------------------------------------------------------ construction helpers
+
+    @staticmethod
+    def _resolve_pretrained(model_name: str, pretrained: Optional[str]) -> Tuple[str, Optional[str], dict]:
+        """Returns ``(kind, local_file_or_None, tag_cfg)``; raises fast when weights cannot be had."""
+        import open_clip
+
+        if model_name.startswith("hf-hub:"):
+            _require_network(f"model '{model_name}'", os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+            return "tag", None, {}
+        if not pretrained:
+            return "none", None, {}
+        path = osp.expanduser(pretrained)
+        if osp.isfile(path):
+            return "file", path, {}
+        if _looks_like_path(pretrained):
+            raise TeacherLoadError(f"teacher weights file not found: '{pretrained}' (teacher.pretrained). "
+                                   + WEIGHTS_HINT)
+        tag_cfg = open_clip.get_pretrained_cfg(model_name.replace("/", "-"), pretrained)
+        if not tag_cfg:
+            tags = open_clip.list_pretrained_tags_by_model(model_name.replace("/", "-"))
+            raise TeacherLoadError(
+                f"teacher.pretrained='{pretrained}' is neither an existing file nor an open_clip tag of "
+                f"'{model_name}' (tags: {', '.join(tags) or 'none'}). " + WEIGHTS_HINT
+            )
+        cached = _tag_cache_candidates(tag_cfg)
+        if cached:
+            logger.info("teacher weights tag '%s' found in the local cache: %s", pretrained, cached[0])
+            return "tag", cached[0], tag_cfg
+        _require_network(f"weights tag '{pretrained}' of '{model_name}'", _tag_endpoint(tag_cfg))
+        return "tag", None, tag_cfg
+
+    @torch.no_grad()
+    def _compute_text_features(self) -> torch.Tensor:
+        tokens = self.tokenizer(self.prompts).to(self.device)
+        feats = self._clip.encode_text(tokens).float()
+        feats = F.normalize(feats, dim=-1)
+        return feats.view(len(self.pairs), 2, -1)
+
+    # ------------------------------------------------------------------ nn.Module behaviour
+
+    def train(self, mode: bool = True) -> "CLIPTeacher":
+        """Ignores ``mode``: the teacher is frozen and always in eval mode."""
+        super().train(False)
+        self._clip.eval()
+        return self
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        # .to()/.cuda()/.half() on a parent reach the hidden CLIP model too.
+        super()._apply(fn, recurse)
+        self._clip._apply(fn)
+        return self
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: D401
+        # Nothing of the teacher belongs in a checkpoint (second guard; all buffers are non-persistent).
+        return
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Same as :meth:`encode_images`."""
+        return self.encode_images(x)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def clip_model(self) -> nn.Module:
+        """The wrapped open_clip model (frozen, eval)."""
+        return self._clip
+
+    @property
+    def device(self) -> torch.device:
+        return self.clip_mean.device
+
+    @property
+    def embed_dim(self) -> int:
+        """d, width of the image and text features."""
+        return int(self.text_features.size(-1))
+
+    @property
+    def num_pairs(self) -> int:
+        return len(self.pairs)
+
+    def weights_id(self) -> str:
+        """Identity of the weights for cache fingerprints.
+
+        ``sha256:<hex>`` of the weights file (streamed), ``tag:<tag>`` for a hub tag, or
+        ``random:<sha256 of the parameters>`` for a randomly initialised teacher.
+        """
+        if self._weights_id is None:
+            if self.weights_kind == "file":
+                self._weights_id = "sha256:" + _cached_file_sha256(self.weights_file)
+            elif self.weights_kind == "tag":
+                self._weights_id = f"tag:{self.pretrained or self.model_name}"
+            else:
+                h = hashlib.sha256()
+                for k, v in self._clip.state_dict().items():
+                    h.update(k.encode())
+                    h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+                self._weights_id = "random:" + h.hexdigest()
+        return self._weights_id
+
+    def weights_label(self) -> str:
+        """Short name of the weights for file names: file stem, tag, or ``random``."""
+        return weights_label_for(self.pretrained, self.model_name)
+
+    # ------------------------------------------------------------------ encoders
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        import torchvision.transforms.functional as TF
+        from open_clip.transform import center_crop_or_pad
+        from torchvision.transforms import InterpolationMode
+
+        interp = InterpolationMode.BILINEAR if self.interpolation == "bilinear" else InterpolationMode.BICUBIC
+        th, tw = self.image_size
+        h, w = x.shape[-2:]
+        if (h, w) == (th, tw):
+            return x
+        if self.resize_mode == "squash":
+            return TF.resize(x, [th, tw], interpolation=interp, antialias=True)
+        # Same size rule as open_clip's ResizeKeepRatio (longest=1 for pad, 0 for crop).
+        ratio = max(h / th, w / tw) if self.resize_mode == "pad" else min(h / th, w / tw)
+        size = [max(1, round(h / ratio)), max(1, round(w / ratio))]
+        x = TF.resize(x, size, interpolation=interp, antialias=True)
+        return center_crop_or_pad(x, [th, tw], fill=0)
+
+    @torch.no_grad()
+    def encode_clip_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Encodes images already in CLIP's input format.
+
+        Args:
+            x: ``[B, 3, S, S]`` normalised with CLIP's mean/std at CLIP's input size.
+
+        Returns:
+            L2-normalised float32 features ``[B, d]`` on the teacher's device.
+        """
+        dtype = next(self._clip.parameters()).dtype
+        feats = self._clip.encode_image(x.to(self.device, dtype=dtype, non_blocking=True))
+        return F.normalize(feats.float(), dim=-1)
+
+    @torch.no_grad()
+    def encode_images(self, x: torch.Tensor) -> torch.Tensor:
+        """Encodes a student batch with CLIP's own preprocessing.
+
+        Args:
+            x: ``[B, 3, H, W]`` images normalised with ``student_mean``/``student_std`` at the student's
+                size (e.g. 384x192).
+
+        Returns:
+            L2-normalised float32 features ``[B, d]`` on the teacher's device.
+        """
+        if x.dim() != 4 or x.size(1) != 3:
+            raise ValueError(f"encode_images expects [B, 3, H, W], got {tuple(x.shape)}")
+        x = x.to(self.device, dtype=torch.float32, non_blocking=True)
+        x = x * self.student_std + self.student_mean
+        # Resize in pixel space; bicubic overshoot is clipped like PIL's uint8 output.
+        x = self._resize(x).clamp_(0.0, 1.0)
+        x = (x - self.clip_mean) / self.clip_std
+        return self.encode_clip_input(x)
+
+    def preprocess_pil(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """open_clip's inference preprocessing of PIL images -> ``[B, 3, S, S]`` (CPU)."""
+        return torch.stack([self.preprocess(im) for im in images])
+
+    @torch.no_grad()
+    def encode_pil(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Encodes PIL images with open_clip's preprocessing (same resize mode as ``encode_images``).
+
+        Returns:
+            L2-normalised float32 features ``[B, d]``.
+        """
+        return self.encode_clip_input(self.preprocess_pil(images))
+
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """L2-normalised text features ``[T, d]`` of arbitrary prompts."""
+        feats = self._clip.encode_text(self.tokenizer(list(texts)).to(self.device)).float()
+        return F.normalize(feats, dim=-1)
+
+    # ------------------------------------------------------------------ descriptors
+
+    def descriptor_text_features(self) -> torch.Tensor:
+        """``[M, 2, d]`` L2-normalised text features of the prompt pairs (computed once, cached)."""
+        return self.text_features
+
+    def label(self, image_features: torch.Tensor) -> torch.Tensor:
+        """Descriptor labels (Eq. 2): ``[B, d]`` features -> LongTensor ``[B, M]``, 0 = phrase 1, 1 = phrase 2."""
+        return descriptor_labels(image_features, self.text_features)
+
+    def gather_text_features(self, labels: torch.Tensor) -> torch.Tensor:
+        """``[B, M]`` labels -> ``[B, M, d]`` text features of the chosen phrases (OT target H)."""
+        return gather_text_features(self.text_features, labels)
+
+    def extra_repr(self) -> str:
+        return (f"model={self.model_name}, weights={self.weights_label()}, d={self.embed_dim}, "
+                f"pairs={self.num_pairs}, resize={self.resize_mode}, input={self.image_size}")

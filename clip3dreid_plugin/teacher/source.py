@@ -1,0 +1,125 @@
+"""Teacher sources for the training engine: cached (default) or online CLIP.
+
+The engine needs two calls per step::
+
+    g, labels = source.lookup(img_paths, imgs)   # [B, d] float32, [B, M] int64
+    H = source.gather_text(labels)                # [B, M, d] on labels' device
+
+``CacheTeacherSource`` answers from :class:`~clip3dreid_plugin.teacher.cache.TeacherCache` files
+(no CLIP model in memory, ``imgs`` ignored); ``OnlineTeacherSource`` runs the frozen
+:class:`~clip3dreid_plugin.teacher.clip_teacher.CLIPTeacher` on the augmented batch itself.
+Neither is an ``nn.Module``, so nothing of the teacher reaches the student's checkpoint.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence, Tuple
+
+import torch
+from yacs.config import CfgNode as CN
+
+from clip3dreid_plugin.teacher.cache import TeacherCache, cache_file_path
+from clip3dreid_plugin.teacher.clip_teacher import CLIPTeacher, weights_id_for, weights_label_for
+from clip3dreid_plugin.teacher.descriptors import parse_pairs, resolve_template
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CacheTeacherSource", "OnlineTeacherSource", "build_teacher", "build_teacher_source"]
+
+
+class CacheTeacherSource:
+    """Teacher outputs read from a cache.
+
+    Args:
+        cache: a (possibly concatenated) :class:`TeacherCache`.
+    """
+
+    def __init__(self, cache: TeacherCache):
+        self.cache = cache
+
+    @property
+    def embed_dim(self) -> int:
+        return self.cache.embed_dim
+
+    def text_features(self) -> torch.Tensor:
+        """``[M, 2, d]`` prompt text features."""
+        return self.cache.text_features
+
+    def lookup(self, img_paths: Sequence[str],
+               imgs: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(g [B, d], labels [B, M])`` of the batch's images (CPU); ``imgs`` is unused."""
+        return self.cache.lookup(img_paths)
+
+    def gather_text(self, labels: torch.Tensor) -> torch.Tensor:
+        """``[B, M]`` labels -> ``[B, M, d]`` text features."""
+        return self.cache.gather_text_features(labels)
+
+
+class OnlineTeacherSource:
+    """Runs the frozen CLIP teacher on every training batch.
+
+    Args:
+        teacher: the :class:`CLIPTeacher` (on the training device).
+    """
+
+    def __init__(self, teacher: CLIPTeacher):
+        self.teacher = teacher
+
+    @property
+    def embed_dim(self) -> int:
+        return self.teacher.embed_dim
+
+    def text_features(self) -> torch.Tensor:
+        return self.teacher.descriptor_text_features()
+
+    def lookup(self, img_paths: Sequence[str], imgs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Encodes the student batch ``imgs [B, 3, H, W]`` -> ``(g [B, d], labels [B, M])``."""
+        g = self.teacher.encode_images(imgs)
+        return g, self.teacher.label(g)
+
+    def gather_text(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.teacher.gather_text_features(labels)
+
+
+def build_teacher(cfg: CN, device="cpu") -> CLIPTeacher:
+    """The :class:`CLIPTeacher` described by ``cfg.teacher`` (and the student's ``cfg.data.norm_*``)."""
+    t = cfg.teacher
+    return CLIPTeacher(t.name, t.pretrained or None, device=device, pairs=parse_pairs(t.descriptor_pairs),
+                       template=resolve_template(t.prompt_template), resize_mode=t.resize_mode,
+                       student_mean=tuple(cfg.data.norm_mean), student_std=tuple(cfg.data.norm_std))
+
+
+def build_teacher_source(cfg: CN, datasets: Sequence[Tuple[str, Sequence[str]]], device="cpu"):
+    """Source for ``cfg.teacher.mode``: ``cache`` | ``online`` | ``none`` (returns None).
+
+    Args:
+        cfg: full config.
+        datasets: ``(name, training image paths)`` of every source dataset; in cache mode each must
+            have a cache built by ``scripts/label_descriptors.py`` holding all its images.
+        device: device of the online teacher.
+
+    Raises:
+        FileNotFoundError: a cache file is missing (the message says how to build it).
+        TeacherCacheMismatchError: a cache belongs to another dataset/teacher/descriptor set.
+    """
+    mode = cfg.teacher.mode
+    if mode == "none":
+        return None
+    if mode == "online":
+        return OnlineTeacherSource(build_teacher(cfg, device))
+    if mode != "cache":
+        raise ValueError(f"teacher.mode must be cache, online or none, got '{mode}'")
+    t = cfg.teacher
+    label = weights_label_for(t.pretrained or None, t.name)
+    # The file name only carries the weights' stem; the hash catches a replaced file of the same name.
+    weights_id = weights_id_for(t.pretrained or None, t.name)
+    caches = []
+    for name, paths in datasets:
+        path = cache_file_path(t.cache_dir, name, t.name, label)
+        cache = TeacherCache.load(path)
+        cache.check_compatible(image_paths=paths, teacher_name=t.name, weights_id=weights_id,
+                               pairs=parse_pairs(t.descriptor_pairs), template=resolve_template(t.prompt_template),
+                               dataset=name, resize_mode=t.resize_mode)
+        logger.info("teacher cache %s: %d images", path, len(cache))
+        caches.append(cache)
+    return CacheTeacherSource(TeacherCache.concat(caches))

@@ -1,0 +1,515 @@
+"""The frozen CLIP teacher, descriptor prompts, the teacher cache, the label script and the CLIP baselines.
+
+Everything runs on a tiny open_clip model (``tests/fixtures/tiny_clip.py``) with seeded random
+weights saved to a local ``.pt``; no network and no real CLIP weights are needed.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import importlib.util
+import os.path as osp
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from clip3dreid_plugin.teacher import clip_teacher as ct
+from clip3dreid_plugin.teacher.cache import (
+    TeacherCache,
+    TeacherCacheMismatchError,
+    TeacherCacheMissError,
+    TeacherCacheStaleError,
+    build_teacher_cache,
+    cache_file_path,
+)
+from clip3dreid_plugin.teacher.clip_teacher import CLIPTeacher, TeacherLoadError
+from clip3dreid_plugin.teacher.descriptors import (
+    DESCRIPTOR_PAIRS,
+    PROMPT_TEMPLATE,
+    build_prompts,
+    parse_pairs,
+    resolve_template,
+)
+from tests.fixtures.tiny_clip import register_tiny_clip, write_tiny_clip_weights
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+GUIDANCE = "teacher.pretrained=/path/to/file.pt"
+ERROR_BOUND_S = 10.0  # an error-path bound (no 46 s hub retries), not a speed goal
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """``(model_name, weights_path, folder)`` of the registered tiny CLIP with seed-0 weights."""
+    folder = str(tmp_path_factory.mktemp("tiny_clip"))
+    name = register_tiny_clip(folder)
+    weights = write_tiny_clip_weights(osp.join(folder, "tiny_seed0.pt"), seed=0, name=name)
+    return name, weights, folder
+
+
+@pytest.fixture(scope="session")
+def teacher(tiny):
+    name, weights, _ = tiny
+    return CLIPTeacher(name, weights)
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory):
+    """20 varied 128x64 RGB images (random blobs and gradients, so labels are not all equal)."""
+    folder = tmp_path_factory.mktemp("teacher_images")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(20):
+        base = rng.integers(0, 255, size=(1, 1, 3))
+        grad = np.linspace(0, 1, 128)[:, None, None] * rng.integers(0, 255, size=(1, 1, 3))
+        arr = np.clip(base * 0.5 + grad + rng.normal(0, 40, size=(128, 64, 3)), 0, 255).astype(np.uint8)
+        p = osp.join(folder, f"img_{i:03d}.png")
+        Image.fromarray(arr).save(p)
+        paths.append(p)
+    return paths
+
+
+def _student_batch(paths, size=(128, 64)):
+    x = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB").resize(size[::-1], Image.BICUBIC)))
+                     .permute(2, 0, 1).float() / 255.0 for p in paths])
+    return (x - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def _count_encodes(monkeypatch, teacher_obj, fail_at=None):
+    """Wraps ``teacher.encode_clip_input`` (one call per batch); optionally raises on call ``fail_at``."""
+    calls = {"n": 0}
+    original = CLIPTeacher.encode_clip_input.__get__(teacher_obj)
+
+    def wrapped(x):
+        calls["n"] += 1
+        if fail_at is not None and calls["n"] == fail_at:
+            raise KeyboardInterrupt("simulated interruption")
+        return original(x)
+
+    monkeypatch.setattr(teacher_obj, "encode_clip_input", wrapped)
+    return calls
+
+
+# --------------------------------------------------------------------------- descriptors
+
+
+def test_descriptor_pairs_and_template_follow_the_paper():
+    assert len(DESCRIPTOR_PAIRS) == 16
+    assert DESCRIPTOR_PAIRS[0] == ("Muscular", "Slender")
+    assert DESCRIPTOR_PAIRS[4] == ("Long Legs", "Short Legs")
+    assert DESCRIPTOR_PAIRS[9] == ("Pear-Shaped", "Apple-Shaped")
+    assert DESCRIPTOR_PAIRS[15] == ("High-Waisted", "Low-Waisted")
+    assert PROMPT_TEMPLATE == "A photo of a person; the person is/has {}."
+    prompts = build_prompts()
+    assert len(prompts) == 32
+    assert prompts[0] == "A photo of a person; the person is/has Muscular."
+    assert prompts[3] == "A photo of a person; the person is/has Narrow-Shouldered."
+
+
+def test_parse_pairs_and_template_validation():
+    assert parse_pairs([]) == DESCRIPTOR_PAIRS
+    assert parse_pairs([" Tall | Short ", "Fit|Unfit"]) == (("Tall", "Short"), ("Fit", "Unfit"))
+    for bad in (["Tall"], ["Tall|"], ["a|b|c"], ["|x"]):
+        with pytest.raises(ValueError, match="teacher.descriptor_pairs"):
+            parse_pairs(bad)
+    with pytest.raises(ValueError, match="teacher.prompt_template"):
+        resolve_template("a photo of a person")
+    assert resolve_template("") == PROMPT_TEMPLATE
+    assert build_prompts([("a", "b")], "x {} y") == ["x a y", "x b y"]
+
+
+# --------------------------------------------------------------------------- teacher
+
+
+def test_labels_equal_independent_open_clip_recomputation(tiny, teacher, images):
+    import open_clip
+
+    name, weights, _ = tiny
+    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=weights,
+                                                                 image_resize_mode="longest")
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(name)
+    texts = []
+    for first, second in DESCRIPTOR_PAIRS:
+        texts += [f"A photo of a person; the person is/has {first}.",
+                  f"A photo of a person; the person is/has {second}."]
+    with torch.no_grad():
+        t = F.normalize(model.encode_text(tokenizer(texts)), dim=-1).view(16, 2, -1)
+        x = torch.stack([preprocess(Image.open(p).convert("RGB")) for p in images])
+        g = F.normalize(model.encode_image(x), dim=-1)
+    s1 = (g[:, None, :] * t[None, :, 0, :]).sum(-1)
+    s2 = (g[:, None, :] * t[None, :, 1, :]).sum(-1)
+    expected = torch.where(s1 > s2, 0, 1)
+
+    ours_g = teacher.encode_pil([Image.open(p).convert("RGB") for p in images])
+    ours = teacher.label(ours_g)
+    assert ours.dtype == torch.long and ours.shape == (20, 16)
+    torch.testing.assert_close(ours_g, g, atol=1e-5, rtol=0)
+    torch.testing.assert_close(teacher.descriptor_text_features(), t, atol=1e-5, rtol=0)
+    decided = (s1 - s2).abs() > 1e-5  # exact float ties could go either way between two code paths
+    assert decided.float().mean() > 0.9
+    assert torch.equal(ours[decided], expected[decided])
+    assert 0 < ours.float().mean() < 1  # both phrases occur: the comparison is not vacuous
+
+
+def test_label_rule_ties_and_gather():
+    text = torch.zeros(3, 2, 4)
+    text[:, 0, 0] = 1.0  # phrase 1 along e0
+    text[:, 1, 1] = 1.0  # phrase 2 along e1
+    text[2, 1] = text[2, 0]  # pair 3: identical phrases -> a tie -> phrase 2 (Eq. 2)
+    g = torch.tensor([[2.0, 1.0, 0, 0], [0.1, 3.0, 0, 0]])
+    labels = ct.descriptor_labels(g, text)
+    assert labels.tolist() == [[0, 0, 1], [1, 1, 1]]
+    h = ct.gather_text_features(text, labels)
+    assert h.shape == (2, 3, 4)
+    assert torch.equal(h[1, 0], text[0, 1]) and torch.equal(h[0, 0], text[0, 0])
+
+
+def test_text_features_shape_norm_and_cached(teacher):
+    t = teacher.descriptor_text_features()
+    assert t.shape == (16, 2, 64)
+    torch.testing.assert_close(t.norm(dim=-1), torch.ones(16, 2))
+    assert teacher.descriptor_text_features() is t
+    labels = torch.randint(0, 2, (5, 16))
+    h = teacher.gather_text_features(labels)
+    assert h.shape == (5, 16, 64)
+    assert torch.equal(h[3, 7], t[7, labels[3, 7]])
+
+
+def test_frozen_eval_and_absent_from_parent_checkpoint(teacher):
+    class Student(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+            self.teacher = teacher
+
+    s = Student()
+    s.train()
+    assert s.training and s.fc.training
+    assert not teacher.training and not teacher.clip_model.training
+    assert all(not p.requires_grad for p in teacher.clip_model.parameters())
+    assert set(s.state_dict()) == {"fc.weight", "fc.bias"}
+    assert teacher.state_dict() == {}
+    assert [n for n, _ in s.named_parameters()] == ["fc.weight", "fc.bias"]
+    s.load_state_dict(copy.deepcopy(s.state_dict()), strict=True)
+    s.requires_grad_(True)  # a parent unfreezing "everything" must not reach CLIP
+    assert all(not p.requires_grad for p in teacher.clip_model.parameters())
+    x = torch.randn(2, 3, 64, 32)
+    f = teacher.encode_images(x)
+    assert f.shape == (2, 64) and not f.requires_grad
+    torch.testing.assert_close(f.norm(dim=1), torch.ones(2))
+
+
+def test_encode_images_matches_pil_preprocessing(teacher, images):
+    # Student-normalised 128x64 tensors vs the PIL path on the same 128x64 images: same pixels, same
+    # pad-to-square geometry; only interpolation/rounding differ.
+    x = _student_batch(images[:6])
+    a = teacher.encode_images(x)
+    b = teacher.encode_pil([Image.open(p).convert("RGB") for p in images[:6]])
+    assert (a * b).sum(dim=1).min() > 0.99
+
+
+def test_resize_modes(tiny, teacher, images):
+    x = _student_batch(images[:2])
+    pad = teacher.encode_images(x)
+    for mode in ("squash", "crop"):
+        other = CLIPTeacher(tiny[0], tiny[1], resize_mode=mode)
+        assert other._resize(torch.rand(2, 3, 128, 64)).shape == (2, 3, 64, 64)
+        f = other.encode_images(x)
+        assert f.shape == (2, 64) and not torch.allclose(f, pad)
+    padded = teacher._resize(torch.ones(1, 3, 128, 64))
+    assert padded[..., :, :16].abs().sum() == 0 and padded[..., :, 16:48].min() > 0.99  # black side bars
+    with pytest.raises(ValueError, match="teacher.resize_mode"):
+        CLIPTeacher(tiny[0], tiny[1], resize_mode="stretch")
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
+def test_local_weight_formats_load_identically(tiny, teacher, tmp_path):
+    from safetensors.torch import save_file
+
+    name, weights, _ = tiny
+    ref = teacher.descriptor_text_features()
+    wrapped = write_tiny_clip_weights(str(tmp_path / "ddp.pth"), seed=0, name=name, wrap=True)
+    sd = torch.load(weights, weights_only=True)
+    st = str(tmp_path / "w.safetensors")
+    save_file({k: v.contiguous() for k, v in sd.items()}, st)
+    for path in (wrapped, st):
+        other = CLIPTeacher(name, path)
+        assert torch.equal(other.descriptor_text_features(), ref), path
+    # An OpenAI-style TorchScript archive (torch.load(weights_only=True) refuses these).
+    import open_clip
+
+    model = open_clip.create_model(name, pretrained=weights).eval()
+    traced = torch.jit.trace(model, (torch.zeros(1, 3, 64, 64), torch.zeros(1, 77, dtype=torch.long)), strict=False)
+    jit_path = str(tmp_path / "openai_style.pt")
+    torch.jit.save(traced, jit_path)
+    assert ct._is_torchscript_archive(jit_path) and not ct._is_torchscript_archive(weights)
+    assert torch.equal(CLIPTeacher(name, jit_path).descriptor_text_features(), ref)
+
+
+def _assert_fast_failure(fn, match):
+    t0 = time.monotonic()
+    with pytest.raises(TeacherLoadError, match=match) as info:
+        fn()
+    elapsed = time.monotonic() - t0
+    assert elapsed < ERROR_BOUND_S, f"took {elapsed:.1f} s"
+    assert GUIDANCE in str(info.value)
+    return str(info.value)
+
+
+def test_errors_fail_fast_with_guidance(tiny, tmp_path, monkeypatch):
+    name, _, _ = tiny
+    _assert_fast_failure(lambda: CLIPTeacher(name, str(tmp_path / "missing.pt")), "not found")
+    msg = _assert_fast_failure(lambda: CLIPTeacher("ViT-L-14-quickgeluu", None), "unknown open_clip model name")
+    assert "ViT-L-14-quickgelu" in msg
+    _assert_fast_failure(lambda: CLIPTeacher("ViT-B-32", "no-such-tag"), "not an open_clip tag|neither")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    _assert_fast_failure(lambda: CLIPTeacher(name, str(garbage)), "cannot load teacher weights")
+
+    # A hub tag that is not cached locally, with the hub unreachable (port 9 on localhost refuses at
+    # once; this also keeps a networked CI from downloading 350 MB).
+    monkeypatch.setattr(ct, "_tag_cache_candidates", lambda cfg: [])
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.setattr(ct, "_hf_offline", lambda: False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://127.0.0.1:9")
+    _assert_fast_failure(lambda: CLIPTeacher("ViT-B-32", "openai"), "unreachable")
+    monkeypatch.setattr(ct, "_hf_offline", lambda: True)
+    _assert_fast_failure(lambda: CLIPTeacher("ViT-B-32", "laion2b_s34b_b79k"), "HF_HUB_OFFLINE")
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def test_cache_round_trip_is_bit_exact(teacher, images, tmp_path):
+    path = str(tmp_path / "c.pt")
+    built = build_teacher_cache(teacher, images, path, batch_size=8, progress=False, dataset="toy")
+    loaded = TeacherCache.load(path)
+    assert loaded.paths == sorted(images) and loaded.dataset == "toy"
+    assert loaded.features.dtype == torch.float32 and loaded.labels.dtype == torch.uint8
+    assert torch.equal(loaded.features, built.features) and torch.equal(loaded.labels, built.labels)
+    assert torch.equal(loaded.text_features, teacher.descriptor_text_features())
+    order = [images[7], images[2], images[7], images[19]]
+    g, lab = loaded.lookup(order)
+    direct = teacher.encode_pil([Image.open(p).convert("RGB") for p in order])
+    assert g.shape == (4, 64) and lab.shape == (4, 16) and lab.dtype == torch.long
+    torch.testing.assert_close(g, direct, atol=1e-6, rtol=0)
+    assert torch.equal(lab, teacher.label(g))
+    assert torch.equal(g[0], g[2])
+    dotted = osp.join(osp.dirname(images[7]), ".", osp.basename(images[7]))  # same file, other spelling
+    assert torch.equal(loaded.lookup([dotted])[0][0], g[0])
+    assert torch.equal(loaded.gather_text_features(lab), teacher.gather_text_features(lab))
+    fp = loaded.fingerprint
+    assert fp["teacher"] == teacher.model_name and fp["weights"].startswith("sha256:")
+    assert fp["template"] == PROMPT_TEMPLATE and len(fp["pairs"]) == 16 and "open_clip" in fp
+    assert not osp.exists(path + ".partial")
+
+
+def test_stale_cache_is_rebuilt_or_rejected(tiny, teacher, images, tmp_path, monkeypatch):
+    name, _, folder = tiny
+    path = str(tmp_path / "c.pt")
+    build_teacher_cache(teacher, images[:10], path, batch_size=4, progress=False)
+    calls = _count_encodes(monkeypatch, teacher)
+    build_teacher_cache(teacher, list(reversed(images[:10])), path, batch_size=4, progress=False)
+    assert calls["n"] == 0  # same image set (order irrelevant): reused
+
+    with pytest.raises(TeacherCacheStaleError, match="image list"):
+        build_teacher_cache(teacher, images[:12], path, batch_size=4, progress=False, on_stale="error")
+    rebuilt = build_teacher_cache(teacher, images[:12], path, batch_size=4, progress=False)
+    assert calls["n"] == 3 and len(rebuilt) == 12 and len(TeacherCache.load(path)) == 12
+
+    other = CLIPTeacher(name, write_tiny_clip_weights(osp.join(folder, "tiny_seed1.pt"), seed=1, name=name))
+    with pytest.raises(TeacherCacheStaleError, match="teacher weights"):
+        build_teacher_cache(other, images[:12], path, batch_size=4, progress=False, on_stale="error")
+    fresh = build_teacher_cache(other, images[:12], path, batch_size=4, progress=False)
+    assert fresh.fingerprint["weights"] != rebuilt.fingerprint["weights"]
+    assert not torch.equal(fresh.features, rebuilt.features)
+
+
+def test_interrupted_labelling_resumes_and_equals_uninterrupted(teacher, images, tmp_path, monkeypatch):
+    ref = build_teacher_cache(teacher, images, str(tmp_path / "ref.pt"), batch_size=4, progress=False)
+    path = str(tmp_path / "c.pt")
+    calls = _count_encodes(monkeypatch, teacher, fail_at=4)  # 5 batches; dies in the 4th
+    with pytest.raises(KeyboardInterrupt):
+        build_teacher_cache(teacher, images, path, batch_size=4, progress=False, save_every_s=0,
+                            save_every_batches=2)
+    assert not osp.exists(path)
+    part = torch.load(path + ".partial", weights_only=True)
+    assert part["done"] == 12  # 3 finished batches survive (saved at 2, then on the interruption)
+    monkeypatch.undo()
+    calls = _count_encodes(monkeypatch, teacher)
+    resumed = build_teacher_cache(teacher, images, path, batch_size=4, progress=False)
+    assert calls["n"] == 2  # only the remaining 8 images
+    assert torch.equal(resumed.features, ref.features) and torch.equal(resumed.labels, ref.labels)
+    assert resumed.paths == ref.paths and not osp.exists(path + ".partial")
+    loaded = TeacherCache.load(path)
+    assert torch.equal(loaded.features, ref.features)
+
+
+def test_lookup_of_missing_image_names_it(teacher, images, tmp_path):
+    cache = build_teacher_cache(teacher, images[:5], str(tmp_path / "c.pt"), batch_size=8, progress=False)
+    with pytest.raises(TeacherCacheMissError, match="img_017.png") as info:
+        cache.lookup([images[0], images[17], images[18]])
+    assert isinstance(info.value, KeyError)
+
+
+def test_check_compatible_rejects_other_dataset_or_teacher(teacher, images, tmp_path):
+    cache = build_teacher_cache(teacher, images[:5], str(tmp_path / "c.pt"), batch_size=8, progress=False,
+                                dataset="market1501")
+    cache.check_compatible(images[:5], teacher.model_name, weights_id=teacher.weights_id(), dataset="market1501",
+                           pairs=DESCRIPTOR_PAIRS, template=PROMPT_TEMPLATE, resize_mode="pad")
+    with pytest.raises(TeacherCacheMismatchError, match="'market1501', not 'ltcc'"):
+        cache.check_compatible(dataset="ltcc")
+    with pytest.raises(TeacherCacheMismatchError, match="not 'ViT-L-14-quickgelu'"):
+        cache.check_compatible(teacher_name="ViT-L-14-quickgelu")
+    with pytest.raises(TeacherCacheMismatchError, match="img_009.png"):
+        cache.check_compatible(images[:5] + [images[9]], dataset="market1501")
+    with pytest.raises(TeacherCacheMismatchError, match="descriptor pairs"):
+        cache.check_compatible(pairs=DESCRIPTOR_PAIRS[:15])
+
+
+def test_cache_file_name_and_concat(teacher, images, tmp_path):
+    p = cache_file_path("/c", "ltcc", "ViT-L-14-quickgelu", "openai")
+    assert p == osp.join("/c", "ltcc__ViT-L-14-quickgelu__openai.pt")
+    assert ct.weights_label_for("/w/ViT-L-14.pt") == "ViT-L-14" and ct.weights_label_for("") == "random"
+    a = build_teacher_cache(teacher, images[:6], str(tmp_path / "a.pt"), batch_size=8, progress=False, dataset="a")
+    b = build_teacher_cache(teacher, images[4:9], str(tmp_path / "b.pt"), batch_size=8, progress=False, dataset="b")
+    both = TeacherCache.concat([a, b])
+    assert len(both) == 9
+    g, lab = both.lookup([images[0], images[8]])
+    assert torch.equal(g[1], b.lookup([images[8]])[0][0])
+
+
+# --------------------------------------------------------------------------- script, sources, baselines
+
+
+def _load_script():
+    path = osp.join(REPO, "scripts", "label_descriptors.py")
+    spec = importlib.util.spec_from_file_location("label_descriptors", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _toy_config(tmp_path, root, tiny):
+    name, weights, _ = tiny
+    cfg_path = tmp_path / "label.yaml"
+    cfg_path.write_text(
+        "data:\n"
+        f"  root: {root}\n"
+        "  sources: [market1501]\n"
+        "  workers: 0\n"
+        "runtime:\n  device: cpu\n  progress: false\n"
+        "teacher:\n"
+        f"  name: {name}\n"
+        f"  pretrained: {weights}\n"
+        f"  cache_dir: {tmp_path / 'cache'}\n"
+        "  batch_size: 8\n"
+    )
+    return str(cfg_path)
+
+
+def test_label_script_writes_cache_and_report(tmp_path, toy_market_root, tiny):
+    root, counts = toy_market_root
+    script = _load_script()
+    cfg_file = _toy_config(tmp_path, root, tiny)
+    out = tmp_path / "report"
+    assert script.main(["--config-file", cfg_file, "--report", str(out)]) == 0
+    cache_path = cache_file_path(str(tmp_path / "cache"), "market1501", tiny[0], "tiny_seed0")
+    cache = TeacherCache.load(cache_path)
+    assert len(cache) == counts["train"]
+    with open(out / "market1501__labels.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][0] == "path" and rows[0][1] == "Muscular|Slender" and len(rows[0]) == 17
+    assert len(rows) == counts["train"] + 1
+    _, labels = cache.lookup([r[0] for r in rows[1:]])
+    assert rows[1][1] == DESCRIPTOR_PAIRS[0][int(labels[0, 0])]
+    with open(out / "market1501__label_freq.csv", newline="") as f:
+        freq = list(csv.DictReader(f))
+    assert len(freq) == 16
+    for m, row in enumerate(freq):
+        assert int(row["count_first"]) + int(row["count_second"]) == counts["train"]
+        assert int(row["count_second"]) == int(labels[:, m].sum())
+        assert row["first"] == DESCRIPTOR_PAIRS[m][0]
+    # A bad teacher is a one-line error with exit status 2, not a traceback.
+    assert script.main(["--config-file", cfg_file, "teacher.pretrained", str(tmp_path / "nope.pt")]) == 2
+
+
+def test_teacher_sources_cache_and_online(tmp_path, toy_market_root, tiny, teacher):
+    from clip3dreid_plugin.config.loader import load_config
+    from clip3dreid_plugin.teacher.source import CacheTeacherSource, OnlineTeacherSource, build_teacher_source
+
+    root, _ = toy_market_root
+    script = _load_script()
+    cfg_file = _toy_config(tmp_path, root, tiny)
+    assert script.main(["--config-file", cfg_file]) == 0
+    cfg = load_config(cfg_file, [])
+    paths = script.training_image_paths("market1501", cfg)
+    src = build_teacher_source(cfg, [("market1501", paths)])
+    assert isinstance(src, CacheTeacherSource)
+    g, lab = src.lookup(paths[:3], None)
+    assert g.shape == (3, 64) and src.gather_text(lab).shape == (3, 16, 64)
+    with pytest.raises(TeacherCacheMismatchError, match="not 'ltcc'|not cached"):
+        other = TeacherCache.load(cache_file_path(cfg.teacher.cache_dir, "market1501", tiny[0], "tiny_seed0"))
+        other.check_compatible(dataset="ltcc")
+    online = OnlineTeacherSource(teacher)
+    g2, lab2 = online.lookup(paths[:3], torch.randn(3, 3, 64, 32))
+    assert g2.shape == (3, 64) and lab2.shape == (3, 16)
+
+
+@pytest.fixture
+def baseline_settings(tiny):
+    from clip3dreid_plugin.models import clip_baselines
+
+    saved = clip_baselines.get_clip_baseline_settings()
+    clip_baselines.configure_clip_baselines(tiny[0], tiny[1])
+    yield
+    clip_baselines.configure_clip_baselines(**saved)
+
+
+def test_clip_baselines_build_through_torchreid(baseline_settings):
+    import torchreid
+
+    x = torch.randn(2, 3, 64, 32)
+    zs = torchreid.models.build_model("clip_zeroshot", num_classes=6, loss="softmax", pretrained=False, use_gpu=False)
+    zs.eval()
+    f = zs(x)
+    assert f.shape == (2, 64)
+    assert list(zs.parameters()) == [] and zs.state_dict() == {}
+    zs.train()
+    with pytest.raises(RuntimeError, match="evaluation-only"):
+        zs(x)
+
+    lin = torchreid.models.build_model("clip_linear", num_classes=6, loss="softmax", pretrained=False, use_gpu=False)
+    assert set(lin.state_dict()) == {"classifier.weight", "classifier.bias"}
+    lin.train()
+    logits = lin(x)
+    assert logits.shape == (2, 6) and logits.requires_grad
+    logits.sum().backward()
+    assert lin.classifier.weight.grad is not None
+    lin.eval()
+    torch.testing.assert_close(lin(x), f)
+
+
+def test_clip_linear_from_cfg_via_plugin_build(tiny):
+    from clip3dreid_plugin.config.defaults import get_cfg
+    from clip3dreid_plugin.models.build import build_model
+
+    cfg = get_cfg()
+    cfg.model.name = "clip_linear"
+    cfg.teacher.name, cfg.teacher.pretrained = tiny[0], tiny[1]
+    model = build_model(cfg, num_classes=4, use_gpu=False)
+    model.eval()
+    assert model(torch.randn(1, 3, 64, 32)).shape == (1, 64)
+    assert model.teacher.weights_file == tiny[1]
