@@ -324,10 +324,13 @@ class ClothesAwareEngineMixin:
                     self.writer.add_scalar(f"Test/{name}/{k}", v, self.epoch)
             results[name] = metrics
             if visrank and self.is_main:
-                torchreid.utils.visualize_ranked_results(
-                    distmat.numpy(), self.datamanager.fetch_test_loaders(name), self.datamanager.data_type,
-                    width=self.datamanager.width, height=self.datamanager.height,
-                    save_dir=osp.join(save_dir, "visrank_" + name), topk=visrank_topk,
-                )
+                from clip3dreid_plugin.evaluation.visrank import visualize_ranked_results_protocol
+
+                query, gallery = self.datamanager.fetch_test_loaders(name)
+                for mode in protocols:
+                    visualize_ranked_results_protocol(
+                        distmat.cpu().numpy(), query, gallery, mode,
+                        save_dir=osp.join(save_dir, f"visrank_{name}_{mode}"), data_type=self.datamanager.data_type,
+                        width=self.datamanager.width, height=self.datamanager.height, topk=visrank_topk)
         self.last_metrics = results
         return self.selection_score(results)

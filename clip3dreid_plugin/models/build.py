@@ -13,7 +13,7 @@ from clip3dreid_plugin.config.loader import ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_model", "model_kwargs_from_cfg"]
+__all__ = ["build_model", "build_inference_model", "model_kwargs_from_cfg"]
 
 
 def model_kwargs_from_cfg(cfg: CN) -> Dict[str, Any]:
@@ -43,3 +43,22 @@ def build_model(cfg: CN, num_classes: int, use_gpu: bool) -> nn.Module:
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
     logger.info("model %s: %.2f M parameters (%d classes)", name, n_params, num_classes)
     return model
+
+
+def build_inference_model(cfg: CN, weights: str = "") -> nn.Module:
+    """Eval-mode model of ``cfg.model.name`` with ``weights`` loaded (classifier size read from the file).
+
+    Raises:
+        FileNotFoundError: ``weights`` does not exist.
+    """
+    num_classes = 1
+    if weights:
+        state = compat.load_checkpoint(weights)
+        state = state.get("state_dict", state)
+        for k, v in state.items():
+            if k.endswith("classifier.weight"):
+                num_classes = v.shape[0]
+    model = build_model(cfg, num_classes, use_gpu=False)
+    if weights:
+        compat.load_pretrained_weights(model, weights)
+    return model.eval()

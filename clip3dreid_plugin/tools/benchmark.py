@@ -1,0 +1,225 @@
+"""Throughput benchmark, all on one device in one run (``scripts/benchmark.py``).
+
+Measures, with medians over repeats after warm-up:
+
+* training images/s of torchreid's own ``resnet50`` with torchreid's ``ImageSoftmaxEngine``
+  (default last stride 2, and last stride 1 = the student's trunk), and of ``clip3dreid`` with the
+  cached teacher and with the online teacher, at the same batch size and resolution;
+* teacher labelling throughput (images/s through ``CLIPTeacher.encode_images`` + ``label``);
+* evaluation time of the plugin's evaluator (general + CC) against torchreid's ``evaluate_rank``.
+
+Every training step is a real ``engine.forward_backward(batch)`` on a fixed in-memory batch, so data
+loading is excluded and the numbers compare model + loss + optimizer work only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["main", "time_it", "train_step_benchmarks"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_it(fn: Callable[[], None], repeats: int, warmup: int, device: torch.device) -> Dict[str, float]:
+    """Median / min / max seconds of ``fn`` over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times: List[float] = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
+
+
+class _FakeDataManager:
+    """The attributes torchreid's ``Engine.__init__`` reads; batches are fed directly."""
+
+    def __init__(self, num_pids: int):
+        self.train_loader = []
+        self.test_loader = {}
+        self.num_train_pids = num_pids
+        self.sources = []
+
+
+def _batch(bs: int, h: int, w: int, num_pids: int, device: torch.device) -> dict:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "img": torch.randn(bs, 3, h, w, generator=g).to(device),
+        "pid": (torch.arange(bs) // 4 % num_pids).to(device),
+        "impath": [f"/bench/img_{i:05d}.jpg" for i in range(bs)],
+    }
+
+
+def train_step_benchmarks(bs: int, h: int, w: int, device: torch.device, teacher_name: str, repeats: int,
+                          warmup: int, online: bool = True) -> Dict[str, Dict[str, float]]:
+    """Seconds per training iteration of the baselines and of CLIP3DReID (cached / online teacher)."""
+    import torchreid
+
+    from clip3dreid_plugin.config.defaults import get_cfg
+    from clip3dreid_plugin.engine.clip3dreid_engine import CLIP3DReIDEngine, LossSwitches
+    from clip3dreid_plugin.losses import OTLoss
+    from clip3dreid_plugin.models.clip3dreid import clip3dreid
+    from clip3dreid_plugin.teacher.cache import TeacherCache
+    from clip3dreid_plugin.teacher.clip_teacher import CLIPTeacher
+    from clip3dreid_plugin.teacher.source import CacheTeacherSource, OnlineTeacherSource
+
+    num_pids = max(bs // 4, 2)
+    use_gpu = device.type == "cuda"
+    dm = _FakeDataManager(num_pids)
+    batch = _batch(bs, h, w, num_pids, device)
+    out: Dict[str, Dict[str, float]] = {}
+
+    def adam(model):
+        return torchreid.optim.build_optimizer(model, optim="adam", lr=3.5e-4)
+
+    for label, last_stride in (("torchreid resnet50 (last stride 2)", 2), ("torchreid resnet50 (last stride 1)", 1)):
+        model = torchreid.models.resnet.ResNet(num_pids, "softmax", block=torchreid.models.resnet.Bottleneck,
+                                               layers=[3, 4, 6, 3], last_stride=last_stride).to(device)
+        engine = torchreid.engine.ImageSoftmaxEngine(dm, model, adam(model), use_gpu=use_gpu)
+        model.train()
+        out[label] = time_it(lambda: engine.forward_backward(batch), repeats, warmup, device)
+        del engine, model
+
+    teacher = CLIPTeacher(teacher_name, None, device=str(device))
+    cfg = get_cfg()
+    cfg.clip3dreid.teacher_dim = teacher.embed_dim
+    g = torch.nn.functional.normalize(torch.randn(bs, teacher.embed_dim), dim=1)
+    cache = TeacherCache(batch["impath"], g, teacher.label(g.to(device)).cpu(),
+                         teacher.descriptor_text_features().cpu(), {"teacher": teacher_name})
+    # The paper's student uses last stride 1 (9.12 GMACs at 384x192); last stride 2 matches torchreid's default trunk.
+    sources = [("clip3dreid (last stride 1), cached teacher", CacheTeacherSource(cache), 1),
+               ("clip3dreid (last stride 2), cached teacher", CacheTeacherSource(cache), 2)]
+    if online:
+        sources.append((f"clip3dreid (last stride 1), online teacher ({teacher_name})", OnlineTeacherSource(teacher), 1))
+    for label, source, last_stride in sources:
+        cfg.clip3dreid.last_stride = last_stride
+        model = clip3dreid(num_pids, pretrained=False, cfg=cfg).to(device)
+        engine = CLIP3DReIDEngine(dm, model, adam(model), teacher=source, switches=LossSwitches(),
+                                  ot_loss=OTLoss(), use_gpu=use_gpu)
+        engine.setup_plugin()
+        model.train()
+        out[label] = time_it(lambda: engine.forward_backward(batch), repeats, warmup, device)
+        del engine, model
+    for r in out.values():
+        r["images_per_s"] = bs / r["median_s"]
+    base = out["torchreid resnet50 (last stride 2)"]["median_s"]
+    base1 = out["torchreid resnet50 (last stride 1)"]["median_s"]
+    for r in out.values():
+        r["time_vs_resnet50"] = r["median_s"] / base
+        r["time_vs_resnet50_ls1"] = r["median_s"] / base1
+    return out
+
+
+def labelling_benchmark(teacher_name: str, bs: int, h: int, w: int, device: torch.device, repeats: int,
+                        warmup: int) -> Dict[str, float]:
+    """Teacher labelling throughput on student-sized batches."""
+    from clip3dreid_plugin.teacher.clip_teacher import CLIPTeacher
+
+    teacher = CLIPTeacher(teacher_name, None, device=str(device))
+    x = torch.randn(bs, 3, h, w, device=device)
+
+    @torch.no_grad()
+    def step():
+        teacher.label(teacher.encode_images(x))
+
+    r = time_it(step, repeats, warmup, device)
+    r["images_per_s"] = bs / r["median_s"]
+    return r
+
+
+def eval_benchmark(nq: int, ng: int, device: torch.device, repeats: int, torchreid_repeats: int) -> Dict:
+    """Plugin evaluator (general + CC, one ranking) vs torchreid's Python ``evaluate_rank``."""
+    import torchreid
+
+    from clip3dreid_plugin.evaluation import evaluate_all
+
+    rng = np.random.default_rng(0)
+    num_ids = max(nq // 3, 2)
+    q_pids, g_pids = rng.integers(0, num_ids, nq), rng.integers(0, num_ids, ng)
+    q_cams, g_cams = rng.integers(0, 6, nq), rng.integers(0, 6, ng)
+    q_cl, g_cl = rng.integers(0, 3, nq), rng.integers(0, 3, ng)
+    dist = rng.random((nq, ng)).astype(np.float32)
+    dist_t = torch.as_tensor(dist, device=device)
+    out = {"size": f"{nq}x{ng}"}
+    out["plugin general+cc"] = time_it(
+        lambda: evaluate_all(dist_t, q_pids, g_pids, q_cams, g_cams, q_cl, g_cl, modes=("general", "cc")),
+        repeats, 1, device)
+    out["torchreid evaluate_rank"] = time_it(
+        lambda: torchreid.metrics.evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, use_metric_cuhk03=False,
+                                                use_cython=False),
+        torchreid_repeats, 0, torch.device("cpu"))
+    out["speedup"] = out["torchreid evaluate_rank"]["median_s"] / out["plugin general+cc"]["median_s"]
+    return out
+
+
+def _table(res: Dict) -> str:
+    lines = ["| training step | s/iter (median) | images/s | x resnet50 (ls2) | x resnet50 (ls1) |",
+             "|---|---|---|---|---|"]
+    for k, r in res["train"].items():
+        lines.append(f"| {k} | {r['median_s']:.3f} | {r['images_per_s']:.1f} | {r['time_vs_resnet50']:.2f} | "
+                     f"{r['time_vs_resnet50_ls1']:.2f} |")
+    lab = res["labelling"]
+    lines += ["", "| teacher labelling | s/batch (median) | images/s |", "|---|---|---|",
+              f"| {res['config']['teacher']} | {lab['median_s']:.3f} | {lab['images_per_s']:.1f} |"]
+    ev = res["eval"]
+    lines += ["", f"| evaluation {ev['size']} | s (median) |", "|---|---|",
+              f"| plugin evaluate_all (general + cc) | {ev['plugin general+cc']['median_s']:.3f} |",
+              f"| torchreid evaluate_rank (general) | {ev['torchreid evaluate_rank']['median_s']:.3f} |",
+              f"| speed-up | {ev['speedup']:.1f}x |"]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description="Training, labelling and evaluation throughput on one device.")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--height", type=int, default=384)
+    p.add_argument("--width", type=int, default=192)
+    p.add_argument("--teacher", default="ViT-L-14-quickgelu", help="open_clip name (random init is fine)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--no-online", action="store_true", help="skip the online-teacher training step")
+    p.add_argument("--eval-size", type=int, nargs=2, default=[2000, 20000], metavar=("Q", "G"))
+    p.add_argument("--torchreid-eval-repeats", type=int, default=1)
+    p.add_argument("--json", default="", help="write the results as JSON")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings, resolve_device
+
+    quiet_torchreid_warnings()
+    device = resolve_device(args.device)
+    res = {"config": {"device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else "",
+                      "batch_size": args.batch_size, "size": f"{args.height}x{args.width}",
+                      "teacher": args.teacher, "torch": torch.__version__, "threads": torch.get_num_threads()}}
+    res["train"] = train_step_benchmarks(args.batch_size, args.height, args.width, device, args.teacher,
+                                         args.repeats, args.warmup, online=not args.no_online)
+    res["labelling"] = labelling_benchmark(args.teacher, args.batch_size, args.height, args.width, device,
+                                           args.repeats, args.warmup)
+    res["eval"] = eval_benchmark(args.eval_size[0], args.eval_size[1], device, args.repeats,
+                                 args.torchreid_eval_repeats)
+    print(_table(res))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(res, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
