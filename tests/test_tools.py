@@ -115,3 +115,41 @@ def test_benchmark_tool_reports_consistent_ratios(tmp_path):
         assert r["time_vs_resnet50"] == pytest.approx(r["median_s"] / base)
     ev = res["eval"]
     assert ev["speedup"] == pytest.approx(ev["torchreid evaluate_rank"]["median_s"] / ev["plugin general+cc"]["median_s"])
+
+
+def test_transport_heatmaps_are_plan_columns(tmp_path, toy_market_root):
+    from clip3dreid_plugin.losses import transport_plan
+    from clip3dreid_plugin.models.clip3dreid import CLIP3DReID
+    from clip3dreid_plugin.tools.visualize_transport import overlay, transport_heatmaps
+
+    torch.manual_seed(0)
+    model = CLIP3DReID(3, local_dim=32, agg_hidden_dim=16, head_hidden_dim=16, teacher_dim=8).eval()
+    x, text = torch.randn(3, 64, 32), torch.randn(16, 8)
+    heat = transport_heatmaps(model, x, text)
+    assert heat.shape == (16, 4, 2)  # 64x32 / 16 (last stride 1)
+    assert torch.allclose(heat.sum(dim=(1, 2)), torch.full((16,), 1 / 16), atol=1e-4)
+    with torch.no_grad():
+        local = model.local_features(x[None])
+        ref = transport_plan(local, model.text_head(text[None]))[0]
+    assert torch.allclose(heat[5].flatten(), ref[:, 5], atol=1e-6)
+    img = np.full((64, 32, 3), 100, np.uint8)
+    out = overlay(img, heat[0].numpy())
+    assert out.shape == img.shape and not np.array_equal(out, img)
+
+
+def test_visualize_transport_script(tmp_path, toy_market_root):
+    from fixtures.tiny_clip import tiny_clip
+    from clip3dreid_plugin.tools import visualize_transport
+
+    name, weights = tiny_clip(str(tmp_path))
+    root, _ = toy_market_root
+    img = sorted(os.listdir(osp.join(root, "market1501", "query")))[0]
+    out = str(tmp_path / "ot.png")
+    rc = visualize_transport.main(["--config-file", TOY, "--image", osp.join(root, "market1501", "query", img),
+                                   "--output", out, "--descriptor", "3", "clip3dreid.local_dim", "32",
+                                   "clip3dreid.teacher_dim", "64", "teacher.name", name, "teacher.pretrained",
+                                   weights, "model.pretrained", "False"])
+    assert rc == 0
+    from PIL import Image
+
+    assert Image.open(out).size == (64, 64)  # the image plus one 32-px-wide panel
