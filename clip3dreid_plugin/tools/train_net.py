@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint to resume, or 'auto' for the latest one in the output directory")
     p.add_argument("--output-dir", default=None, help="output directory (overrides data.save_dir)")
     p.add_argument("--seed", type=int, default=None, help="random seed (overrides train.seed)")
+    p.add_argument("--amp", default=None, choices=["none", "bf16", "fp16"],
+                   help="autocast the student forward (overrides runtime.amp; bf16 works on CPU)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p
 
@@ -52,6 +54,8 @@ def setup_cfg(args: argparse.Namespace):
         cfg.data.save_dir = args.output_dir
     if args.seed is not None:
         cfg.train.seed = args.seed
+    if args.amp is not None:
+        cfg.runtime.amp = args.amp
     cfg.freeze()
     return cfg
 
