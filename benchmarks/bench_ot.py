@@ -1,0 +1,220 @@
+#!/usr/bin/env python
+"""Forward+backward time of the OT distillation loss: per-sample POT loop vs batched solvers.
+
+Example::
+
+    PYTHONPATH=. python benchmarks/bench_ot.py                      # B=64, N=288 (24x12), M=16, d=2048
+    PYTHONPATH=. python benchmarks/bench_ot.py --dim 512 --regs 1.0 0.1 --json out.json
+
+Every method gets the same cosine cost ``C = 1 - cos`` of the same features, the same iteration cap
+(``--max-iter``) and the same tolerance (``--tol``, passed as POT's ``stopThr`` / ``ot.batch``'s ``tol``
+/ ``ot_distance``'s ``tol``), and is timed up to the gradient of ``sum_b <T*_b, C_b>``. Methods:
+
+* ``pot_loop``: ``ot.sinkhorn2`` on each sample in a Python loop (POT's default scaling-domain
+  Sinkhorn, autodiff through its iterations).
+* ``ot_batch``: ``ot.batch.solve_batch(..., method='log_sinkhorn', grad='autodiff')``, its
+  ``value_linear``.
+* ``batched``: the plugin's solver (``ot_distance_from_cost``, the part of ``ot_distance`` after the
+  cost), ``grad='autodiff'``.
+* ``batched_envelope``: the same with ``grad='envelope'`` (gradient of the regularised objective).
+
+Two scopes are timed:
+
+* ``full``: from the features ``[B,N,d]``, ``[B,M,d]`` to their gradients (what a training step pays);
+  every method uses the plugin's cosine cost, so at d=2048 this shared part weighs a lot.
+* ``solver``: from a cost tensor ``[B,N,M]`` (a leaf) to its gradient: the solvers alone.
+
+The stopping tests differ in detail (POT's loop tests the column marginal every 10 iterations,
+``ot.batch`` the row marginal every 10, ``ot_distance`` the row marginal every 5), all with the L2 norm;
+the table reports the iterations each method ran. Runs are interleaved across methods so that load from
+other processes falls on all of them alike; the median (and minimum) over ``--repeats`` timed runs after
+one warm-up is reported. On a shared machine compare ratios rather than absolute times.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import ot
+import torch
+
+from clip3dreid_plugin.losses.ot import cosine_cost, ot_distance_from_cost, sinkhorn_log
+
+logger = logging.getLogger("bench_ot")
+
+Features = Tuple[torch.Tensor, torch.Tensor]
+SCOPES = ("full", "solver")
+
+
+def _uniform(n: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.full((n,), 1.0 / n, dtype=like.dtype, device=like.device)
+
+
+def _pot_loop(cost: torch.Tensor, reg: float, max_iter: int, tol: float) -> torch.Tensor:
+    """Per-sample ``ot.sinkhorn2`` (autodiff); values [B]."""
+    a, b = _uniform(cost.size(1), cost), _uniform(cost.size(2), cost)
+    return torch.stack([ot.sinkhorn2(a, b, c, reg, numItermax=max_iter, stopThr=tol) for c in cost])
+
+
+def _pot_loop_iters(cost: torch.Tensor, reg: float, max_iter: int, tol: float) -> float:
+    a, b = _uniform(cost.size(1), cost), _uniform(cost.size(2), cost)
+    iters = [ot.sinkhorn2(a, b, c, reg, numItermax=max_iter, stopThr=tol, log=True)[1]["niter"] for c in cost]
+    return float(statistics.mean(iters))
+
+
+def _ot_batch(cost: torch.Tensor, reg: float, max_iter: int, tol: float) -> torch.Tensor:
+    """``ot.batch.solve_batch`` (log-domain Sinkhorn, autodiff); ``value_linear`` [B]."""
+    return ot.batch.solve_batch(cost, reg, max_iter=max_iter, tol=tol, method="log_sinkhorn",
+                                grad="autodiff").value_linear
+
+
+def _ot_batch_iters(cost: torch.Tensor, reg: float, max_iter: int, tol: float) -> float:
+    res = ot.batch.solve_batch(cost, reg, max_iter=max_iter, tol=tol, method="log_sinkhorn", grad="detach")
+    return float(res.log["n_iter"] + 1)  # POT logs the index of the last iteration
+
+
+def _batched(grad: str) -> Callable:
+    def run(cost: torch.Tensor, reg: float, max_iter: int, tol: float) -> torch.Tensor:
+        return ot_distance_from_cost(cost, reg, max_iter, tol, grad=grad)
+    return run
+
+
+def _batched_iters(cost: torch.Tensor, reg: float, max_iter: int, tol: float) -> float:
+    return float(sinkhorn_log(cost, reg, max_iter, tol)[1])
+
+
+# name -> (cost [B,N,M] -> values [B] with autograd, cost -> iterations run)
+METHODS: Dict[str, Tuple[Callable, Callable]] = {
+    "pot_loop": (_pot_loop, _pot_loop_iters),
+    "ot_batch": (_ot_batch, _ot_batch_iters),
+    "batched": (_batched("autodiff"), _batched_iters),
+    "batched_envelope": (_batched("envelope"), _batched_iters),
+}
+
+
+def make_features(batch: int, n: int, m: int, dim: int, rank: int, seed: int) -> Features:
+    """Random features whose cosines spread over [-1, 1].
+
+    Isotropic Gaussian features in high dimension are nearly orthogonal (cos ~ +-1/sqrt(d)), so the
+    cost is almost constant and Sinkhorn converges in one or two iterations, which would time only
+    per-call overheads. Features drawn from a ``rank``-dimensional subspace (plus 10% noise) have
+    widely spread cosines and make the solvers iterate. ``rank=0`` gives isotropic features.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    if rank <= 0:
+        return torch.randn(batch, n, dim, generator=gen), torch.randn(batch, m, dim, generator=gen)
+    basis = torch.randn(rank, dim, generator=gen) / rank ** 0.5
+    x = torch.randn(batch, n, rank, generator=gen) @ basis + 0.1 * torch.randn(batch, n, dim, generator=gen)
+    y = torch.randn(batch, m, rank, generator=gen) @ basis + 0.1 * torch.randn(batch, m, dim, generator=gen)
+    return x, y
+
+
+def _one_run(fn: Callable, scope: str, feats: Features, cost: torch.Tensor, reg: float, max_iter: int,
+             tol: float) -> Tuple[float, torch.Tensor]:
+    """Seconds of one forward+backward from fresh leaves (features or cost, per ``scope``), and the values."""
+    if scope == "full":
+        x = feats[0].detach().clone().requires_grad_()
+        y = feats[1].detach().clone().requires_grad_()
+        t0 = time.perf_counter()
+        vals = fn(cosine_cost(x, y), reg, max_iter, tol)
+    else:
+        c = cost.detach().clone().requires_grad_()
+        t0 = time.perf_counter()
+        vals = fn(c, reg, max_iter, tol)
+    vals.sum().backward()
+    return time.perf_counter() - t0, vals.detach()
+
+
+def run_benchmark(batch: int, n: int, m: int, dim: int, regs: Sequence[float], max_iter: int, tol: float,
+                  repeats: int, methods: Sequence[str], scopes: Sequence[str] = SCOPES, rank: int = 8,
+                  seed: int = 0) -> List[dict]:
+    """Times each method at each ``reg`` and scope; one row per (scope, reg, method).
+
+    The first method is the reference of the ``speedup`` and ``max_abs_value_diff`` fields.
+    """
+    feats = make_features(batch, n, m, dim, rank, seed)
+    with torch.no_grad():
+        cost = cosine_cost(*feats)
+    rows = []
+    ref = methods[0]
+    for scope in scopes:
+        for reg in regs:
+            times: Dict[str, List[float]] = {name: [] for name in methods}
+            vals: Dict[str, torch.Tensor] = {}
+            for r in range(repeats + 1):  # r == 0 is the untimed warm-up
+                for name in methods:
+                    sec, vals[name] = _one_run(METHODS[name][0], scope, feats, cost, reg, max_iter, tol)
+                    if r > 0:
+                        times[name].append(sec)
+            ref_sec = statistics.median(times[ref])
+            for name in methods:
+                sec = statistics.median(times[name])
+                with torch.no_grad():  # counted outside the timed runs: the value APIs do not return it
+                    iters = METHODS[name][1](cost, reg, max_iter, tol)
+                rows.append({
+                    "scope": scope, "reg": reg, "method": name, "median_ms": 1e3 * sec,
+                    "min_ms": 1e3 * min(times[name]), "iterations": iters, "speedup": ref_sec / sec,
+                    "max_abs_value_diff": float((vals[name] - vals[ref]).abs().max()),
+                })
+                logger.debug("%s reg=%g %s: %.1f ms", scope, reg, name, 1e3 * sec)
+    return rows
+
+
+def markdown_table(rows: List[dict], first: str) -> str:
+    """Rows as a markdown table."""
+    lines = [f"| scope | reg | method | median fwd+bwd (ms) | min (ms) | iterations | speed-up vs {first} | "
+             f"max abs value diff vs {first} |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['scope']} | {r['reg']:g} | {r['method']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | "
+                     f"{r['iterations']:.1f} | {r['speedup']:.2f}x | {r['max_abs_value_diff']:.1e} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--n", type=int, default=288, help="local features per image (24x12 = 288)")
+    parser.add_argument("--m", type=int, default=16, help="text descriptors per image")
+    parser.add_argument("--dim", type=int, default=2048, help="feature width d'")
+    parser.add_argument("--regs", type=float, nargs="+", default=[1.0, 0.1])
+    parser.add_argument("--max-iter", type=int, default=100)
+    parser.add_argument("--tol", type=float, default=1e-5)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                        help="the first one is the reference of the speed-up column")
+    parser.add_argument("--scopes", nargs="+", default=list(SCOPES), choices=list(SCOPES))
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--rank", type=int, default=8,
+                        help="features drawn from a subspace of this rank plus noise (0 = isotropic)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default="", help="also write the rows and settings to this file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+
+    settings = {"batch": args.batch, "n": args.n, "m": args.m, "dim": args.dim, "rank": args.rank,
+                "max_iter": args.max_iter, "tol": args.tol, "repeats": args.repeats, "dtype": "float32",
+                "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
+                "pot": ot.__version__, "machine": platform.processor() or platform.machine()}
+    logger.info("B=%d N=%d M=%d d=%d (rank %d), max_iter=%d, tol=%g (L2 marginal violation), float32 CPU, "
+                "%d threads, median of %d", args.batch, args.n, args.m, args.dim, args.rank, args.max_iter,
+                args.tol, settings["threads"], args.repeats)
+    rows = run_benchmark(args.batch, args.n, args.m, args.dim, args.regs, args.max_iter, args.tol, args.repeats,
+                         args.methods, args.scopes, args.rank, args.seed)
+    logger.info("\n%s", markdown_table(rows, args.methods[0]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"settings": settings, "rows": rows}, f, indent=2)
+        logger.info("wrote %s", args.json)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Losses of CLIP3DReID: local OT distillation, global distillation, and torchreid's ID/triplet losses.
+
+``CrossEntropyLoss`` (label smoothing) and ``TripletLoss`` (batch-hard) are torchreid's own classes,
+re-exported here rather than rewritten. They are resolved lazily by attribute access on
+``torchreid.losses`` (the PyPI wheel keeps them at ``torchreid.reid.losses``, a source install at
+``torchreid.losses``), so importing the OT loss does not import torchreid.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from clip3dreid_plugin.losses.distill import global_distill_loss
+from clip3dreid_plugin.losses.ot import (
+    OTLoss,
+    cosine_cost,
+    ot_distance,
+    ot_distance_from_cost,
+    sinkhorn_log,
+    transport_plan,
+)
+
+__all__ = [
+    "ot_distance",
+    "ot_distance_from_cost",
+    "transport_plan",
+    "sinkhorn_log",
+    "cosine_cost",
+    "OTLoss",
+    "global_distill_loss",
+    "CrossEntropyLoss",
+    "TripletLoss",
+]
+
+_TORCHREID_LOSSES = ("CrossEntropyLoss", "TripletLoss")
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562 lazy attribute: torchreid's import is slow and warns about Cython; only pay it when used.
+    if name in _TORCHREID_LOSSES:
+        import torchreid
+
+        return getattr(torchreid.losses, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
