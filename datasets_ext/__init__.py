@@ -14,6 +14,7 @@ from datasets_ext.deepchange import DeepChange
 from datasets_ext.last import LaST
 from datasets_ext.ltcc import LTCC
 from datasets_ext.prcc import PRCC
+from datasets_ext.synthcc import SynthCC
 from datasets_ext.vcclothes import VCClothes, VCClothesClothesChanging, VCClothesSameClothes
 
 IMAGE_DATASETS: Dict[str, Type] = {
@@ -29,6 +30,7 @@ IMAGE_DATASETS: Dict[str, Type] = {
     "vcclothes_sc": VCClothesSameClothes,
     "vcclothes_cc": VCClothesClothesChanging,
     "last": LaST,
+    "synthcc": SynthCC,
 }
 VIDEO_DATASETS: Dict[str, Type] = {
     "ccvid": CCVID,
@@ -47,6 +49,7 @@ __all__ = [
     "LaST",
     "LTCC",
     "PRCC",
+    "SynthCC",
     "VCClothes",
     "VCClothesClothesChanging",
     "VCClothesSameClothes",

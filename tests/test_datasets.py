@@ -70,6 +70,11 @@ def find(data, suffix: str) -> tuple:
 
 # (split, path suffix, (pid, camid, dsetid, clothes_id)) written out from the fixture file lists.
 EXPECTED_ITEMS = {
+    "synthcc": [
+        ("train", "train/0007_02_c3_001.png", (1, 2, 0, 3)),  # clothes key (7, 2) is the 4th of 4 sorted keys
+        ("query", "query/0010_01_c1_000.png", (10, 0, 0, 1)),
+        ("gallery", "gallery/0011_00_c2_000.png", (11, 1, 0, 2)),  # clothes over query+gallery: (10,0),(10,1),(11,0)
+    ],
     "ltcc": [
         ("train", "train/005_2_c3_000003.png", (0, 2, 0, 1)),
         ("train", "train/012_3_c11_000005.png", (1, 3, 0, 3)),
@@ -136,7 +141,7 @@ def test_every_registered_name_has_a_fixture():
     assert set(EXPECTED_ITEMS) == set(ALL_NAMES)
     assert set(IMAGE_DATASETS) == {
         "ltcc", "prcc", "celebreid", "celebreid_light", "celebreid_blur", "celebreid_light_blur", "deepchange",
-        "ccda", "vcclothes", "vcclothes_sc", "vcclothes_cc", "last",
+        "ccda", "vcclothes", "vcclothes_sc", "vcclothes_cc", "last", "synthcc",
     }
     assert set(VIDEO_DATASETS) == {"ccvid"}
 

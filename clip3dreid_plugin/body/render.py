@@ -24,7 +24,7 @@ import logging
 import math
 import os
 import sys
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -181,6 +181,13 @@ class MeshRenderer:
         fill = pyrender.DirectionalLight(color=np.ones(3), intensity=0.35 * light_intensity)
         self._scene.add(key, pose=self._light_pose(-25.0, 30.0), parent_node=self._cam_node)
         self._scene.add(fill, pose=self._light_pose(10.0, -40.0), parent_node=self._cam_node)
+        # kept so that per-call overrides (render(..., light_intensity=...)) can be applied and undone
+        self._key, self._fill = key, fill
+        self._light_intensity = float(light_intensity)
+        self._ambient = float(ambient)
+        # white base colour: the shader multiplies the lit colour by the per-vertex colour (COLOR_0)
+        self._vc_material = pyrender.MetallicRoughnessMaterial(
+            baseColorFactor=(1.0, 1.0, 1.0, 1.0), metallicFactor=0.0, roughnessFactor=0.8)
         self._mesh_node = None
 
     @staticmethod
@@ -220,7 +227,9 @@ class MeshRenderer:
         return v, pose, float(hi[2] + d_front - mid[2])
 
     def render(self, vertices: np.ndarray, faces: np.ndarray, yaw_deg: float = 0.0,
-               distance_scale: float = 1.0) -> np.ndarray:
+               distance_scale: float = 1.0, *, vertex_colors: Optional[np.ndarray] = None,
+               background: Optional[Sequence[float]] = None, light_intensity: Optional[float] = None,
+               ambient: Optional[float] = None) -> np.ndarray:
         """Renders one body.
 
         Args:
@@ -228,21 +237,54 @@ class MeshRenderer:
             faces: [F, 3] triangle indices.
             yaw_deg: body rotation about the vertical axis (0 = facing the camera).
             distance_scale: camera distance relative to the tightest framing (>= 1).
+            vertex_colors: optional [V, 3] RGB in [0, 1] per vertex (clothes, skin); None = the uniform
+                material colour given to the constructor.
+            background: optional RGB in [0, 1] for this image only; None = the constructor's.
+            light_intensity: optional key-light intensity for this image only (the fill light keeps its
+                ratio); None = the constructor's.
+            ambient: optional ambient level in [0, 1] for this image only; None = the constructor's.
 
         Returns:
             uint8 image [H, W, 3] (RGB).
         """
+        rgb, _ = self.render_rgbd(vertices, faces, yaw_deg, distance_scale, vertex_colors=vertex_colors,
+                                  background=background, light_intensity=light_intensity, ambient=ambient)
+        return rgb
+
+    def render_rgbd(self, vertices: np.ndarray, faces: np.ndarray, yaw_deg: float = 0.0,
+                    distance_scale: float = 1.0, *, vertex_colors: Optional[np.ndarray] = None,
+                    background: Optional[Sequence[float]] = None, light_intensity: Optional[float] = None,
+                    ambient: Optional[float] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`render`, also returning the depth map (0 where no surface: the background mask).
+
+        Returns:
+            (uint8 image [H, W, 3] RGB, float32 depth [H, W] in metres, 0 on the background).
+        """
         v, pose, _ = self.frame(vertices, yaw_deg, distance_scale)
         f = np.asarray(faces, dtype=np.int64)
+        if vertex_colors is None:
+            color_0, material = None, self._material
+        else:
+            vc = np.asarray(vertex_colors, dtype=np.float32)
+            if vc.shape != (len(v), 3):
+                raise ValueError(f"vertex_colors must be [{len(v)}, 3], got {list(vc.shape)}")
+            color_0 = np.concatenate([np.clip(vc, 0.0, 1.0), np.ones((len(v), 1), np.float32)], 1)
+            material = self._vc_material
         prim = self._pyrender.Primitive(positions=v.astype(np.float32), normals=vertex_normals(v, f),
-                                        indices=f.astype(np.uint32), material=self._material)
+                                        color_0=color_0, indices=f.astype(np.uint32), material=material)
         mesh = self._pyrender.Mesh([prim])
         if self._mesh_node is not None:
             self._scene.remove_node(self._mesh_node)
         self._mesh_node = self._scene.add(mesh)
         self._scene.set_pose(self._cam_node, pose)
-        color, _ = self._renderer.render(self._scene)
-        return np.ascontiguousarray(color[..., :3])
+        # per-call overrides are set every call (back to the defaults when None), so no state leaks between calls
+        bg = self.background if background is None else tuple(float(c) for c in background)
+        self._scene.bg_color = (*bg, 1.0)
+        li = self._light_intensity if light_intensity is None else float(light_intensity)
+        self._key.intensity, self._fill.intensity = li, 0.35 * li
+        self._scene.ambient_light = np.full(3, self._ambient if ambient is None else float(ambient))
+        color, depth = self._renderer.render(self._scene)
+        return np.ascontiguousarray(color[..., :3]), np.asarray(depth, dtype=np.float32)
 
     def close(self) -> None:
         """Releases the GL context (safe to call twice)."""
