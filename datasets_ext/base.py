@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 Item = Tuple[str, int, int, int, int]
 
-__all__ = ["ClothesImageDataset", "DatasetLayoutError", "relabel", "check_dir", "to_clothes_items"]
+__all__ = ["ClothesImageDataset", "DatasetLayoutError", "relabel", "label_splits", "check_dir", "to_clothes_items"]
 
 
 class DatasetLayoutError(RuntimeError):
@@ -37,6 +37,22 @@ def check_dir(path: str, what: str) -> None:
 def relabel(values: Iterable) -> dict:
     """Maps sorted unique values to 0..n-1."""
     return {v: i for i, v in enumerate(sorted(set(values)))}
+
+
+def label_splits(train_raw: Sequence[tuple], query_raw: Sequence[tuple], gallery_raw: Sequence[tuple]):
+    """Raw rows ``(path, pid, camid, clothes_key)`` -> 5-field train/query/gallery items.
+
+    Train pids, camids and clothes keys are relabelled to 0..n-1; query and gallery keep raw pids and
+    camids, and their clothes keys are relabelled jointly over query + gallery.
+    """
+    pid2label = relabel(r[1] for r in train_raw)
+    cam2label = relabel(r[2] for r in train_raw)
+    clothes2label = relabel(r[3] for r in train_raw)
+    train = [(p, pid2label[pid], cam2label[cam], 0, clothes2label[c]) for p, pid, cam, c in train_raw]
+    test_clothes = relabel(r[3] for r in list(query_raw) + list(gallery_raw))
+    query = [(p, pid, cam, 0, test_clothes[c]) for p, pid, cam, c in query_raw]
+    gallery = [(p, pid, cam, 0, test_clothes[c]) for p, pid, cam, c in gallery_raw]
+    return train, query, gallery
 
 
 def to_clothes_items(data: Sequence[tuple]) -> List[Item]:

@@ -6,7 +6,7 @@ import os.path as osp
 import re
 from typing import List, Tuple
 
-from datasets_ext.base import DatasetLayoutError, check_dir, relabel
+from datasets_ext.base import DatasetLayoutError, check_dir, label_splits
 from datasets_ext.common import ensure_nonempty, image_files, read_list, resolve_dataset_dir
 from datasets_ext.video_base import ClothesVideoDataset
 
@@ -55,14 +55,7 @@ class CCVID(ClothesVideoDataset):
         query_raw = self._parse("query")
         gallery_raw = self._parse("gallery")
 
-        pid2label = relabel(r[1] for r in train_raw)
-        cam2label = relabel(r[2] for r in train_raw)
-        clothes2label = relabel(r[3] for r in train_raw)
-        train = [(p, pid2label[pid], cam2label[cam], 0, clothes2label[c]) for p, pid, cam, c in train_raw]
-
-        test_clothes = relabel(r[3] for r in query_raw + gallery_raw)
-        query = [(p, pid, cam, 0, test_clothes[c]) for p, pid, cam, c in query_raw]
-        gallery = [(p, pid, cam, 0, test_clothes[c]) for p, pid, cam, c in gallery_raw]
+        train, query, gallery = label_splits(train_raw, query_raw, gallery_raw)
         super().__init__(train, query, gallery, **kwargs)
 
     def _parse(self, split: str) -> List[Raw]:
