@@ -38,24 +38,62 @@ def _load_npz(path: str, role: str) -> Dict[str, np.ndarray]:
         raise ValueError(f"{role} file {path} is not a readable .npz: {exc}") from exc
 
 
+def predict_from_images(config_file: str, weights: str, images_dir: str, opts: Sequence[str] = (),
+                        batch_size: int = 32) -> Dict[str, np.ndarray]:
+    """Student predictions on a rendered set: ``{'pred': betas [B,10], 'gt': betas [B,10], 'gender': [B]}``."""
+    import torch
+    import torchreid
+
+    import clip3dreid_plugin
+    from clip3dreid_plugin.config import load_config
+    from clip3dreid_plugin.data.synthetic import GENDER_IDS, SyntheticMeshDataset
+    from clip3dreid_plugin.models.build import build_inference_model
+
+    cfg = load_config(config_file or None, ["model.name", "clip3dreid", *opts])
+    clip3dreid_plugin.register()
+    model = build_inference_model(cfg, weights)
+    _, tf = torchreid.data.transforms.build_transforms(cfg.data.height, cfg.data.width, transforms=None,
+                                                       norm_mean=list(cfg.data.norm_mean),
+                                                       norm_std=list(cfg.data.norm_std))
+    ds = SyntheticMeshDataset(images_dir, transform=tf)
+    preds = []
+    with torch.no_grad():
+        for s in range(0, len(ds), batch_size):
+            x = torch.stack([ds[i]["img"] for i in range(s, min(s + batch_size, len(ds)))])
+            preds.append(model.shape_head(model(x)))  # eval forward gives f_id; phi maps it to betas
+    inv = {v: k for k, v in GENDER_IDS.items()}
+    return {"pred": torch.cat(preds).numpy(), "gt": ds.betas.numpy(),
+            "gender": np.array([inv[int(g)] for g in ds.genders])}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 2 bad input)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--body-model", required=True, help="root folder with smpl/SMPL_{NEUTRAL,MALE,FEMALE}.pkl")
-    parser.add_argument("--pred-npz", required=True, help=".npz with betas [B, 10]")
-    parser.add_argument("--gt-npz", required=True, help=".npz with betas [B, 10] (+ gender [B]) or vertices + faces")
+    parser.add_argument("--pred-npz", default="", help=".npz with betas [B, 10]")
+    parser.add_argument("--gt-npz", default="", help=".npz with betas [B, 10] (+ gender [B]) or vertices + faces")
+    parser.add_argument("--images-dir", default="", help="rendered set (meta.npz + images): predict with the student")
+    parser.add_argument("--config-file", default="", help="student config (with --images-dir)")
+    parser.add_argument("--weights", default="", help="student checkpoint (with --images-dir)")
     parser.add_argument("--gender", default="neutral", choices=["neutral", "male", "female"],
                         help="body model of the predictions")
     parser.add_argument("--num-points", type=int, default=10000, help="surface samples per mesh")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--align", choices=["centroid", "none"], default="centroid")
     parser.add_argument("--json", default=None, help="write the result (mean and per-sample) to this file")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="student config overrides KEY VALUE (--images-dir)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
 
     try:
-        pred = _load_npz(args.pred_npz, "prediction")
-        gt = _load_npz(args.gt_npz, "ground-truth")
+        if args.images_dir:
+            out = predict_from_images(args.config_file, args.weights, args.images_dir, args.opts)
+            pred, gt = {"betas": out["pred"]}, {"betas": out["gt"], "gender": out["gender"]}
+        elif args.pred_npz and args.gt_npz:
+            pred = _load_npz(args.pred_npz, "prediction")
+            gt = _load_npz(args.gt_npz, "ground-truth")
+        else:
+            raise ValueError("give --images-dir (with --config-file/--weights) or both --pred-npz and --gt-npz")
         if "betas" not in pred:
             raise ValueError(f"{args.pred_npz} has no 'betas' array (keys: {sorted(pred)})")
         model = load_body_model(args.body_model, args.gender)

@@ -97,3 +97,48 @@ def test_training_with_the_3d_term_lowers_it(tmp_path, toy_market_root, body_dir
     last = {k: float(v.detach()) for k, v in engine.compute_losses(batch).items()}
     assert last["3d"] < first["3d"]
     assert last["ot_syn"] < first["ot_syn"]
+
+
+def test_eval_shape_reconstructs_from_images(tmp_path, body_dir, synthetic_dir):
+    import importlib.util
+    import json
+
+    import numpy as np
+
+    from clip3dreid_plugin.body.shape_eval import evaluate_shapes
+    from clip3dreid_plugin.models.build import build_inference_model
+    from clip3dreid_plugin.config import load_config
+
+    spec = importlib.util.spec_from_file_location("_eval_shape", osp.join(REPO, "scripts", "eval_shape.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    opts = ["clip3dreid.local_dim", "32", "clip3dreid.agg_hidden_dim", "16", "clip3dreid.head_hidden_dim", "16",
+            "model.pretrained", "False", "data.height", "64", "data.width", "32"]
+    torch.manual_seed(0)
+    cfg = load_config(None, ["model.name", "clip3dreid", *opts])
+    model = build_inference_model(cfg)
+    ckpt = str(tmp_path / "student.pth")
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    out = mod.predict_from_images("", ckpt, synthetic_dir, opts)
+    assert out["pred"].shape == (12, 10) and set(out["gender"]) == {"female", "male"}
+    # The student's phi head on the first image, recomputed by hand.
+    ds = SyntheticMeshDataset(synthetic_dir)
+    import torchreid
+
+    _, tf = torchreid.data.transforms.build_transforms(64, 32, transforms=None)
+    from clip3dreid_plugin.data.image_io import read_image
+
+    with torch.no_grad():
+        ref = model.shape_head(model(tf(read_image(ds.paths[0]))[None]))[0].numpy()
+    assert np.allclose(out["pred"][0], ref, atol=1e-5)
+    # The script's per-image Chamfer equals evaluate_shapes on the same predictions with each gendered body.
+    j = str(tmp_path / "r.json")
+    assert mod.main(["--body-model", body_dir, "--images-dir", synthetic_dir, "--weights", ckpt, "--json", j,
+                     "--num-points", "500", *opts]) == 0
+    got = json.load(open(j))["chamfer_mm"]
+    neutral = load_body_model(body_dir, "neutral")
+    idx = np.flatnonzero(out["gender"] == "male")
+    ref = evaluate_shapes(out["pred"][idx], out["gt"][idx], neutral, gt_body_model=load_body_model(body_dir, "male"),
+                          num_points=500, seed=0)["chamfer_mm"]
+    assert np.all(ref > 0)
+    assert np.allclose(np.asarray(got)[idx], ref, rtol=1e-9)

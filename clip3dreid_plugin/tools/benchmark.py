@@ -67,9 +67,27 @@ def _batch(bs: int, h: int, w: int, num_pids: int, device: torch.device) -> dict
     }
 
 
+def _synthetic_3d(body_dir: str, synthetic_dir: str, bs: int, h: int, w: int, ratio: float, device: torch.device):
+    """A fixed synthetic batch stream and the L_3D module for the 3D-term row."""
+    import torchreid
+
+    from clip3dreid_plugin.body.smpl_io import load_body_model
+    from clip3dreid_plugin.data.synthetic import GENDER_IDS, SyntheticMeshDataset, synthetic_batch_size
+    from clip3dreid_plugin.losses.shape3d import ShapeLoss
+
+    _, tf = torchreid.data.transforms.build_transforms(h, w, transforms=None)
+    ds = SyntheticMeshDataset(synthetic_dir, transform=tf)
+    n = synthetic_batch_size(bs, ratio)
+    items = [ds[i % len(ds)] for i in range(n)]
+    batch = {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in items[0]}
+    models = {GENDER_IDS[g]: load_body_model(body_dir, g, device=str(device)) for g in ("female", "male", "neutral")}
+    return iter(lambda: batch, None), ShapeLoss(models[GENDER_IDS["neutral"]], models), n
+
+
 def train_step_benchmarks(bs: int, h: int, w: int, device: torch.device, teacher_name: str, repeats: int,
-                          warmup: int, online: bool = True) -> Dict[str, Dict[str, float]]:
-    """Seconds per training iteration of the baselines and of CLIP3DReID (cached / online teacher)."""
+                          warmup: int, online: bool = True, body_dir: str = "", synthetic_dir: str = "",
+                          synthetic_ratio: float = 0.25) -> Dict[str, Dict[str, float]]:
+    """Seconds per training iteration of the baselines and of CLIP3DReID (cached / online teacher, 3D term)."""
     import torchreid
 
     from clip3dreid_plugin.config.defaults import get_cfg
@@ -108,11 +126,17 @@ def train_step_benchmarks(bs: int, h: int, w: int, device: torch.device, teacher
                ("clip3dreid (last stride 2), cached teacher", CacheTeacherSource(cache), 2)]
     if online:
         sources.append((f"clip3dreid (last stride 1), online teacher ({teacher_name})", OnlineTeacherSource(teacher), 1))
+    if body_dir and synthetic_dir:
+        stream, shape_loss, n_syn = _synthetic_3d(body_dir, synthetic_dir, bs, h, w, synthetic_ratio, device)
+        sources.append((f"clip3dreid (last stride 1), cached teacher + 3D term (+{n_syn} synthetic)",
+                        CacheTeacherSource(cache), 1))
     for label, source, last_stride in sources:
         cfg.clip3dreid.last_stride = last_stride
         model = clip3dreid(num_pids, pretrained=False, cfg=cfg).to(device)
-        engine = CLIP3DReIDEngine(dm, model, adam(model), teacher=source, switches=LossSwitches(),
-                                  ot_loss=OTLoss(), use_gpu=use_gpu)
+        with_3d = "3D term" in label
+        engine = CLIP3DReIDEngine(dm, model, adam(model), teacher=source, switches=LossSwitches(use_3d=with_3d),
+                                  ot_loss=OTLoss(), use_gpu=use_gpu, synthetic=stream if with_3d else None,
+                                  shape_loss=shape_loss if with_3d else None)
         engine.setup_plugin()
         model.train()
         out[label] = time_it(lambda: engine.forward_backward(batch), repeats, warmup, device)
@@ -198,6 +222,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--no-online", action="store_true", help="skip the online-teacher training step")
     p.add_argument("--eval-size", type=int, nargs=2, default=[2000, 20000], metavar=("Q", "G"))
     p.add_argument("--torchreid-eval-repeats", type=int, default=1)
+    p.add_argument("--body-model", default="", help="with --synthetic-dir: also time a step with the 3D term")
+    p.add_argument("--synthetic-dir", default="", help="a rendered synthetic set (scripts/render_synthetic.py)")
+    p.add_argument("--synthetic-ratio", type=float, default=0.25)
     p.add_argument("--json", default="", help="write the results as JSON")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -209,7 +236,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "batch_size": args.batch_size, "size": f"{args.height}x{args.width}",
                       "teacher": args.teacher, "torch": torch.__version__, "threads": torch.get_num_threads()}}
     res["train"] = train_step_benchmarks(args.batch_size, args.height, args.width, device, args.teacher,
-                                         args.repeats, args.warmup, online=not args.no_online)
+                                         args.repeats, args.warmup, online=not args.no_online,
+                                         body_dir=args.body_model, synthetic_dir=args.synthetic_dir,
+                                         synthetic_ratio=args.synthetic_ratio)
     res["labelling"] = labelling_benchmark(args.teacher, args.batch_size, args.height, args.width, device,
                                            args.repeats, args.warmup)
     res["eval"] = eval_benchmark(args.eval_size[0], args.eval_size[1], device, args.repeats,
