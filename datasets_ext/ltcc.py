@@ -40,15 +40,21 @@ class LTCC(ClothesImageDataset):
     dataset_dir = "LTCC_ReID"
     eval_protocols = ("general", "cc")
     camera_rule = "camid = c<cam> - 1 from the file name (12 cameras)"
+    # Layout knobs shared with loaders of the same naming scheme (synthcc).
+    display_name = "LTCC"
+    gallery_folder = "test"
+    name_hint = "'<pid>_<clothes>_c<cam>_<frame>.png'"
 
     def __init__(self, root: str = "", **kwargs):
-        self.dataset_dir = resolve_dataset_dir(root, type(self).dataset_dir, ("train", "query", "test"), "LTCC")
+        cls = type(self)
+        self.dataset_dir = resolve_dataset_dir(root, cls.dataset_dir, ("train", "query", cls.gallery_folder),
+                                               cls.display_name)
         self.root = osp.dirname(self.dataset_dir)
         self.train_dir = osp.join(self.dataset_dir, "train")
         self.query_dir = osp.join(self.dataset_dir, "query")
-        self.gallery_dir = osp.join(self.dataset_dir, "test")
+        self.gallery_dir = osp.join(self.dataset_dir, cls.gallery_folder)
 
-        bad = BadNames("LTCC", "'<pid>_<clothes>_c<cam>_<frame>.png'", policy="raise")
+        bad = BadNames(cls.display_name, cls.name_hint, policy="raise")
         train_raw = self._parse(self.train_dir, bad)
         query_raw = self._parse(self.query_dir, bad)
         gallery_raw = self._parse(self.gallery_dir, bad)
@@ -56,10 +62,10 @@ class LTCC(ClothesImageDataset):
         train, query, gallery = label_splits(train_raw, query_raw, gallery_raw)
         super().__init__(train, query, gallery, **kwargs)
 
-    @staticmethod
-    def _parse(folder: str, bad: BadNames) -> List[Raw]:
+    @classmethod
+    def _parse(cls, folder: str, bad: BadNames) -> List[Raw]:
         out: List[Raw] = []
-        paths = image_files(folder, f"LTCC split folder '{osp.basename(folder)}'")
+        paths = image_files(folder, f"{cls.display_name} split folder '{osp.basename(folder)}'")
         for path in paths:
             m = _NAME.fullmatch(stem(path))
             if m is None:
@@ -67,5 +73,5 @@ class LTCC(ClothesImageDataset):
                 continue
             pid, clothes, cam = int(m.group(1)), int(m.group(2)), int(m.group(3))
             out.append((path, pid, cam - 1, (pid, clothes)))
-        ensure_nonempty(out, osp.basename(folder), "LTCC", folder)
+        ensure_nonempty(out, osp.basename(folder), cls.display_name, folder)
         return out
