@@ -42,7 +42,8 @@ class SyntheticSetError(RuntimeError):
     """The output folder holds a set rendered with other arguments, or the inputs are inconsistent."""
 
 
-def _file_digest(path: str) -> str:
+def file_digest(path: str) -> str:
+    """SHA-1 of a file's bytes (streamed): identifies the body-model files in a set's fingerprint."""
     h = hashlib.sha1()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -233,5 +234,5 @@ def _fingerprint(plan: SyntheticPlan, models: Dict[str, BodyModel], thresholds: 
     for arr in (plan.betas, plan.pose_pool, plan.yaw_deg, plan.distance_scale, np.round(thresholds, 10)):
         h.update(np.ascontiguousarray(arr).tobytes())
     for g in sorted(models):
-        h.update(_file_digest(models[g].path).encode())
+        h.update(file_digest(models[g].path).encode())
     return h.hexdigest()

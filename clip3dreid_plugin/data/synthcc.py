@@ -51,7 +51,7 @@ from clip3dreid_plugin.body.descriptor_rules import DESCRIPTOR_PAIRS
 from clip3dreid_plugin.body.poses import builtin_pose_pool
 from clip3dreid_plugin.body.skeleton import J
 from clip3dreid_plugin.body.smpl_io import BodyModel, load_body_model
-from clip3dreid_plugin.body.synthetic_set import canonical_descriptors
+from clip3dreid_plugin.body.synthetic_set import canonical_descriptors, file_digest
 from clip3dreid_plugin.utils.progress import progress
 
 __all__ = [
@@ -347,14 +347,6 @@ def _dataset_dir(root: str) -> str:
     return osp.join(root, DATASET_DIR)
 
 
-def _file_digest(path: str) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _clear_images(dataset_dir: str) -> int:
     """Removes the images (and temporary files) this generator writes; returns how many were removed."""
     n = 0
@@ -422,7 +414,7 @@ def build_synthcc(root: str, body_model_dir: str, num_ids: int = 60, outfits_per
         "format_version": FORMAT_VERSION,
         "args": args,
         "beta_sigma": BETA_SIGMA,
-        "body_model": {g: {"path": osp.abspath(m.path), "sha1": _file_digest(m.path), "num_vertices": m.num_vertices}
+        "body_model": {g: {"path": osp.abspath(m.path), "sha1": file_digest(m.path), "num_vertices": m.num_vertices}
                        for g, m in models.items()},
         "descriptor_pairs": [list(p) for p in DESCRIPTOR_PAIRS],
         "thresholds": _round(desc["thresholds"].tolist(), 8),
