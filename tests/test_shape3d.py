@@ -1,6 +1,7 @@
 """The 3D term: L_3D is zero for a perfect prediction, reaches phi, and training on synthetic meshes lowers it."""
 from __future__ import annotations
 
+import copy
 import os.path as osp
 
 import pytest
@@ -53,9 +54,16 @@ def test_targets_use_each_images_gendered_body(body_dir):
     loss_fn = ShapeLoss(models[GENDER_IDS["neutral"]], models)
     betas = torch.zeros(2, 10)
     genders = torch.tensor([GENDER_IDS["female"], GENDER_IDS["male"]])
-    expected = ((models[2].canonical_vertices(betas) - torch.cat(
-        [models[0].canonical_vertices(betas[:1]), models[1].canonical_vertices(betas[1:])])) ** 2).sum(-1).mean()
-    assert float(loss_fn(betas, betas, genders)) == pytest.approx(float(expected), rel=1e-6)
+    diff = models[2].canonical_vertices(betas) - torch.cat(
+        [models[0].canonical_vertices(betas[:1]), models[1].canonical_vertices(betas[1:])])
+    # Paper Sec. 3.4: squared norm of the whole vertex array per body, then the batch mean.
+    per_body = [float((diff[i] ** 2).sum()) for i in range(2)]
+    assert float(loss_fn(betas, betas, genders)) == pytest.approx(sum(per_body) / 2, rel=1e-6)
+    mean_fn = ShapeLoss(models[GENDER_IDS["neutral"]], models, reduction="mean")
+    num_vertices = diff.shape[1]
+    assert float(mean_fn(betas, betas, genders)) == pytest.approx(sum(per_body) / 2 / num_vertices, rel=1e-6)
+    with pytest.raises(ValueError, match="shape_reduction"):
+        ShapeLoss(models[GENDER_IDS["neutral"]], models, reduction="max")
 
 
 def test_synthetic_dataset_and_batch_ratio(synthetic_dir):
@@ -142,3 +150,25 @@ def test_eval_shape_reconstructs_from_images(tmp_path, body_dir, synthetic_dir):
                           num_points=500, seed=0)["chamfer_mm"]
     assert np.all(ref > 0)
     assert np.allclose(np.asarray(got)[idx], ref, rtol=1e-9)
+
+
+def test_synthetic_rows_get_their_own_batch_statistics_and_leave_running_stats_to_real_images():
+    torch.manual_seed(0)
+    model = CLIP3DReID(3, local_dim=32, agg_hidden_dim=16, head_hidden_dim=16, teacher_dim=8).train()
+    reference = copy.deepcopy(model)
+    real, syn = torch.randn(4, 3, 64, 32), 3.0 + 2.0 * torch.randn(2, 3, 64, 32)
+    out = model(torch.cat([real, syn]), num_real=4)
+    ref_real = reference(real)
+    # Real rows are normalised with real-only batch statistics, and only they update the running stats.
+    assert torch.allclose(out["f_id"][:4], ref_real["f_id"], atol=1e-5)
+    for (name, buf), (_, ref_buf) in zip(model.named_buffers(), reference.named_buffers()):
+        if "running" in name:
+            assert torch.allclose(buf, ref_buf, atol=1e-6), name
+    # Synthetic rows are normalised with their own batch statistics.
+    assert torch.allclose(out["f_id"][4:], copy.deepcopy(reference)(syn)["f_id"], atol=1e-5)
+    # The momenta are restored, and the shared path (num_real=None) mixes both into the running stats.
+    assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    mixed = copy.deepcopy(reference)
+    mixed(torch.cat([real, syn]))
+    bn = "backbone.1.running_mean"
+    assert not torch.allclose(dict(mixed.named_buffers())[bn], dict(model.named_buffers())[bn], atol=1e-4)

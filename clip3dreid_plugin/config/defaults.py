@@ -177,6 +177,7 @@ def add_clip3dreid_config(cfg: CN) -> CN:
     cfg.loss.clip3dreid.use_ot = True  # ablation switch for L_OT
     cfg.loss.clip3dreid.use_global = True  # ablation switch for L_global
     cfg.loss.clip3dreid.use_3d = False  # ablation switch for gamma*(L_OT_syn + L_3D); needs body.model_dir
+    cfg.loss.clip3dreid.shape_reduction = "sum"  # L_3D over vertices: sum (paper Sec. 3.4) | mean
     cfg.loss.clip3dreid.triplet_weight = 0.0  # optional batch-hard triplet on f_id (0 = off)
 
     # ------------------------------------------------------ body model / 3D
@@ -185,6 +186,7 @@ def add_clip3dreid_config(cfg: CN) -> CN:
     cfg.body.gender = "neutral"  # body model used for L_3D vertices
     cfg.body.synthetic_dir = ""  # rendered synthetic mesh set (images + metadata)
     cfg.body.synthetic_ratio = 0.25  # fraction of every training batch taken from synthetic images
+    cfg.body.separate_bn = True  # synthetic rows get their own BN batch stats; running stats stay real-only
     cfg.body.num_female = 500  # synthetic female subjects
     cfg.body.num_male = 500  # synthetic male subjects
     cfg.body.poses_per_subject = 10  # renders per subject

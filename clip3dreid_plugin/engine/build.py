@@ -40,12 +40,14 @@ def _clip3dreid_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gp
 
         dev = "cuda" if use_gpu else "cpu"
         models = {g: load_body_model(cfg.body.model_dir, gender=g, device=dev) for g in ("female", "male", "neutral")}
-        shape_loss = ShapeLoss(models[cfg.body.gender], {GENDER_IDS[g]: m for g, m in models.items()})
+        shape_loss = ShapeLoss(models[cfg.body.gender], {GENDER_IDS[g]: m for g, m in models.items()},
+                               reduction=cfg.loss.clip3dreid.shape_reduction)
         synthetic = build_synthetic_stream(cfg, datamanager)
     return CLIP3DReIDEngine(datamanager, model, optimizer, teacher=teacher, switches=switches,
                             ot_loss=OTLoss.from_cfg(cfg), scheduler=scheduler, use_gpu=use_gpu,
                             label_smooth=cfg.loss.softmax.label_smooth, triplet_margin=cfg.loss.triplet.margin,
-                            synthetic=synthetic, shape_loss=shape_loss, amp=cfg.runtime.amp)
+                            synthetic=synthetic, shape_loss=shape_loss, amp=cfg.runtime.amp,
+                            separate_synthetic_bn=cfg.body.separate_bn)
 
 
 # model name -> fn(cfg, datamanager, model, optimizer, scheduler, use_gpu) -> engine

@@ -57,11 +57,13 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         synthetic: optional iterator of synthetic batches ``{'img', 'labels', 'betas', 'gender'}`` (3D term).
         shape_loss: optional :class:`~clip3dreid_plugin.losses.shape3d.ShapeLoss` (3D term).
         amp: ``none`` | ``bf16`` | ``fp16`` autocast for the student forward.
+        separate_synthetic_bn: forward the synthetic rows separately, so that batch norm gives them their own
+            batch statistics and the running statistics describe real images only (``cfg.body.separate_bn``).
     """
 
     def __init__(self, datamanager, model, optimizer, teacher, switches: LossSwitches, ot_loss: OTLoss,
                  scheduler=None, use_gpu: bool = True, label_smooth: bool = True, triplet_margin: float = 0.3,
-                 synthetic=None, shape_loss=None, amp: str = "none"):
+                 synthetic=None, shape_loss=None, amp: str = "none", separate_synthetic_bn: bool = True):
         super().__init__(datamanager, use_gpu)
         self.model = model
         self.optimizer = optimizer
@@ -74,6 +76,7 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
             num_classes=datamanager.num_train_pids, use_gpu=self.use_gpu, label_smooth=label_smooth)
         self.criterion_tri = torchreid.losses.TripletLoss(margin=triplet_margin)
         self.synthetic = synthetic
+        self.separate_synthetic_bn = separate_synthetic_bn
         self.shape_loss = shape_loss
         if switches.use_3d and (synthetic is None or shape_loss is None):
             raise ValueError("loss.clip3dreid.use_3d needs body.synthetic_dir and body.model_dir")
@@ -120,7 +123,8 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         if getattr(self, "channels_last", False):
             imgs = imgs.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            out = self.model(imgs, text_feats=text_feats, teacher_feats=teacher_feats)
+            out = self.model(imgs, text_feats=text_feats, teacher_feats=teacher_feats,
+                             num_real=B if syn is not None and self.separate_synthetic_bn else None)
         f_id = out["f_id"].float()
         terms: Dict[str, torch.Tensor] = {}
         total = f_id.new_zeros(())

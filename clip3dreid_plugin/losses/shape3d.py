@@ -10,7 +10,12 @@ __all__ = ["ShapeLoss"]
 
 
 class ShapeLoss(nn.Module):
-    """``L_3D = mean_b mean_v || SMPL(phi(f_id))_v - SMPL_gender(P)_v ||^2`` in the canonical pose.
+    """``L_3D = mean_b || SMPL(phi(f_id)) - SMPL_gender(P) ||^2`` over the vertex array, in the canonical pose.
+
+    The paper (Sec. 3.4) writes the squared Euclidean norm of the whole vertex array, i.e. a sum over
+    vertices (``reduction="sum"``, the default). ``"mean"`` averages over vertices instead, which
+    shrinks the term by the vertex count (6890 for SMPL) and, at metre scale, leaves it near zero
+    next to ``L_CE``. The batch is averaged in both cases, like every other term of Eq. 10.
 
     The prediction goes through ``pred_model`` (``body.gender``, neutral by default); each target
     through the model of the gender it was rendered with, since the metadata's betas are gendered.
@@ -19,10 +24,14 @@ class ShapeLoss(nn.Module):
     Args:
         pred_model: body model with ``canonical_vertices(betas [B,10]) -> [B,V,3]``.
         target_models: gender id (see ``clip3dreid_plugin.data.synthetic.GENDER_IDS``) -> body model.
+        reduction: ``"sum"`` or ``"mean"`` over vertices.
     """
 
-    def __init__(self, pred_model: nn.Module, target_models: Dict[int, nn.Module]):
+    def __init__(self, pred_model: nn.Module, target_models: Dict[int, nn.Module], reduction: str = "sum"):
         super().__init__()
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"loss.clip3dreid.shape_reduction must be 'sum' or 'mean', got '{reduction}'")
+        self.reduction = reduction
         self.pred_model = pred_model
         self.target_models = target_models
 
@@ -40,4 +49,6 @@ class ShapeLoss(nn.Module):
                     raise KeyError(f"no body model for synthetic gender id {g}")
                 m = genders == g
                 target[m] = self.target_models[g].canonical_vertices(true_betas[m].float())
-        return ((pred - target) ** 2).sum(-1).mean()
+        per_vertex = ((pred - target) ** 2).sum(-1)  # [B, V]
+        per_body = per_vertex.sum(1) if self.reduction == "sum" else per_vertex.mean(1)
+        return per_body.mean()

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import os.path as osp
-from typing import Dict, Optional
+from contextlib import contextmanager
+from typing import Dict, Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -27,7 +28,24 @@ from clip3dreid_plugin import compat
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CLIP3DReID", "build_head", "clip3dreid"]
+__all__ = ["CLIP3DReID", "build_head", "clip3dreid", "frozen_running_stats"]
+
+
+@contextmanager
+def frozen_running_stats(module: nn.Module) -> Iterator[None]:
+    """Batch norms inside normalise with batch statistics but leave their running statistics alone.
+
+    ``momentum = 0`` makes the running-average update a no-op; the previous momenta come back on exit.
+    """
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
 
 
 def build_head(in_dim: int, out_dim: int, head_type: str = "mlp", hidden_dim: int = 512) -> nn.Module:
@@ -125,24 +143,37 @@ class CLIP3DReID(nn.Module):
         fmap = self.local_proj(self.backbone(x))
         return fmap.flatten(2).transpose(1, 2)
 
+    def _identity(self, x: torch.Tensor):
+        local = self.local_features(x)
+        return local, self.aggregator(local.mean(dim=1))
+
     def forward(self, x: torch.Tensor, text_feats: Optional[torch.Tensor] = None,
-                teacher_feats: Optional[torch.Tensor] = None):
+                teacher_feats: Optional[torch.Tensor] = None, num_real: Optional[int] = None):
         """Student forward.
 
         Args:
             x: images ``[B, 3, H, W]``.
             text_feats: teacher text features H of the chosen descriptors ``[B, M, d]`` (train only).
             teacher_feats: teacher image features g ``[B, d]`` (train only).
+            num_real: train only; rows from ``num_real`` on are synthetic mesh images. They pass through
+                the network separately, so batch norm gives them their own batch statistics and they
+                leave the running statistics (used at test time, on real images only) untouched.
+                ``None`` treats the whole batch alike.
 
         Returns:
             Eval mode: ``f_id`` ``[B, d']``. Train mode: a dict with ``logits [B,K]``, ``f_id [B,d']``,
             ``local [B,N,d']``, ``betas [B,10]`` and, when given, ``text_proj [B,M,d']`` and
             ``teacher_proj [B,d']``.
         """
-        local = self.local_features(x)
-        f_id = self.aggregator(local.mean(dim=1))
         if not self.training:
-            return f_id
+            return self._identity(x)[1]
+        if num_real is not None and 0 < num_real < x.size(0):
+            local, f_id = self._identity(x[:num_real])
+            with frozen_running_stats(self):
+                local_syn, f_id_syn = self._identity(x[num_real:])
+            local, f_id = torch.cat([local, local_syn]), torch.cat([f_id, f_id_syn])
+        else:
+            local, f_id = self._identity(x)
         out: Dict[str, torch.Tensor] = {
             "logits": self.classifier(f_id),
             "f_id": f_id,
