@@ -26,7 +26,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["main", "time_it", "train_step_benchmarks"]
+__all__ = ["main", "time_it", "time_interleaved", "train_step_benchmarks"]
 
 
 def _sync(device: torch.device) -> None:
@@ -46,6 +46,30 @@ def time_it(fn: Callable[[], None], repeats: int, warmup: int, device: torch.dev
         _sync(device)
         times.append(time.perf_counter() - t0)
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
+
+
+def time_interleaved(fns: Dict[str, Callable[[], None]], repeats: int, warmup: int,
+                     device: torch.device) -> Dict[str, Dict[str, float]]:
+    """Like :func:`time_it` for several functions, called round-robin (one call each per round).
+
+    Returns:
+        name -> ``{'median_s', 'min_s', 'max_s', 'repeats'}``.
+    """
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for r in range(warmup + repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            if r >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t), "repeats": repeats}
+            for name, t in times.items()}
+
+
+def _step(engine, batch: dict) -> Callable[[], None]:
+    return lambda: engine.forward_backward(batch)
 
 
 class _FakeDataManager:
@@ -102,18 +126,19 @@ def train_step_benchmarks(bs: int, h: int, w: int, device: torch.device, teacher
     use_gpu = device.type == "cuda"
     dm = _FakeDataManager(num_pids)
     batch = _batch(bs, h, w, num_pids, device)
-    out: Dict[str, Dict[str, float]] = {}
 
     def adam(model):
         return torchreid.optim.build_optimizer(model, optim="adam", lr=3.5e-4)
 
+    # Every row's engine is built first and the rows are timed round-robin, one step each per round, so
+    # that load from other processes on a shared machine falls on all rows alike.
+    steps: Dict[str, Callable[[], None]] = {}
     for label, last_stride in (("torchreid resnet50 (last stride 2)", 2), ("torchreid resnet50 (last stride 1)", 1)):
         model = torchreid.models.resnet.ResNet(num_pids, "softmax", block=torchreid.models.resnet.Bottleneck,
                                                layers=[3, 4, 6, 3], last_stride=last_stride).to(device)
         engine = torchreid.engine.ImageSoftmaxEngine(dm, model, adam(model), use_gpu=use_gpu)
         model.train()
-        out[label] = time_it(lambda: engine.forward_backward(batch), repeats, warmup, device)
-        del engine, model
+        steps[label] = _step(engine, batch)
 
     teacher = CLIPTeacher(teacher_name, None, device=str(device))
     cfg = get_cfg()
@@ -139,8 +164,8 @@ def train_step_benchmarks(bs: int, h: int, w: int, device: torch.device, teacher
                                   shape_loss=shape_loss if with_3d else None)
         engine.setup_plugin()
         model.train()
-        out[label] = time_it(lambda: engine.forward_backward(batch), repeats, warmup, device)
-        del engine, model
+        steps[label] = _step(engine, batch)
+    out = time_interleaved(steps, repeats, warmup, device)
     for r in out.values():
         r["images_per_s"] = bs / r["median_s"]
     base = out["torchreid resnet50 (last stride 2)"]["median_s"]

@@ -1,0 +1,34 @@
+"""The OT benchmark's methods compute the same loss (so its speed-ups compare like with like)."""
+import importlib.util
+import os.path as osp
+
+import pytest
+
+BENCH = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "benchmarks", "bench_ot.py")
+
+
+@pytest.fixture(scope="module")
+def bench_ot():
+    spec = importlib.util.spec_from_file_location("bench_ot", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_method_agrees_with_the_per_sample_pot_loop(bench_ot):
+    rows = bench_ot.run_benchmark(batch=3, n=12, m=4, dim=16, regs=[1.0, 0.2], max_iter=500, tol=1e-9, repeats=1,
+                                  methods=list(bench_ot.METHODS), scopes=["full", "solver"], rank=4, seed=0)
+    full = {r["method"] for r in rows if r["scope"] == "full"}
+    solver = {r["method"] for r in rows if r["scope"] == "solver"}
+    assert full == set(bench_ot.METHODS)
+    # The own-cost loop builds its cost from the features, so it has no solver-only scope.
+    assert solver == set(bench_ot.METHODS) - set(bench_ot.FEATURE_METHODS)
+    for r in rows:
+        assert r["max_abs_value_diff"] < 1e-5, r
+        assert r["median_ms"] > 0 and r["iterations"] >= 1
+
+
+def test_reference_without_the_scope_is_rejected(bench_ot):
+    with pytest.raises(ValueError, match="pot_loop_own_cost"):
+        bench_ot.run_benchmark(batch=2, n=4, m=3, dim=8, regs=[1.0], max_iter=10, tol=1e-6, repeats=1,
+                               methods=["pot_loop_own_cost", "batched"], scopes=["solver"])
