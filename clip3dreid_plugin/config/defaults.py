@@ -186,7 +186,7 @@ def add_clip3dreid_config(cfg: CN) -> CN:
     cfg.body.gender = "neutral"  # body model used for L_3D vertices
     cfg.body.synthetic_dir = ""  # rendered synthetic mesh set (images + metadata)
     cfg.body.synthetic_ratio = 0.25  # fraction of every training batch taken from synthetic images
-    cfg.body.separate_bn = True  # synthetic rows get their own BN batch stats; running stats stay real-only
+    cfg.body.separate_bn = False  # True: synthetic rows get their own BN batch stats, running stats stay real-only
     cfg.body.num_female = 500  # synthetic female subjects
     cfg.body.num_male = 500  # synthetic male subjects
     cfg.body.poses_per_subject = 10  # renders per subject

@@ -63,7 +63,7 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
 
     def __init__(self, datamanager, model, optimizer, teacher, switches: LossSwitches, ot_loss: OTLoss,
                  scheduler=None, use_gpu: bool = True, label_smooth: bool = True, triplet_margin: float = 0.3,
-                 synthetic=None, shape_loss=None, amp: str = "none", separate_synthetic_bn: bool = True):
+                 synthetic=None, shape_loss=None, amp: str = "none", separate_synthetic_bn: bool = False):
         super().__init__(datamanager, use_gpu)
         self.model = model
         self.optimizer = optimizer
