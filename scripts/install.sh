@@ -24,5 +24,6 @@ if ! (cd / && $PY -c "import clip3dreid_plugin, datasets_ext, torchreid, torchvi
      >/dev/null 2>&1 \
    || [ "${CLIP3DREID_FORCE_INSTALL:-0}" = "1" ]; then
   echo "[install] pip install -e .[test]  (torch+torchvision CUDA build, ~5 GB on first install)"
-  $PY -m pip install -q --disable-pip-version-check -e ".[test]"
+  # No wheel cache: the CUDA build would otherwise sit on disk twice (~5 GB more), and CI disks can be small.
+  $PY -m pip install -q --no-cache-dir --disable-pip-version-check -e ".[test]"
 fi

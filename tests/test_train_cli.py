@@ -17,6 +17,8 @@ from clip3dreid_plugin.tools import train_net
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOY = osp.join(REPO, "configs", "toy", "resnet50_baseline_64x32.yaml")
+# The checkpointing tests write several checkpoints: ResNet-18 keeps each near 45 MB instead of 130 MB.
+SMALL = ("model.name", "resnet18")
 
 
 def _opts(root: str, out: str, *extra: str) -> list:
@@ -31,7 +33,7 @@ def _state(path: str) -> dict:
 def test_kill_then_resume_matches_uninterrupted_run(toy_market_root, tmp_path):
     root, _ = toy_market_root
     ref_dir, run_dir = str(tmp_path / "ref"), str(tmp_path / "killed")
-    assert train_net.main(_opts(root, ref_dir, "train.max_epoch", "2")) == 0
+    assert train_net.main(_opts(root, ref_dir, "train.max_epoch", "2", *SMALL)) == 0
     ref = _state(osp.join(ref_dir, "model", "model.pth.tar-2"))
     assert osp.isfile(osp.join(ref_dir, "config.yaml")) and osp.isfile(osp.join(ref_dir, "train.log"))
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(ref_dir))
@@ -39,7 +41,7 @@ def test_kill_then_resume_matches_uninterrupted_run(toy_market_root, tmp_path):
     # A long run killed (SIGKILL) right after its first checkpoint lands.
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, osp.join(REPO, "scripts", "train.py"),
-                             *_opts(root, run_dir, "train.max_epoch", "50")],
+                             *_opts(root, run_dir, "train.max_epoch", "50", *SMALL)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     first = osp.join(run_dir, "model", "model.pth.tar-1")
     deadline = time.time() + 240
@@ -53,7 +55,7 @@ def test_kill_then_resume_matches_uninterrupted_run(toy_market_root, tmp_path):
         if f != "model.pth.tar-1":
             os.remove(osp.join(run_dir, "model", f))
 
-    assert train_net.main(_opts(root, run_dir, "--resume", "auto", "train.max_epoch", "2")) == 0
+    assert train_net.main(_opts(root, run_dir, "--resume", "auto", "train.max_epoch", "2", *SMALL)) == 0
     resumed = _state(osp.join(run_dir, "model", "model.pth.tar-2"))
     assert resumed["epoch"] == 2
     # Same weights and optimizer state as the uninterrupted run: training continued from epoch 1.
@@ -66,12 +68,12 @@ def test_kill_then_resume_matches_uninterrupted_run(toy_market_root, tmp_path):
 def test_eval_only_reproduces_final_metrics(toy_market_root, tmp_path):
     root, _ = toy_market_root
     out = str(tmp_path / "run")
-    args = train_net.build_parser().parse_args(_opts(root, out, "train.max_epoch", "1"))
+    args = train_net.build_parser().parse_args(_opts(root, out, "train.max_epoch", "1", *SMALL))
     trained = train_net.run(train_net.setup_cfg(args))
     ckpt = osp.join(out, "model", "model.pth.tar-1")
     assert _state(ckpt)["metrics"] == trained
     args = train_net.build_parser().parse_args(
-        _opts(root, str(tmp_path / "eval"), "--eval-only", "model.load_weights", ckpt))
+        _opts(root, str(tmp_path / "eval"), "--eval-only", "model.load_weights", ckpt, *SMALL))
     evaluated = train_net.run(train_net.setup_cfg(args))
     assert set(evaluated) == {"market1501"}
     for k, v in trained["market1501"].items():
