@@ -162,3 +162,26 @@ def test_broken_gl_platform_fails_with_a_clear_message():
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "HEADLESS_GL_ERROR" in proc.stdout and "no_such_platform" in proc.stdout
     assert "libegl1" in proc.stdout
+
+
+def test_render_then_import_open_clip_in_one_process(model_root):
+    """Mesa's llvmpipe and triton's bundled LLVM in one process: rendering first must not crash the import.
+
+    Regression: the quickstart renders synthcc, then imports open_clip (which pulls in triton); that
+    died with SIGSEGV inside triton's LLVM initialisers before the renderer preloaded triton.
+    """
+    code = ("import sys, numpy as np, torch\n"
+            "from clip3dreid_plugin.body.render import MeshRenderer\n"
+            "from clip3dreid_plugin.body.smpl_io import load_body_model\n"
+            f"model = load_body_model({model_root!r}, 'male')\n"
+            "v = model.posed_vertices(torch.zeros(1, 10), torch.zeros(1, 69))[0].numpy()\n"
+            "with MeshRenderer(64, 32) as r:\n"
+            "    img = r.render(v, model.faces, 0.0)\n"
+            "import open_clip\n"
+            "print('FOREGROUND', int((np.abs(img.astype(int) - img[0, 0].astype(int)).sum(-1) > 6).sum()))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO] + [p for p in [os.environ.get("PYTHONPATH", "")] if p]))
+    env.pop(render.PLATFORM_ENV, None)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
+    pixels = int(proc.stdout.split("FOREGROUND")[1])
+    assert pixels > 0.05 * 64 * 32, proc.stdout  # a body was drawn, not an empty frame

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib
 import logging
 import math
 import os
@@ -114,6 +115,23 @@ def select_gl_platform() -> str:
     return choice
 
 
+def _load_bundled_llvm_first() -> None:
+    """Imports triton, when installed, before Mesa creates a context.
+
+    Why: Mesa's software rasteriser (llvmpipe) loads the system ``libLLVM`` with global symbols. triton
+    (which ``import open_clip`` pulls in through ``torch._dynamo``) bundles its own LLVM; loaded after
+    Mesa, its static initialisers bind to the system copy and the process dies with SIGSEGV in
+    ``llvm::cl::Option::addArgument``. Loaded first, each copy keeps to itself. So rendering and then
+    labelling with the CLIP teacher in one process (the quickstart) works.
+    """
+    if "triton" in sys.modules:
+        return
+    try:
+        importlib.import_module("triton")
+    except Exception as exc:  # no triton (CPU wheels), or one that cannot load here: nothing to protect
+        logger.debug("triton not preloaded before rendering: %s: %s", type(exc).__name__, exc)
+
+
 def _rotation_y(angle_rad: float) -> np.ndarray:
     c, s = math.cos(angle_rad), math.sin(angle_rad)
     return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
@@ -162,6 +180,7 @@ class MeshRenderer:
         self.margin = float(margin)
         self.yfov = math.radians(yfov_deg)
         self.platform = select_gl_platform()
+        _load_bundled_llvm_first()
         try:
             import pyrender
 
