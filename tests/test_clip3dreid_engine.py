@@ -2,7 +2,6 @@
 caches fail with the image or dataset named, bf16 autocast stays close to fp32, scripts/train.py runs it."""
 from __future__ import annotations
 
-import os
 import os.path as osp
 
 import pytest

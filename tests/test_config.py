@@ -6,9 +6,8 @@ import os.path as osp
 
 import pytest
 
-import torchreid
 from clip3dreid_plugin import compat
-from clip3dreid_plugin.config import ConfigError, get_cfg, load_config
+from clip3dreid_plugin.config import ConfigError, load_config
 from clip3dreid_plugin.config.defaults import get_default_config
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))

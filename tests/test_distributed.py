@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from clip3dreid_plugin import compat
 from clip3dreid_plugin.data.samplers import DistributedIdentitySampler, ShardSampler

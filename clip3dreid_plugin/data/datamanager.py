@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os.path as osp
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Tuple
 
 import torch
 import torchreid

@@ -12,7 +12,6 @@ import random
 from collections import defaultdict
 from typing import Iterator, List, Sequence
 
-import torch
 from torch.utils.data import Sampler
 
 __all__ = ["DistributedIdentitySampler", "ShardSampler"]

@@ -16,12 +16,11 @@ from __future__ import annotations
 import datetime
 import glob
 import logging
-import os
 import os.path as osp
 import random
 import re
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch

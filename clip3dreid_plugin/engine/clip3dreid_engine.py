@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 import torchreid

@@ -52,18 +52,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--atol", type=float, default=1e-4)
     p.add_argument("opts", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
-    from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings, setup_logging
+    from clip3dreid_plugin.config import ConfigError
+    from clip3dreid_plugin.tools.common import load_student, start_cli
 
-    quiet_torchreid_warnings()
-    setup_logging()
-    import clip3dreid_plugin
-    from clip3dreid_plugin.config import ConfigError, load_config
-    from clip3dreid_plugin.models.build import build_inference_model
-
+    start_cli()
     try:
-        cfg = load_config(args.config_file or None, args.opts)
-        clip3dreid_plugin.register()
-        model = build_inference_model(cfg, args.weights)
+        cfg, model = load_student(args.config_file, args.opts, args.weights)
     except (ConfigError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

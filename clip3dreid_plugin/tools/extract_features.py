@@ -74,25 +74,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("opts", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
-    from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings, resolve_device, setup_logging
+    from clip3dreid_plugin.config import ConfigError
+    from clip3dreid_plugin.tools.common import eval_transform, load_student, start_cli
+    from clip3dreid_plugin.utils.runtime import resolve_device
 
-    quiet_torchreid_warnings()
-    setup_logging()
-    import torchreid
-
-    import clip3dreid_plugin
-    from clip3dreid_plugin.config import ConfigError, load_config
-    from clip3dreid_plugin.models.build import build_inference_model
-
+    start_cli()
     try:
-        cfg = load_config(args.config_file or None, args.opts)
-        clip3dreid_plugin.register()
         paths = list_images(args.input)
-        model = build_inference_model(cfg, args.weights)
-        _, transform = torchreid.data.transforms.build_transforms(
-            cfg.data.height, cfg.data.width, transforms=None, norm_mean=list(cfg.data.norm_mean),
-            norm_std=list(cfg.data.norm_std))
-        feats = extract(model, paths, transform, args.batch_size, args.flip, not args.no_normalize,
+        cfg, model = load_student(args.config_file, args.opts, args.weights)
+        feats = extract(model, paths, eval_transform(cfg), args.batch_size, args.flip, not args.no_normalize,
                         str(resolve_device(args.device)))
     except (ConfigError, FileNotFoundError, RuntimeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -14,7 +14,7 @@ import logging
 import os
 import os.path as osp
 import sys
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings
 
@@ -101,11 +101,11 @@ def build(cfg):
     set_seed(cfg.train.seed + rank, cfg.runtime.deterministic)
     logger.info("device: %s%s", device, f" (rank {rank}/{world})" if distributed else "")
 
-    sampler_fn = None
-    if distributed:
-        def sampler_fn(data_source, batch_size):
-            return DistributedIdentitySampler(data_source, batch_size, cfg.sampler.num_instances, rank, world,
-                                              seed=cfg.train.seed)
+    def distributed_sampler(data_source, batch_size):
+        return DistributedIdentitySampler(data_source, batch_size, cfg.sampler.num_instances, rank, world,
+                                          seed=cfg.train.seed)
+
+    sampler_fn = distributed_sampler if distributed else None
     datamanager = build_datamanager(cfg, use_gpu, train_sampler_fn=sampler_fn, eval_shard=(rank, world))
     model = build_model(cfg, datamanager.num_train_pids, use_gpu)
     if cfg.model.load_weights:

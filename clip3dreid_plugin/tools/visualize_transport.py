@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -70,32 +70,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--descriptor", type=int, default=None, help="only this descriptor pair index (0-15)")
     p.add_argument("opts", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
-    from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings, setup_logging
-
-    quiet_torchreid_warnings()
-    setup_logging()
-    import torchreid
     from PIL import Image
 
-    import clip3dreid_plugin
-    from clip3dreid_plugin.config import ConfigError, load_config
+    from clip3dreid_plugin.config import ConfigError
     from clip3dreid_plugin.data.image_io import ImageReadError, read_image
-    from clip3dreid_plugin.models.build import build_inference_model
     from clip3dreid_plugin.teacher.source import build_teacher
+    from clip3dreid_plugin.tools.common import eval_transform, load_student, start_cli
 
+    start_cli()
     try:
-        cfg = load_config(args.config_file or None, ["model.name", "clip3dreid", *args.opts])
-        clip3dreid_plugin.register()
-        model = build_inference_model(cfg, args.weights)
+        cfg, model = load_student(args.config_file, ["model.name", "clip3dreid", *args.opts], args.weights)
         pil = read_image(args.image)
         teacher = build_teacher(cfg)
     except (ConfigError, ImageReadError, FileNotFoundError, RuntimeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    _, tf = torchreid.data.transforms.build_transforms(cfg.data.height, cfg.data.width, transforms=None,
-                                                       norm_mean=list(cfg.data.norm_mean),
-                                                       norm_std=list(cfg.data.norm_std))
-    x = tf(pil)
+    x = eval_transform(cfg)(pil)
     with torch.no_grad():
         labels = teacher.label(teacher.encode_images(x[None]))
         text = teacher.gather_text_features(labels)[0]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import List
 
 import torch
 import torch.distributed as dist
