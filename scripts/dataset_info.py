@@ -6,10 +6,13 @@ Examples::
     python scripts/dataset_info.py --dataset ltcc --root /data
     python scripts/dataset_info.py --dataset ccvid --root /data --json
     python scripts/dataset_info.py --dataset prcc --root /data --check-images
+    python scripts/dataset_info.py --dataset synthcc --root work_dirs/quickstart/data --chance 200
 
 The dataset is built exactly as training builds it (``clip3dreid_plugin.register()`` then
 torchreid's ``init_image_dataset``/``init_video_dataset``), so a layout problem shows up here
 first. ``--check-images`` also opens every image (torchreid's reader would hang on a corrupt one).
+``--chance N`` evaluates N uniformly random rankings of the real query/gallery split with every protocol
+of the dataset: the chance level a trained model's numbers should be read against (image datasets).
 """
 from __future__ import annotations
 
@@ -102,6 +105,36 @@ def check_images(ds, is_video: bool) -> List[str]:
     return errors
 
 
+def chance_level(ds, protocols: Sequence[str], draws: int, seed: int = 0) -> Dict[str, Dict[str, float]]:
+    """Mean mAP and rank-1 (and the rank-1 standard deviation) of ``draws`` random rankings, per protocol.
+
+    Each draw ranks the gallery by i.i.d. uniform distances and is scored by the plugin's evaluator
+    with the dataset's own camera and clothes rules, so the numbers are those of a model that learned nothing.
+    """
+    import numpy as np
+
+    from clip3dreid_plugin.evaluation.rank import evaluate_all
+    from datasets_ext.base import to_clothes_items
+
+    q, g = to_clothes_items(ds.query), to_clothes_items(ds.gallery)
+
+    def col(items, i):
+        return np.array([it[i] for it in items])
+
+    rng = np.random.default_rng(seed)
+    per = {m: [] for m in protocols}
+    for _ in range(draws):
+        out = evaluate_all(rng.random((len(q), len(g))), col(q, 1), col(g, 1), col(q, 2), col(g, 2), col(q, 4),
+                           col(g, 4), modes=protocols, max_rank=1)
+        for m, (cmc, mAP) in out.items():
+            per[m].append((mAP, cmc[0]))
+    res = {}
+    for m, v in per.items():
+        a = np.array(v)
+        res[m] = {"mAP": float(a[:, 0].mean()), "rank1": float(a[:, 1].mean()), "rank1_sd": float(a[:, 1].std())}
+    return res
+
+
 def format_table(info: dict) -> str:
     unit = "tracklets" if info["kind"] == "video" else "images"
     lines = [
@@ -113,6 +146,10 @@ def format_table(info: dict) -> str:
     for split in SPLITS:
         s = info["splits"][split]
         lines.append(f"  {split:8s} | {s['ids']:6d} | {s['images']:9d} | {s['clothes']:7d} | {s['cameras']:7d}")
+    if "chance" in info:
+        lines.append(f"  chance level ({info['chance_draws']} random rankings):")
+        for m, c in info["chance"].items():
+            lines.append(f"    {m:8s} mAP {c['mAP']:.1%}  rank-1 {c['rank1']:.1%} (sd {c['rank1_sd']:.1%})")
     return "\n".join(lines)
 
 
@@ -123,6 +160,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--root", required=True, help="folder holding the dataset folder (or the dataset folder)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--check-images", action="store_true", help="also open every image of every split")
+    parser.add_argument("--chance", type=int, default=0, metavar="N",
+                        help="also score N random rankings with every protocol (chance level; image datasets)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings
@@ -149,6 +188,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if errors:
             logger.error("%d unreadable image(s)", len(errors))
             status = 1
+    if args.chance > 0:
+        if info["kind"] == "video":
+            logger.error("--chance is for image datasets; '%s' is a video dataset", args.dataset)
+            return 2
+        info["chance_draws"] = args.chance
+        info["chance"] = chance_level(ds, info["eval_protocols"], args.chance)
     print(json.dumps(info, indent=2) if args.json else format_table(info))
     return status
 

@@ -552,3 +552,35 @@ def test_haar_detector_available_or_explained(tmp_path):
             bf.haar_detector()
         assert bf.main(["--src", str(src), "--dst", str(tmp_path / "dst")]) == 2
         assert not (tmp_path / "dst").exists()
+
+
+def test_dataset_info_chance_level_matches_the_expected_random_rank1(trees, capsys):
+    """Random rankings: rank-1 is right with probability good / (gallery - junk) per query, averaged over the
+    queries that have a true match; this reference is computed here from the protocol definitions."""
+    info = load_script("dataset_info")
+    root, _ = trees
+    assert info.main(["--dataset", "ltcc", "--root", root, "--json", "--chance", "3000"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["chance_draws"] == 3000 and set(out["chance"]) == {"general", "cc"}
+    from datasets_ext.base import to_clothes_items
+
+    ds, _ = info.build_dataset("ltcc", root)
+    q, g = to_clothes_items(ds.query), to_clothes_items(ds.gallery)
+    for mode in ("general", "cc"):
+        probs = []
+        for _, pid, cam, _, clo in q:
+            same = [it for it in g if it[1] == pid]
+            if mode == "general":
+                junk = [it for it in same if it[2] == cam]
+            else:
+                junk = [it for it in same if it[2] == cam or it[4] == clo]
+            good = len(same) - len(junk)
+            if good:
+                probs.append(good / (len(g) - len(junk)))
+        expected = sum(probs) / len(probs)
+        # 3000 draws of the mean over queries: the standard error is below 0.01 on this tree.
+        assert out["chance"][mode]["rank1"] == pytest.approx(expected, abs=0.02), (mode, expected)
+        assert 0.0 < out["chance"][mode]["mAP"] <= 1.0
+    assert info.main(["--dataset", "ltcc", "--root", root, "--chance", "5"]) == 0
+    assert "chance level (5 random rankings):" in capsys.readouterr().out
+    assert info.main(["--dataset", "ccvid", "--root", root, "--chance", "5"]) == 2  # video: refused, not skipped

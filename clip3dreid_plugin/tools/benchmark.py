@@ -133,9 +133,15 @@ def train_step_benchmarks(bs: int, h: int, w: int, device: torch.device, teacher
     # Every row's engine is built first and the rows are timed round-robin, one step each per round, so
     # that load from other processes on a shared machine falls on all rows alike.
     steps: Dict[str, Callable[[], None]] = {}
-    for label, last_stride in (("torchreid resnet50 (last stride 2)", 2), ("torchreid resnet50 (last stride 1)", 1)):
+    # torchreid as it ships (NCHW), then the same trunk in the NHWC layout the plugin trains in by default,
+    # to show how much of the difference is the layout alone.
+    for label, last_stride, nhwc in (("torchreid resnet50 (last stride 2)", 2, False),
+                                     ("torchreid resnet50 (last stride 1)", 1, False),
+                                     ("torchreid resnet50 (last stride 2), channels_last model", 2, True)):
         model = torchreid.models.resnet.ResNet(num_pids, "softmax", block=torchreid.models.resnet.Bottleneck,
                                                layers=[3, 4, 6, 3], last_stride=last_stride).to(device)
+        if nhwc:
+            model = model.to(memory_format=torch.channels_last)
         engine = torchreid.engine.ImageSoftmaxEngine(dm, model, adam(model), use_gpu=use_gpu)
         model.train()
         steps[label] = _step(engine, batch)
@@ -147,21 +153,29 @@ def train_step_benchmarks(bs: int, h: int, w: int, device: torch.device, teacher
     cache = TeacherCache(batch["impath"], g, teacher.label(g.to(device)).cpu(),
                          teacher.descriptor_text_features().cpu(), {"teacher": teacher_name})
     # The paper's student uses last stride 1 (9.12 GMACs at 384x192); last stride 2 matches torchreid's default trunk.
-    sources = [("clip3dreid (last stride 1), cached teacher", CacheTeacherSource(cache), 1),
-               ("clip3dreid (last stride 2), cached teacher", CacheTeacherSource(cache), 2)]
+    # Rows follow the plugin's defaults (runtime.channels_last) unless they say otherwise.
+    nhwc_default = bool(cfg.runtime.channels_last)
+    sources = [("clip3dreid (last stride 1), cached teacher", CacheTeacherSource(cache), 1, nhwc_default),
+               ("clip3dreid (last stride 1), cached teacher, runtime.channels_last False", CacheTeacherSource(cache),
+                1, False),
+               ("clip3dreid (last stride 2), cached teacher", CacheTeacherSource(cache), 2, nhwc_default)]
     if online:
-        sources.append((f"clip3dreid (last stride 1), online teacher ({teacher_name})", OnlineTeacherSource(teacher), 1))
+        sources.append((f"clip3dreid (last stride 1), online teacher ({teacher_name})", OnlineTeacherSource(teacher),
+                        1, nhwc_default))
     if body_dir and synthetic_dir:
         stream, shape_loss, n_syn = _synthetic_3d(body_dir, synthetic_dir, bs, h, w, synthetic_ratio, device)
         sources.append((f"clip3dreid (last stride 1), cached teacher + 3D term (+{n_syn} synthetic)",
-                        CacheTeacherSource(cache), 1))
-    for label, source, last_stride in sources:
+                        CacheTeacherSource(cache), 1, nhwc_default))
+    for label, source, last_stride, nhwc in sources:
         cfg.clip3dreid.last_stride = last_stride
         model = clip3dreid(num_pids, pretrained=False, cfg=cfg).to(device)
+        if nhwc:  # what scripts/train.py does with runtime.channels_last
+            model = model.to(memory_format=torch.channels_last)
         with_3d = "3D term" in label
         engine = CLIP3DReIDEngine(dm, model, adam(model), teacher=source, switches=LossSwitches(use_3d=with_3d),
                                   ot_loss=OTLoss(), use_gpu=use_gpu, synthetic=stream if with_3d else None,
                                   shape_loss=shape_loss if with_3d else None)
+        engine.channels_last = nhwc
         engine.setup_plugin()
         model.train()
         steps[label] = _step(engine, batch)
