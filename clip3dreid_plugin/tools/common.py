@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Callable, Sequence, Tuple
 
 import torch
+from yacs.config import CfgNode
 
 __all__ = ["start_cli", "load_student", "eval_transform"]
 
@@ -16,7 +17,7 @@ def start_cli() -> None:
     setup_logging()
 
 
-def load_student(config_file: str, opts: Sequence[str], weights: str) -> Tuple["object", torch.nn.Module]:
+def load_student(config_file: str, opts: Sequence[str], weights: str) -> Tuple[CfgNode, torch.nn.Module]:
     """Merges the config, registers the plugin and builds the eval-mode model from a checkpoint.
 
     Args:
@@ -41,7 +42,7 @@ def load_student(config_file: str, opts: Sequence[str], weights: str) -> Tuple["
     return cfg, build_inference_model(cfg, weights)
 
 
-def eval_transform(cfg) -> Callable:
+def eval_transform(cfg: CfgNode) -> Callable:
     """torchreid's test transform for ``cfg.data``: resize, to tensor, normalise (PIL image -> ``[3, H, W]``)."""
     import torchreid
 
