@@ -170,7 +170,7 @@ def test_render_then_import_open_clip_in_one_process(model_root):
     Regression: the quickstart renders synthcc, then imports open_clip (which pulls in triton); that
     died with SIGSEGV inside triton's LLVM initialisers before the renderer preloaded triton.
     """
-    code = ("import sys, numpy as np, torch\n"
+    code = ("import numpy as np, torch\n"
             "from clip3dreid_plugin.body.render import MeshRenderer\n"
             "from clip3dreid_plugin.body.smpl_io import load_body_model\n"
             f"model = load_body_model({model_root!r}, 'male')\n"
