@@ -34,12 +34,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--synthetic-dir", default="")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    import torchreid
-
     from clip3dreid_plugin.config.defaults import get_cfg
-    from clip3dreid_plugin.engine.clip3dreid_engine import CLIP3DReIDEngine, LossSwitches
-    from clip3dreid_plugin.losses import OTLoss
-    from clip3dreid_plugin.models.clip3dreid import clip3dreid
     from clip3dreid_plugin.teacher.cache import TeacherCache
     from clip3dreid_plugin.teacher.clip_teacher import CLIPTeacher
     from clip3dreid_plugin.teacher.source import CacheTeacherSource
@@ -63,22 +58,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         g = torch.nn.functional.normalize(torch.randn(bs, teacher.embed_dim), dim=1)
         cache = TeacherCache(batch["impath"], g, teacher.label(g).cpu(), teacher.descriptor_text_features().cpu(),
                              {"teacher": args.teacher})
-        model = clip3dreid(4, pretrained=False, cfg=cfg)
-        if nhwc:
-            model = model.to(memory_format=torch.channels_last)
-        engine = CLIP3DReIDEngine(bench._FakeDataManager(4), model,
-                                  torchreid.optim.build_optimizer(model, optim="adam", lr=3.5e-4),
-                                  teacher=CacheTeacherSource(cache), switches=LossSwitches(use_3d=with_3d),
-                                  ot_loss=OTLoss(), use_gpu=False, synthetic=stream if with_3d else None,
-                                  shape_loss=shape_loss if with_3d else None)
-        engine.channels_last = nhwc
-        engine.setup_plugin()
-        model.train()
-        steps[label] = bench._step(engine, batch)
+        steps[label] = bench.clip3dreid_step(cfg, 4, batch, CacheTeacherSource(cache), dev, nhwc,
+                                             synthetic=stream if with_3d else None, shape_loss=shape_loss)
     out = bench.time_interleaved(steps, args.repeats, args.warmup, dev)
     lines = ["| step | images | s/iter (median) | s per image |", "|---|---|---|---|"]
-    for (label, bs, with_3d), r in zip(rows, out.values()):
-        n = bs + (n_syn if with_3d else 0)
+    for label, bs, with_3d in rows:
+        r, n = out[label], bs + (n_syn if with_3d else 0)
         lines.append(f"| {label} | {n} | {r['median_s']:.3f} | {r['median_s'] / n:.3f} |")
     logger.info("\n%s", "\n".join(lines))
     return 0

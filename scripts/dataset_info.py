@@ -117,15 +117,12 @@ def chance_level(ds, protocols: Sequence[str], draws: int, seed: int = 0) -> Dic
     from datasets_ext.base import to_clothes_items
 
     q, g = to_clothes_items(ds.query), to_clothes_items(ds.gallery)
-
-    def col(items, i):
-        return np.array([it[i] for it in items])
-
+    # pid, camid, clothes of the (path, pid, camid, dsetid, clothes) items, query then gallery (evaluate_all's order)
+    labels = [np.array([it[i] for it in items]) for i in (1, 2, 4) for items in (q, g)]
     rng = np.random.default_rng(seed)
     per = {m: [] for m in protocols}
     for _ in range(draws):
-        out = evaluate_all(rng.random((len(q), len(g))), col(q, 1), col(g, 1), col(q, 2), col(g, 2), col(q, 4),
-                           col(g, 4), modes=protocols, max_rank=1)
+        out = evaluate_all(rng.random((len(q), len(g))), *labels, modes=protocols, max_rank=1)
         for m, (cmc, mAP) in out.items():
             per[m].append((mAP, cmc[0]))
     res = {}

@@ -108,6 +108,32 @@ def _synthetic_3d(body_dir: str, synthetic_dir: str, bs: int, h: int, w: int, ra
     return iter(lambda: batch, None), ShapeLoss(models[GENDER_IDS["neutral"]], models), n
 
 
+def clip3dreid_step(cfg, num_pids: int, batch: dict, source, device: torch.device, nhwc: bool,
+                    synthetic=None, shape_loss=None) -> Callable[[], None]:
+    """One CLIP3DReID training step on ``batch``, built as ``scripts/train.py`` builds it (Adam, NHWC when asked).
+
+    With ``synthetic`` (a batch stream) and ``shape_loss`` the step includes the 3D term.
+    """
+    import torchreid
+
+    from clip3dreid_plugin.engine.clip3dreid_engine import CLIP3DReIDEngine, LossSwitches
+    from clip3dreid_plugin.losses import OTLoss
+    from clip3dreid_plugin.models.clip3dreid import clip3dreid
+
+    model = clip3dreid(num_pids, pretrained=False, cfg=cfg).to(device)
+    if nhwc:
+        model = model.to(memory_format=torch.channels_last)
+    with_3d = synthetic is not None
+    engine = CLIP3DReIDEngine(_FakeDataManager(num_pids), model,
+                              torchreid.optim.build_optimizer(model, optim="adam", lr=3.5e-4), teacher=source,
+                              switches=LossSwitches(use_3d=with_3d), ot_loss=OTLoss(), use_gpu=device.type == "cuda",
+                              synthetic=synthetic, shape_loss=shape_loss if with_3d else None)
+    engine.channels_last = nhwc
+    engine.setup_plugin()
+    model.train()
+    return _step(engine, batch)
+
+
 def train_step_benchmarks(bs: int, h: int, w: int, device: torch.device, teacher_name: str, repeats: int,
                           warmup: int, online: bool = True, body_dir: str = "", synthetic_dir: str = "",
                           synthetic_ratio: float = 0.25) -> Dict[str, Dict[str, float]]:
@@ -115,9 +141,6 @@ def train_step_benchmarks(bs: int, h: int, w: int, device: torch.device, teacher
     import torchreid
 
     from clip3dreid_plugin.config.defaults import get_cfg
-    from clip3dreid_plugin.engine.clip3dreid_engine import CLIP3DReIDEngine, LossSwitches
-    from clip3dreid_plugin.losses import OTLoss
-    from clip3dreid_plugin.models.clip3dreid import clip3dreid
     from clip3dreid_plugin.teacher.cache import TeacherCache
     from clip3dreid_plugin.teacher.clip_teacher import CLIPTeacher
     from clip3dreid_plugin.teacher.source import CacheTeacherSource, OnlineTeacherSource
@@ -168,17 +191,10 @@ def train_step_benchmarks(bs: int, h: int, w: int, device: torch.device, teacher
                         CacheTeacherSource(cache), 1, nhwc_default))
     for label, source, last_stride, nhwc in sources:
         cfg.clip3dreid.last_stride = last_stride
-        model = clip3dreid(num_pids, pretrained=False, cfg=cfg).to(device)
-        if nhwc:  # what scripts/train.py does with runtime.channels_last
-            model = model.to(memory_format=torch.channels_last)
         with_3d = "3D term" in label
-        engine = CLIP3DReIDEngine(dm, model, adam(model), teacher=source, switches=LossSwitches(use_3d=with_3d),
-                                  ot_loss=OTLoss(), use_gpu=use_gpu, synthetic=stream if with_3d else None,
-                                  shape_loss=shape_loss if with_3d else None)
-        engine.channels_last = nhwc
-        engine.setup_plugin()
-        model.train()
-        steps[label] = _step(engine, batch)
+        steps[label] = clip3dreid_step(cfg, num_pids, batch, source, device, nhwc,
+                                       synthetic=stream if with_3d else None,
+                                       shape_loss=shape_loss if with_3d else None)
     out = time_interleaved(steps, repeats, warmup, device)
     for r in out.values():
         r["images_per_s"] = bs / r["median_s"]
