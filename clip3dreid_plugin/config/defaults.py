@@ -121,7 +121,7 @@ def add_clip3dreid_config(cfg: CN) -> CN:
     cfg.runtime.deterministic = False  # cudnn.deterministic + no benchmark, for bit-reproducible runs
     cfg.runtime.ckpt_freq = 1  # save a resumable checkpoint every N epochs (0 = only at the end)
     cfg.runtime.amp = "none"  # none | bf16 | fp16 autocast for the student forward
-    cfg.runtime.channels_last = True  # NHWC memory format for conv models (1.5x faster ResNet-50 steps on CPU)
+    cfg.runtime.channels_last = True  # NHWC layout for conv models (~1.5x faster ResNet-50 steps on CPU at 384x192)
     cfg.runtime.compile = False  # wrap the student in torch.compile
     cfg.runtime.sync_bn = False  # convert BatchNorm to SyncBatchNorm under torch.distributed
     cfg.runtime.dist_backend = "auto"  # auto | nccl | gloo backend for torchrun
