@@ -55,6 +55,11 @@ ENGINE_BUILDERS: Dict[str, Callable] = {"clip3dreid": _clip3dreid_engine}
 
 
 def _standard_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: bool):
+    if cfg.runtime.amp != "none":
+        # torchreid's engines call the model and optimizer themselves; ignoring the option would hide that the
+        # baseline trained in float32 while the user asked for mixed precision.
+        raise ValueError(f"runtime.amp {cfg.runtime.amp} (--amp) applies to model.name clip3dreid only; torchreid's "
+                         f"engines train '{cfg.model.name}' in float32: set runtime.amp none")
     if cfg.data.type == "video":
         if cfg.loss.name != "softmax":
             raise ValueError("video training supports loss.name softmax only")
