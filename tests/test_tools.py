@@ -153,3 +153,52 @@ def test_visualize_transport_script(tmp_path, toy_market_root):
     from PIL import Image
 
     assert Image.open(out).size == (64, 64)  # the image plus one 32-px-wide panel
+
+
+def test_time_interleaved_runs_round_robin_and_times_only_after_warmup():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    out = benchmark.time_interleaved(fns, repeats=3, warmup=2, device=torch.device("cpu"))
+    assert calls == ["a", "b", "c"] * 5
+    assert set(out) == {"a", "b", "c"}
+    for r in out.values():
+        assert r["repeats"] == 3 and 0 <= r["min_s"] <= r["median_s"] <= r["max_s"]
+
+
+def test_benchmark_training_step_is_the_engine_step_in_the_asked_layout(tmp_path):
+    """The step ``scripts/benchmark.py`` times is CLIP3DReIDEngine.forward_backward: repeating it on its batch
+    lowers the loss and updates every part of the student, which runs in the layout the row names."""
+    from clip3dreid_plugin.config.defaults import get_cfg
+    from clip3dreid_plugin.teacher.cache import TeacherCache
+    from clip3dreid_plugin.teacher.clip_teacher import CLIPTeacher
+    from clip3dreid_plugin.teacher.source import CacheTeacherSource
+    from fixtures.tiny_clip import tiny_clip
+
+    name, weights = tiny_clip(str(tmp_path))
+    teacher = CLIPTeacher(name, weights, device="cpu")
+    cfg = get_cfg()
+    cfg.clip3dreid.teacher_dim = teacher.embed_dim
+    cfg.clip3dreid.local_dim, cfg.clip3dreid.agg_hidden_dim, cfg.clip3dreid.head_hidden_dim = 64, 32, 32
+    cpu = torch.device("cpu")
+    batch = benchmark._batch(8, 64, 32, 2, cpu)
+    g = torch.nn.functional.normalize(torch.randn(8, teacher.embed_dim, generator=torch.Generator().manual_seed(0)))
+    cache = TeacherCache(batch["impath"], g, teacher.label(g), teacher.descriptor_text_features(), {"teacher": name})
+    for nhwc in (False, True):
+        torch.manual_seed(0)
+        step = benchmark.clip3dreid_step(cfg, 2, batch, CacheTeacherSource(cache), cpu, nhwc)
+        engine = step.func.__self__
+        assert engine.channels_last is nhwc
+        assert engine.model.backbone[0].weight.is_contiguous(memory_format=torch.channels_last) is nhwc
+        start = {n: p.detach().clone() for n, p in engine.model.named_parameters()}
+        with torch.no_grad():
+            before = {k: float(v) for k, v in engine.compute_losses(batch).items()}
+        for _ in range(4):
+            step()
+        with torch.no_grad():
+            after = {k: float(v) for k, v in engine.compute_losses(batch).items()}
+        assert set(before) == {"loss", "ce", "ot", "global"}
+        assert after["loss"] < before["loss"], (nhwc, before, after)
+        # Every head of the three terms trained (the shape head only serves the 3D term, off in this row).
+        for part in ("backbone", "aggregator", "classifier", "text_head", "image_head"):
+            moved = [not torch.equal(p, start[n]) for n, p in engine.model.named_parameters() if n.startswith(part)]
+            assert moved and all(moved), (nhwc, part)
