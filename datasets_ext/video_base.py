@@ -96,6 +96,8 @@ class ClothesVideoDataset(torchreid.data.VideoDataset):
             "camid": camid,
             "dsetid": dsetid,
             "clothes_id": clothes_id,
+            # The sampled frames' paths, for the teacher cache (collated as seq_len lists of batch paths).
+            "impath": tuple(img_paths[int(i)] for i in indices),
         }
 
     def __add__(self, other):

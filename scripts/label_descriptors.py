@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Labels every training image of ``cfg.data.sources`` with the CLIP teacher and writes the cache.
+"""Labels every training image (or video frame) of ``cfg.data.sources`` with the CLIP teacher and writes the cache.
 
 Examples::
 
@@ -26,16 +26,28 @@ from typing import List, Optional, Sequence
 logger = logging.getLogger("label_descriptors")
 
 
+def _identity(img):
+    return img
+
+
 def training_image_paths(name: str, cfg) -> List[str]:
-    """Training image paths of dataset ``name`` built exactly as torchreid builds it (after ``register()``)."""
+    """Training image paths of dataset ``name`` built exactly as torchreid builds it (after ``register()``).
+
+    For ``data.type video`` these are every frame of every training tracklet: CLIP3DReID trains on frames.
+    """
     import torchreid
 
     import clip3dreid_plugin
+    from clip3dreid_plugin.data.frames import item_image_paths
 
     clip3dreid_plugin.register()
-    ds = torchreid.data.datasets.init_image_dataset(name, root=cfg.data.root, mode="train", verbose=False,
-                                                     combineall=cfg.data.combineall)
-    return [item[0] for item in ds.train]
+    kw = dict(root=cfg.data.root, mode="train", verbose=False, combineall=cfg.data.combineall)
+    if cfg.data.type == "video":
+        # torchreid's VideoDataset refuses transform=None; only the item lists are read here, never a frame.
+        ds = torchreid.data.datasets.init_video_dataset(name, seq_len=cfg.video.seq_len, transform=_identity, **kw)
+    else:
+        ds = torchreid.data.datasets.init_image_dataset(name, **kw)
+    return item_image_paths(ds.train)
 
 
 def write_report(cache, out_dir: str, dataset: str, image_paths: Optional[Sequence[str]] = None) -> List[str]:

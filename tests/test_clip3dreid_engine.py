@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from clip3dreid_plugin import compat
+from clip3dreid_plugin.data.frames import batch_frame_paths, item_image_paths
 from clip3dreid_plugin.engine.base import unwrap
 from clip3dreid_plugin.teacher.cache import TeacherCacheMismatchError, TeacherCacheMissError, TeacherCache
 from clip3dreid_plugin.teacher.cache import build_teacher_cache, cache_file_path
@@ -242,3 +243,68 @@ def test_compiled_student_trains_like_eager_and_saves_plain_checkpoints(clip_set
     engines[True].save_model(0, 0.0, str(tmp_path / "ckpt"))
     ckpt = compat.load_checkpoint(osp.join(str(tmp_path / "ckpt"), "model", "model.pth.tar-1"))
     assert set(ckpt["state_dict"]) == set(eager.state_dict())
+
+
+def test_batch_frame_paths_undoes_default_collate():
+    from torch.utils.data import default_collate
+
+    items = [{"impath": tuple(f"t{b}/f{s}.jpg" for s in range(3))} for b in range(2)]
+    collated = default_collate(items)["impath"]  # 3 sequences of 2 paths
+    assert batch_frame_paths(collated, 2, 3) == ["t0/f0.jpg", "t0/f1.jpg", "t0/f2.jpg",
+                                                  "t1/f0.jpg", "t1/f1.jpg", "t1/f2.jpg"]
+    with pytest.raises(ValueError, match="2 clips x 4 frames"):
+        batch_frame_paths(collated, 2, 4)
+    assert item_image_paths([("a.jpg", 0), (("b/1.jpg", "b/2.jpg"), 1), (("b/2.jpg", "c/1.jpg"), 2)]) == [
+        "a.jpg", "b/1.jpg", "b/2.jpg", "c/1.jpg"]
+
+
+def _video_argv(root, name, weights, cache_dir, out, *extra):
+    return ["--config-file", TOY, "--device", "cpu", "--output-dir", out, "--seed", "0", *extra,
+            "data.root", root, "data.type", "video", "data.sources", "['ccvid']", "data.targets", "['ccvid']",
+            "video.seq_len", "3", "video.sample_method", "random", "train.batch_size", "2",
+            "model.name", "clip3dreid", "clip3dreid.local_dim", "64", "clip3dreid.agg_hidden_dim", "32",
+            "clip3dreid.head_hidden_dim", "32", "clip3dreid.teacher_dim", "64",
+            "teacher.name", name, "teacher.pretrained", weights, "teacher.cache_dir", cache_dir]
+
+
+def test_video_clips_train_as_frames_with_their_own_teacher_entries(clip_setup, tmp_path):
+    """data.type video: the cache labels every training frame, a clip batch trains as its frames (each looked up
+    under its own path, with its clip's identity), and the train script runs and evaluates CCVID's protocols."""
+    import importlib.util
+
+    from fixtures.dataset_trees import make_ccvid
+
+    _, name, weights, _ = clip_setup
+    root, cache_dir = str(tmp_path / "data"), str(tmp_path / "cache")
+    make_ccvid(root)
+    argv = _video_argv(root, name, weights, cache_dir, str(tmp_path / "run"))
+    spec = importlib.util.spec_from_file_location("label_descriptors", osp.join(REPO, "scripts", "label_descriptors.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    cfg = _cfg(*argv)
+    frames = script.training_image_paths("ccvid", cfg)
+    # make_ccvid's three training tracklets have 3 + 2 + 4 frames.
+    assert len(frames) == 9 and all(osp.isfile(p) for p in frames)
+    opts = argv[argv.index("data.root"):]
+    assert script.main(["--config-file", TOY, *opts]) == 0
+
+    engine = _engine(cfg)
+    train = engine.datamanager.train_set.train
+    assert item_image_paths(train) == frames
+    pid_of = {p: it[1] for it in train for p in it[0]}
+    data = next(iter(engine.train_loader))
+    asked = []
+    lookup = engine.teacher.lookup
+    engine.teacher.lookup = lambda paths, imgs: (asked.append(list(paths)), lookup(paths, imgs))[1]
+    with torch.no_grad():
+        terms = engine.compute_losses(data)
+    assert set(terms) == {"loss", "ce", "ot", "global"} and all(torch.isfinite(v) for v in terms.values())
+    (paths,) = asked
+    assert len(paths) == 2 * 3
+    for b in range(2):
+        clip = paths[3 * b:3 * b + 3]
+        assert len({osp.dirname(p) for p in clip}) == 1  # one tracklet per clip
+        assert all(pid_of[p] == int(data["pid"][b]) for p in clip)
+
+    metrics = train_net.run(_cfg(*argv, "train.max_epoch", "1"))
+    assert {"general_mAP", "cc_mAP", "cc_rank1"} <= set(metrics["ccvid"])

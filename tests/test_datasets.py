@@ -265,6 +265,9 @@ def test_video_getitem_add_and_sampling(trees):
     assert (item["pid"], item["camid"], item["clothes_id"]) == (11, 14, 2)
     # the 3-frame tracklet is padded with its last frame
     assert torch.equal(item["img"][2], item["img"][3]) and not torch.equal(item["img"][0], item["img"][1])
+    # impath names the sampled frames, so a teacher can look each one up
+    assert [osp.relpath(p, osp.join(root, "CCVID")) for p in item["impath"]] == [
+        f"session3/011_02/{k:05d}.jpg" for k in (1, 2, 3, 3)]
     train = build("ccvid", root)
     both = train + build("ccvid", root)
     assert len(both.train) == 6 and both.num_train_clothes == 6

@@ -76,6 +76,26 @@ def test_synthetic_dataset_and_batch_ratio(synthetic_dir):
         synthetic_batch_size(8, 1.0)
 
 
+@pytest.mark.parametrize("data_type, expected", [("image", 1), ("video", 6)])
+def test_synthetic_share_counts_the_frames_of_video_clips(synthetic_dir, data_type, expected):
+    """A video step trains on batch_size x seq_len frames, so the synthetic share is a quarter of those."""
+    import torchvision.transforms as T
+
+    from clip3dreid_plugin.config.defaults import get_cfg
+    from clip3dreid_plugin.data.synthetic import build_synthetic_stream
+
+    cfg = get_cfg()
+    cfg.data.type, cfg.train.batch_size, cfg.video.seq_len = data_type, 2, 9
+    cfg.body.synthetic_dir, cfg.body.synthetic_ratio, cfg.data.workers = synthetic_dir, 0.25, 0
+
+    class _DM:
+        transform_tr = T.ToTensor()
+
+    batch = next(build_synthetic_stream(cfg, _DM()))
+    # image: round(2 * 0.25 / 0.75) = 1; video: 2 clips x 9 frames -> round(18 * 0.25 / 0.75) = 6
+    assert batch["img"].size(0) == expected
+
+
 def test_training_with_the_3d_term_lowers_it(tmp_path, toy_market_root, body_dir, synthetic_dir):
     name, weights = tiny_clip(str(tmp_path))
     root, _ = toy_market_root

@@ -75,7 +75,9 @@ def build_synthetic_stream(cfg: CN, datamanager) -> Iterator[dict]:
     if not cfg.body.synthetic_dir:
         raise ValueError("loss.clip3dreid.use_3d needs body.synthetic_dir (render one with scripts/render_synthetic.py)")
     ds = SyntheticMeshDataset(cfg.body.synthetic_dir, transform=datamanager.transform_tr)
-    bs = synthetic_batch_size(cfg.train.batch_size, cfg.body.synthetic_ratio)
+    # Video batches are trained on as their frames, so the real part of a step is batch_size x seq_len images.
+    real = cfg.train.batch_size * (cfg.video.seq_len if cfg.data.type == "video" else 1)
+    bs = synthetic_batch_size(real, cfg.body.synthetic_ratio)
     gen = torch.Generator().manual_seed(cfg.train.seed)
     loader = DataLoader(ds, batch_size=bs, shuffle=True, drop_last=len(ds) >= bs, num_workers=cfg.data.workers,
                         generator=gen, persistent_workers=cfg.data.workers > 0)

@@ -5,15 +5,16 @@ from typing import Callable, Dict
 
 from yacs.config import CfgNode as CN
 
+from clip3dreid_plugin.data.frames import item_image_paths
 from clip3dreid_plugin.engine.base import EvalSettings
 from clip3dreid_plugin.engine.standard import ClothesSoftmaxEngine, ClothesTripletEngine, ClothesVideoSoftmaxEngine
 
 __all__ = ["build_engine", "ENGINE_BUILDERS"]
 
 def _train_paths_per_source(datamanager) -> list:
-    """``(dataset name, training image paths)`` per source; the manager gives source i dataset id i."""
+    """``(dataset name, training image or frame paths)`` per source; the manager gives source i dataset id i."""
     train = datamanager.train_set.train
-    return [(name, [it[0] for it in train if it[3] == i]) for i, name in enumerate(datamanager.sources)]
+    return [(name, item_image_paths([it for it in train if it[3] == i])) for i, name in enumerate(datamanager.sources)]
 
 
 def _clip3dreid_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: bool):
@@ -43,11 +44,13 @@ def _clip3dreid_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gp
         shape_loss = ShapeLoss(models[cfg.body.gender], {GENDER_IDS[g]: m for g, m in models.items()},
                                reduction=cfg.loss.clip3dreid.shape_reduction)
         synthetic = build_synthetic_stream(cfg, datamanager)
-    return CLIP3DReIDEngine(datamanager, model, optimizer, teacher=teacher, switches=switches,
-                            ot_loss=OTLoss.from_cfg(cfg), scheduler=scheduler, use_gpu=use_gpu,
-                            label_smooth=cfg.loss.softmax.label_smooth, triplet_margin=cfg.loss.triplet.margin,
-                            synthetic=synthetic, shape_loss=shape_loss, amp=cfg.runtime.amp,
-                            separate_synthetic_bn=cfg.body.separate_bn)
+    engine = CLIP3DReIDEngine(datamanager, model, optimizer, teacher=teacher, switches=switches,
+                              ot_loss=OTLoss.from_cfg(cfg), scheduler=scheduler, use_gpu=use_gpu,
+                              label_smooth=cfg.loss.softmax.label_smooth, triplet_margin=cfg.loss.triplet.margin,
+                              synthetic=synthetic, shape_loss=shape_loss, amp=cfg.runtime.amp,
+                              separate_synthetic_bn=cfg.body.separate_bn)
+    engine.pooling_method = cfg.video.pooling_method  # tracklet features at test time (video data)
+    return engine
 
 
 # model name -> fn(cfg, datamanager, model, optimizer, scheduler, use_gpu) -> engine

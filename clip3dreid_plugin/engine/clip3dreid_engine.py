@@ -16,6 +16,7 @@ from typing import Dict
 import torch
 import torchreid
 
+from clip3dreid_plugin.data.frames import batch_frame_paths
 from clip3dreid_plugin.engine.base import ClothesAwareEngineMixin
 from clip3dreid_plugin.losses import OTLoss, global_distill_loss
 
@@ -96,7 +97,9 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         """Forward pass and every enabled loss term (no backward).
 
         Args:
-            data: a torchreid batch dict with ``img [B,3,H,W]``, ``pid [B]`` and ``impath``.
+            data: a torchreid batch dict with ``img [B,3,H,W]``, ``pid [B]`` and ``impath``; or a video batch
+                with ``img [B,S,3,H,W]`` and ``impath`` as collated by torch (``S`` lists of ``B`` frame paths),
+                trained on as ``B*S`` frames.
 
         Returns:
             ``{'loss': total, 'ce': ..., 'ot': ..., 'global': ..., 'ot_syn': ..., '3d': ..., 'triplet': ...}``
@@ -106,10 +109,18 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         dev = self.device
         imgs = data["img"].to(dev, non_blocking=True)
         pids = data["pid"].to(dev, non_blocking=True)
+        paths = data["impath"]
+        if imgs.dim() == 5:
+            # Clips [B, S, C, H, W] train as their B*S frames, each with its clip's identity and its own teacher
+            # entry (torchreid's VideoSoftmaxEngine trains the same way); test features average over frames.
+            clips, seq_len = imgs.shape[:2]
+            imgs = imgs.flatten(0, 1)
+            pids = pids.repeat_interleave(seq_len)
+            paths = batch_frame_paths(paths, clips, seq_len)
         B = imgs.size(0)
         text_feats = teacher_feats = None
         if s.use_ot or s.use_global:
-            g, labels = self.teacher.lookup(list(data["impath"]), imgs)
+            g, labels = self.teacher.lookup(list(paths), imgs)
             if s.use_ot:
                 text_feats = self.teacher.gather_text(labels.to(dev))
             if s.use_global:
