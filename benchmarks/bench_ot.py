@@ -5,6 +5,7 @@ Example::
 
     PYTHONPATH=. python benchmarks/bench_ot.py                      # B=64, N=288 (24x12), M=16, d=2048
     PYTHONPATH=. python benchmarks/bench_ot.py --dim 512 --regs 1.0 0.1 --json out.json
+    PYTHONPATH=. python benchmarks/bench_ot.py --device cuda        # on a GPU (synchronised timings)
 
 Every method gets the same cosine cost ``C = 1 - cos`` of the same features, the same iteration cap
 (``--max-iter``) and the same tolerance (``--tol``, passed as POT's ``stopThr`` / ``ot.batch``'s ``tol``
@@ -151,13 +152,23 @@ def make_features(batch: int, n: int, m: int, dim: int, rank: int, seed: int) ->
     return x, y
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _one_run(name: str, scope: str, feats: Features, cost: torch.Tensor, reg: float, max_iter: int,
              tol: float) -> Tuple[float, torch.Tensor]:
-    """Seconds of one forward+backward from fresh leaves (features or cost, per ``scope``), and the values."""
+    """Seconds of one forward+backward from fresh leaves (features or cost, per ``scope``), and the values.
+
+    On CUDA the clock stops after a device synchronisation, so queued kernels are counted.
+    """
     fn = METHODS[name][0]
+    device = cost.device
     if scope == "full":
         x = feats[0].detach().clone().requires_grad_()
         y = feats[1].detach().clone().requires_grad_()
+        _sync(device)
         t0 = time.perf_counter()
         if name in FEATURE_METHODS:
             vals = FEATURE_METHODS[name](x, y, reg, max_iter, tol)
@@ -165,20 +176,23 @@ def _one_run(name: str, scope: str, feats: Features, cost: torch.Tensor, reg: fl
             vals = fn(cosine_cost(x, y), reg, max_iter, tol)
     else:
         c = cost.detach().clone().requires_grad_()
+        _sync(device)
         t0 = time.perf_counter()
         vals = fn(c, reg, max_iter, tol)
     vals.sum().backward()
+    _sync(device)
     return time.perf_counter() - t0, vals.detach()
 
 
 def run_benchmark(batch: int, n: int, m: int, dim: int, regs: Sequence[float], max_iter: int, tol: float,
                   repeats: int, methods: Sequence[str], scopes: Sequence[str] = SCOPES, rank: int = 8,
-                  seed: int = 0) -> List[dict]:
+                  seed: int = 0, device: str = "cpu") -> List[dict]:
     """Times each method at each ``reg`` and scope; one row per (scope, reg, method).
 
-    The first method is the reference of the ``speedup`` and ``max_abs_value_diff`` fields.
+    The first method is the reference of the ``speedup`` and ``max_abs_value_diff`` fields. The features
+    are drawn on the CPU (the same numbers on every device) and moved to ``device``.
     """
-    feats = make_features(batch, n, m, dim, rank, seed)
+    feats = tuple(f.to(device) for f in make_features(batch, n, m, dim, rank, seed))
     with torch.no_grad():
         cost = cosine_cost(*feats)
     rows = []
@@ -237,6 +251,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
                         help="the first one is the reference of the speed-up column")
     parser.add_argument("--scopes", nargs="+", default=list(SCOPES), choices=list(SCOPES))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--rank", type=int, default=8,
                         help="features drawn from a subspace of this rank plus noise (0 = isotropic)")
     parser.add_argument("--seed", type=int, default=0)
@@ -246,15 +261,19 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
+    machine = (torch.cuda.get_device_name() if args.device == "cuda"
+               else platform.processor() or platform.machine())
     settings = {"batch": args.batch, "n": args.n, "m": args.m, "dim": args.dim, "rank": args.rank,
                 "max_iter": args.max_iter, "tol": args.tol, "repeats": args.repeats, "dtype": "float32",
-                "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
-                "pot": ot.__version__, "machine": platform.processor() or platform.machine()}
-    logger.info("B=%d N=%d M=%d d=%d (rank %d), max_iter=%d, tol=%g (L2 marginal violation), float32 CPU, "
-                "%d threads, median of %d", args.batch, args.n, args.m, args.dim, args.rank, args.max_iter,
-                args.tol, settings["threads"], args.repeats)
+                "device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                "pot": ot.__version__, "machine": machine}
+    logger.info("B=%d N=%d M=%d d=%d (rank %d), max_iter=%d, tol=%g (L2 marginal violation), float32 on %s (%s), "
+                "%d CPU threads, median of %d", args.batch, args.n, args.m, args.dim, args.rank, args.max_iter,
+                args.tol, args.device, machine, settings["threads"], args.repeats)
     rows = run_benchmark(args.batch, args.n, args.m, args.dim, args.regs, args.max_iter, args.tol, args.repeats,
-                         args.methods, args.scopes, args.rank, args.seed)
+                         args.methods, args.scopes, args.rank, args.seed, args.device)
     logger.info("\n%s", markdown_table(rows, args.methods[0]))
     if args.json:
         with open(args.json, "w") as f:

@@ -2,6 +2,7 @@
 caches fail with the image or dataset named, bf16 autocast stays close to fp32, scripts/train.py runs it."""
 from __future__ import annotations
 
+import math
 import os.path as osp
 
 import pytest
@@ -308,3 +309,27 @@ def test_video_clips_train_as_frames_with_their_own_teacher_entries(clip_setup, 
 
     metrics = train_net.run(_cfg(*argv, "train.max_epoch", "1"))
     assert {"general_mAP", "cc_mAP", "cc_rank1"} <= set(metrics["ccvid"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("amp", ["none", "fp16", "bf16"])
+def test_cuda_training_lowers_every_term_under_each_precision(clip_setup, tmp_path, amp):
+    argv = _argv(*clip_setup, str(tmp_path / amp), "--amp", amp)
+    argv[argv.index("--device") + 1] = "cuda"
+    cfg = _cfg(*argv)
+    _build_cache(cfg)
+    engine = _engine(cfg)
+    assert next(engine.model.parameters()).is_cuda
+    assert engine.scaler.is_enabled() is (amp == "fp16")
+    batch = next(iter(engine.train_loader))
+    with torch.no_grad():
+        first = {k: float(v) for k, v in engine.compute_losses(batch).items()}
+    for _ in range(6):
+        engine.forward_backward(batch)
+    with torch.no_grad():
+        last = {k: float(v) for k, v in engine.compute_losses(batch).items()}
+    for k in first:
+        assert math.isfinite(last[k]) and last[k] < first[k], (amp, k, first[k], last[k])
+    with torch.no_grad():
+        feats = unwrap(engine.model).eval()(batch["img"].cuda())
+    assert feats.shape == (batch["img"].size(0), 64) and torch.isfinite(feats).all()

@@ -310,3 +310,14 @@ def test_evaluate_all_equals_separate_calls(method):
         assert out[m][1] == single[1]
     # The default modes are what the engine asks for on clothes-changing datasets.
     assert list(evaluate_all(*problem)) == ["general", "cc"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_ranking_equals_cpu_ranking():
+    distmat, qp, gp, qc, gc, qcl, gcl = _random_problem(7, 40, 300, 12, 3, ties=True)
+    modes = ("general", "cc", "sc")
+    ref = evaluate_all(distmat, qp, gp, qc, gc, qcl, gcl, modes=modes, max_rank=20, device="cpu")
+    out = evaluate_all(torch.as_tensor(distmat).cuda(), qp, gp, qc, gc, qcl, gcl, modes=modes, max_rank=20,
+                       device="cuda")
+    for m in modes:
+        _assert_same(out[m], ref[m], atol=1e-12)

@@ -301,3 +301,36 @@ def test_torchreid_losses_are_reexported():
     logp = torch.log_softmax(logits, dim=1)[0]
     expected = -(logp[0] * (0.9 + 0.1 / 3) + (logp[1] + logp[2]) * 0.1 / 3)
     assert ce(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@requires_cuda
+@pytest.mark.parametrize("reg", [1.0, 0.1])
+def test_cuda_matches_pot_sinkhorn2_on_cpu(reg):
+    seed, B, N, M, d = CASES[2]
+    x, y = _feats(seed, B, N, M, d, torch.float32)
+    xc, yc = x.detach().cuda().requires_grad_(), y.detach().cuda().requires_grad_()
+    out = ot_distance(xc, yc, reg=reg, **TIGHT[torch.float32])
+    assert out.device.type == "cuda"
+    gx, gy = torch.autograd.grad(out.sum(), (xc, yc))
+    xr, yr = x.detach().double().requires_grad_(), y.detach().double().requires_grad_()
+    ref = _pot_sinkhorn2(xr, yr, reg, **TIGHT[torch.float64])
+    rx, ry = torch.autograd.grad(ref.sum(), (xr, yr))
+    assert torch.allclose(out.cpu().double(), ref, rtol=0, atol=VALUE_ATOL[torch.float32])
+    _assert_grad_close(gx.cpu().double(), rx, GRAD_RTOL[torch.float32])
+    _assert_grad_close(gy.cpu().double(), ry, GRAD_RTOL[torch.float32])
+
+
+@requires_cuda
+def test_cuda_fp16_autocast_small_reg_is_float32_and_finite():
+    x, y = _feats(0, 4, 12, 16, 8, torch.float16)
+    xc, yc = x.detach().cuda().requires_grad_(), y.detach().cuda().requires_grad_()
+    with torch.autocast(device_type="cuda", dtype=torch.float16):
+        out = ot_distance(xc, yc, reg=0.01, max_iter=2000, tol=1e-6)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    gx, gy = torch.autograd.grad(out.sum(), (xc, yc))
+    assert torch.isfinite(gx).all() and torch.isfinite(gy).all()
+    cpu = ot_distance(x.detach().float(), y.detach().float(), reg=0.01, max_iter=2000, tol=1e-6)
+    torch.testing.assert_close(out.cpu(), cpu, rtol=0, atol=1e-4)
