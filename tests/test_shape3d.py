@@ -78,7 +78,7 @@ def test_synthetic_dataset_and_batch_ratio(synthetic_dir):
 
 @pytest.mark.parametrize("data_type, expected", [("image", 1), ("video", 6)])
 def test_synthetic_share_counts_the_frames_of_video_clips(synthetic_dir, data_type, expected):
-    """A video step trains on batch_size x seq_len frames, so the synthetic share is a quarter of those."""
+    """A video step trains on batch_size x seq_len frames; synthetic images are ratio (1/4) of that mixed batch."""
     import torchvision.transforms as T
 
     from clip3dreid_plugin.config.defaults import get_cfg
