@@ -61,6 +61,9 @@ def test_recipe_count_covers_every_dataset_family():
     for fam in ["market1501", "msmt17", "ltcc", "prcc", "celebreid", "celebreid_light", "deepchange", "ccda",
                 "vcclothes", "last", "ccvid", "cross", "toy"]:
         assert fam in fams, fam
+    # Issue 5: a CLIP3DReID recipe for every dataset (the toy family is the baseline's smoke test only).
+    with_clip3dreid = {osp.basename(osp.dirname(p)) for p in RECIPES if osp.basename(p).startswith("clip3dreid_")}
+    assert fams - {"toy", "_base_"} <= with_clip3dreid, sorted(fams - {"toy", "_base_"} - with_clip3dreid)
 
 
 def test_base_resolved_relative_to_including_file(tmp_path):
