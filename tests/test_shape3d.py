@@ -127,6 +127,44 @@ def test_training_with_the_3d_term_lowers_it(tmp_path, toy_market_root, body_dir
     assert last["ot_syn"] < first["ot_syn"]
 
 
+def test_3d_term_trains_with_video_clips(tmp_path, body_dir, synthetic_dir):
+    """data.type video + the 3D term: synthetic meshes join the clip frames (a share of B x S) and L_3D trains."""
+    from clip3dreid_plugin.data.frames import item_image_paths
+    from fixtures.dataset_trees import make_ccvid
+
+    name, weights = tiny_clip(str(tmp_path))
+    root = str(tmp_path / "data")
+    make_ccvid(root)
+    argv = ["--config-file", TOY, "--device", "cpu", "--output-dir", str(tmp_path / "o"), "data.root", root,
+            "data.type", "video", "data.sources", "['ccvid']", "data.targets", "['ccvid']", "video.seq_len", "3",
+            "train.batch_size", "2", "model.name", "clip3dreid", "clip3dreid.local_dim", "64",
+            "clip3dreid.agg_hidden_dim", "32", "clip3dreid.head_hidden_dim", "32", "clip3dreid.teacher_dim", "64",
+            "teacher.name", name, "teacher.pretrained", weights, "teacher.cache_dir", str(tmp_path / "cache"),
+            "train.lr", "0.001", "loss.clip3dreid.use_3d", "True", "body.model_dir", body_dir,
+            "body.synthetic_dir", synthetic_dir, "body.synthetic_ratio", "0.5", "data.workers", "0"]
+    cfg = train_net.setup_cfg(train_net.build_parser().parse_args(argv))
+    import torchreid
+
+    teacher = build_teacher(cfg)
+    train = torchreid.data.datasets.init_video_dataset("ccvid", root=root, mode="train", verbose=False,
+                                                       transform=lambda img: img).train
+    build_teacher_cache(teacher, item_image_paths(train), cache_file_path(cfg.teacher.cache_dir, "ccvid", name,
+                                                                          teacher.weights_label()), progress=False)
+    engine = train_net.build(cfg)
+    engine.set_model_mode("train")
+    batch = next(iter(engine.train_loader))
+    fixed = next(engine.synthetic)
+    assert fixed["img"].size(0) == 2 * 3  # ratio 0.5 of the mixed batch: as many meshes as the 2 x 3 frames
+    engine.synthetic = iter(lambda: fixed, None)
+    first = {k: float(v.detach()) for k, v in engine.compute_losses(batch).items()}
+    assert {"ce", "ot", "global", "ot_syn", "3d"} <= set(first)
+    for _ in range(6):
+        engine.forward_backward(batch)
+    last = {k: float(v.detach()) for k, v in engine.compute_losses(batch).items()}
+    assert last["3d"] < first["3d"]
+    assert last["ot_syn"] < first["ot_syn"]
+
+
 def test_eval_shape_reconstructs_from_images(tmp_path, body_dir, synthetic_dir):
     import importlib.util
     import json

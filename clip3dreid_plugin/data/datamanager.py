@@ -180,9 +180,9 @@ class ClothesImageDataManager(torchreid.data.ImageDataManager):
 
     def _log_summary(self) -> None:
         logger.info(
-            "data: sources=%s targets=%s | train ids=%d images=%d clothes=%d cams=%d | batch=%d",
-            self.sources, self.targets, self.num_train_pids, len(self.train_set), self.num_train_clothes,
-            self.num_train_cams, self.batch_size_train,
+            "data: sources=%s targets=%s | train ids=%d %s=%d clothes=%d cams=%d | batch=%d",
+            self.sources, self.targets, self.num_train_pids, "tracklets" if self.data_type == "video" else "images",
+            len(self.train_set), self.num_train_clothes, self.num_train_cams, self.batch_size_train,
         )
         for name in self.targets:
             logger.info(
