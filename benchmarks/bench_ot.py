@@ -26,8 +26,8 @@ Every method gets the same cosine cost ``C = 1 - cos`` of the same features, the
   matrix products every exact implementation of the full loss computes whatever its solver, timed
   alone: ``x y^T`` forward and ``G y`` (into a freshly allocated ``[B,N,d]`` gradient) and ``G^T x``
   backward, as one ``bmm`` and its autograd backward. A loss that takes about as long as this row spends
-  almost nothing on normalisation and Sinkhorn; ``pot_loop_own_cost / shared_products`` is roughly the
-  speed-up left to any implementation that uses torch's matrix products and allocator on the machine.
+  almost nothing on normalisation and Sinkhorn, and ``pot_loop_own_cost / shared_products`` is about the
+  most that computing the loss differently can gain over the loop while torch computes these products.
 
 Two scopes are timed:
 
