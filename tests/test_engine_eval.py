@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import glob
 import os.path as osp
+import threading
 
 import pytest
 
+from clip3dreid_plugin.config import engine_run_kwargs
 from clip3dreid_plugin.engine.base import ClothesAwareEngineMixin, EvalSettings
 from clip3dreid_plugin.tools import train_net
 from fixtures.dataset_trees import make_ccvid, make_ltcc, make_prcc
@@ -49,6 +51,23 @@ def test_cross_dataset_reports_each_targets_protocols_and_logs_them(cc_root, tmp
         for k in metrics:
             assert f"Test/{name}/{k}" in tags, k
     assert {"Train/loss", "Train/lr"} <= tags
+
+
+def test_run_closes_the_tensorboard_writer_it_opened(cc_root, tmp_path):
+    """Left open, its background thread keeps writing into the output folder after run() returns."""
+    from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+
+    out = str(tmp_path / "closed")
+    args = train_net.build_parser().parse_args(["--config-file", TOY, "--device", "cpu", "--output-dir", out,
+                                                "data.root", cc_root, "data.sources", "['ltcc']", "data.targets",
+                                                "['ltcc']", "train.batch_size", "4", "train.max_epoch", "1"])
+    cfg = train_net.setup_cfg(args)
+    engine = train_net.build(cfg)
+    before = {t for t in threading.enumerate() if isinstance(t, _AsyncWriterThread)}
+    engine.run(**engine_run_kwargs(cfg))
+    assert engine.writer is None
+    assert not [t for t in threading.enumerate() if isinstance(t, _AsyncWriterThread) and t not in before]
+    assert "Train/loss" in _tb_tags(out)  # closing flushed what it logged
 
 
 def test_rerank_works_with_every_protocol(cc_root, tmp_path):

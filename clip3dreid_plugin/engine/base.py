@@ -165,38 +165,44 @@ class ClothesAwareEngineMixin:
         eval_kw = dict(dist_metric=dist_metric, normalize_feature=normalize_feature, visrank=visrank,
                        visrank_topk=visrank_topk, save_dir=save_dir, use_metric_cuhk03=use_metric_cuhk03,
                        ranks=ranks, rerank=rerank)
-        if self.writer is None and self.is_main:
+        own_writer = self.writer is None and self.is_main
+        if own_writer:
             self.writer = SummaryWriter(log_dir=save_dir)
-        if test_only:
-            self.test(**eval_kw)
-            return self.last_metrics
-        if visrank:
-            raise ValueError("test.visrank can be used only with test.evaluate True")
-
-        t0 = time.time()
-        self.start_epoch, self.max_epoch = start_epoch, max_epoch
-        logger.info("start training: epochs %d..%d", start_epoch + 1, max_epoch)
-        for self.epoch in range(start_epoch, max_epoch):
-            self.train(print_freq=print_freq, fixbase_epoch=fixbase_epoch, open_layers=open_layers)
-            # Snapshot RNG before evaluation (whose loaders draw seeds) so a resume replays training exactly.
-            self._rng_after_train = rng_state()
-            last = self.epoch + 1 == max_epoch
-            do_eval = last or (eval_freq > 0 and (self.epoch + 1) >= start_eval and (self.epoch + 1) % eval_freq == 0)
-            rank1, is_best, metrics = 0.0, False, {}
-            if do_eval:
+        try:
+            if test_only:
                 self.test(**eval_kw)
-                metrics = self.last_metrics
-                score = self.selection_score(metrics)
-                rank1 = score
-                is_best = score > self.best_metric
-                if is_best:
-                    self.best_metric = score
-            if last or do_eval or (self.ckpt_freq > 0 and (self.epoch + 1) % self.ckpt_freq == 0):
-                self.save_model(self.epoch, rank1, save_dir, is_best=is_best, metrics=metrics)
-        logger.info("elapsed %s", datetime.timedelta(seconds=round(time.time() - t0)))
-        if self.writer is not None:
-            self.writer.flush()
-        return self.last_metrics
+                return self.last_metrics
+            if visrank:
+                raise ValueError("test.visrank can be used only with test.evaluate True")
+
+            t0 = time.time()
+            self.start_epoch, self.max_epoch = start_epoch, max_epoch
+            logger.info("start training: epochs %d..%d", start_epoch + 1, max_epoch)
+            for self.epoch in range(start_epoch, max_epoch):
+                self.train(print_freq=print_freq, fixbase_epoch=fixbase_epoch, open_layers=open_layers)
+                # Snapshot RNG before evaluation (whose loaders draw seeds) so a resume replays training exactly.
+                self._rng_after_train = rng_state()
+                last = self.epoch + 1 == max_epoch
+                periodic = eval_freq > 0 and (self.epoch + 1) >= start_eval and (self.epoch + 1) % eval_freq == 0
+                do_eval = last or periodic
+                rank1, is_best, metrics = 0.0, False, {}
+                if do_eval:
+                    self.test(**eval_kw)
+                    metrics = self.last_metrics
+                    score = self.selection_score(metrics)
+                    rank1 = score
+                    is_best = score > self.best_metric
+                    if is_best:
+                        self.best_metric = score
+                if last or do_eval or (self.ckpt_freq > 0 and (self.epoch + 1) % self.ckpt_freq == 0):
+                    self.save_model(self.epoch, rank1, save_dir, is_best=is_best, metrics=metrics)
+            logger.info("elapsed %s", datetime.timedelta(seconds=round(time.time() - t0)))
+            return self.last_metrics
+        finally:
+            if own_writer:
+                # close() flushes; left open, the writer's thread would keep writing into save_dir after run().
+                self.writer.close()
+                self.writer = None
 
     def train(self, print_freq: int = 10, fixbase_epoch: int = 0, open_layers=None) -> Dict[str, float]:
         """One epoch over ``self.train_loader``; logs the mean of every loss term."""
