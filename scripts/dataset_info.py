@@ -50,22 +50,11 @@ def build_dataset(name: str, root: str):
     Raises:
         ValueError: ``name`` is not a registered image or video dataset.
     """
-    import torchreid
-    import torchvision.transforms as T
-
     import clip3dreid_plugin
-    from clip3dreid_plugin import compat
+    from clip3dreid_plugin.data.build import build_train_split
 
     clip3dreid_plugin.register()
-    if name in compat.video_dataset_registry():
-        # torchreid's VideoDataset refuses transform=None; frames are not read here anyway.
-        ds = torchreid.data.datasets.init_video_dataset(name, root=root, transform=T.ToTensor(), mode="train",
-                                                        verbose=False)
-        return ds, True
-    if name in compat.image_dataset_registry():
-        return torchreid.data.datasets.init_image_dataset(name, root=root, mode="train", verbose=False), False
-    known = sorted(compat.image_dataset_registry()) + sorted(compat.video_dataset_registry())
-    raise ValueError(f"unknown dataset '{name}'; registered: {', '.join(known)}")
+    return build_train_split(name, root)
 
 
 def collect_info(name: str, root: str) -> dict:

@@ -26,27 +26,17 @@ from typing import List, Optional, Sequence
 logger = logging.getLogger("label_descriptors")
 
 
-def _identity(img):
-    return img
-
-
 def training_image_paths(name: str, cfg) -> List[str]:
     """Training image paths of dataset ``name`` built exactly as torchreid builds it (after ``register()``).
 
-    For ``data.type video`` these are every frame of every training tracklet: CLIP3DReID trains on frames.
+    For a video dataset these are every frame of every training tracklet: CLIP3DReID trains on frames.
     """
-    import torchreid
-
     import clip3dreid_plugin
+    from clip3dreid_plugin.data.build import build_train_split
     from clip3dreid_plugin.data.frames import item_image_paths
 
     clip3dreid_plugin.register()
-    kw = dict(root=cfg.data.root, mode="train", verbose=False, combineall=cfg.data.combineall)
-    if cfg.data.type == "video":
-        # torchreid's VideoDataset refuses transform=None; only the item lists are read here, never a frame.
-        ds = torchreid.data.datasets.init_video_dataset(name, seq_len=cfg.video.seq_len, transform=_identity, **kw)
-    else:
-        ds = torchreid.data.datasets.init_image_dataset(name, **kw)
+    ds, _ = build_train_split(name, cfg.data.root, combineall=cfg.data.combineall)
     return item_image_paths(ds.train)
 
 
