@@ -69,6 +69,13 @@ def time_interleaved(fns: Dict[str, Callable[[], None]], repeats: int, warmup: i
             for name, t in times.items()}
 
 
+def _adam(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer of every timed row: torchreid's Adam at the recipes' learning rate."""
+    import torchreid
+
+    return torchreid.optim.build_optimizer(model, optim="adam", lr=3.5e-4)
+
+
 def _step(engine, batch: dict) -> Callable[[], None]:
     # A partial rather than a lambda keeps the engine reachable (``step.func.__self__``) for tests.
     return functools.partial(engine.forward_backward, batch)
@@ -116,8 +123,6 @@ def clip3dreid_step(cfg, num_pids: int, batch: dict, source, device: torch.devic
 
     With ``synthetic`` (a batch stream) and ``shape_loss`` the step includes the 3D term.
     """
-    import torchreid
-
     from clip3dreid_plugin.engine.clip3dreid_engine import CLIP3DReIDEngine, LossSwitches
     from clip3dreid_plugin.losses import OTLoss
     from clip3dreid_plugin.models.clip3dreid import clip3dreid
@@ -126,8 +131,7 @@ def clip3dreid_step(cfg, num_pids: int, batch: dict, source, device: torch.devic
     if nhwc:
         model = model.to(memory_format=torch.channels_last)
     with_3d = synthetic is not None
-    engine = CLIP3DReIDEngine(_FakeDataManager(num_pids), model,
-                              torchreid.optim.build_optimizer(model, optim="adam", lr=3.5e-4), teacher=source,
+    engine = CLIP3DReIDEngine(_FakeDataManager(num_pids), model, _adam(model), teacher=source,
                               switches=LossSwitches(use_3d=with_3d), ot_loss=OTLoss(), use_gpu=device.type == "cuda",
                               synthetic=synthetic, shape_loss=shape_loss if with_3d else None)
     engine.channels_last = nhwc
@@ -152,9 +156,6 @@ def train_step_benchmarks(bs: int, h: int, w: int, device: torch.device, teacher
     dm = _FakeDataManager(num_pids)
     batch = _batch(bs, h, w, num_pids, device)
 
-    def adam(model):
-        return torchreid.optim.build_optimizer(model, optim="adam", lr=3.5e-4)
-
     # Every row's engine is built first and the rows are timed round-robin, one step each per round, so
     # that load from other processes on a shared machine falls on all rows alike.
     steps: Dict[str, Callable[[], None]] = {}
@@ -167,7 +168,7 @@ def train_step_benchmarks(bs: int, h: int, w: int, device: torch.device, teacher
                                                layers=[3, 4, 6, 3], last_stride=last_stride).to(device)
         if nhwc:
             model = model.to(memory_format=torch.channels_last)
-        engine = torchreid.engine.ImageSoftmaxEngine(dm, model, adam(model), use_gpu=use_gpu)
+        engine = torchreid.engine.ImageSoftmaxEngine(dm, model, _adam(model), use_gpu=use_gpu)
         model.train()
         steps[label] = _step(engine, batch)
 
