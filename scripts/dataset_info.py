@@ -76,17 +76,15 @@ def collect_info(name: str, root: str) -> dict:
     return info
 
 
-def check_images(ds, is_video: bool) -> List[str]:
-    """Opens every image of every split; returns the error messages (empty when all are readable)."""
+def check_images(ds) -> List[str]:
+    """Opens every image (every frame of a video dataset) of every split; returns the error messages."""
+    from clip3dreid_plugin.data.frames import item_image_paths
     from clip3dreid_plugin.data.image_io import ImageReadError, read_image
     from clip3dreid_plugin.utils.progress import progress
 
-    paths: List[str] = []
-    for split in SPLITS:
-        for it in getattr(ds, split):
-            paths.extend(it[0] if is_video else [it[0]])
+    paths = item_image_paths([it for split in SPLITS for it in getattr(ds, split)])
     errors = []
-    for path in progress(sorted(set(paths)), desc="checking images"):
+    for path in progress(sorted(paths), desc="checking images"):
         try:
             read_image(path)
         except ImageReadError as err:
@@ -167,7 +165,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ds = info.pop("_dataset")
     status = 0
     if args.check_images:
-        errors = check_images(ds, info["kind"] == "video")
+        errors = check_images(ds)
         info["unreadable_images"] = len(errors)
         for msg in errors[:20]:
             logger.error("%s", msg)

@@ -441,6 +441,20 @@ def test_dataset_info_check_images(fresh, capsys):
     assert info.main(["--dataset", "nope", "--root", fresh]) == 2
 
 
+def test_dataset_info_check_images_reads_every_frame(fresh, capsys, caplog):
+    info = load_script("dataset_info")
+    make_ccvid(fresh)
+    assert info.main(["--dataset", "ccvid", "--root", fresh, "--check-images", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["unreadable_images"] == 0
+    # A middle frame of a gallery tracklet: only a check that opens every frame of every split finds it.
+    bad = osp.join(fresh, "CCVID", "session2", "010_03", "00002.jpg")
+    with open(bad, "wb") as f:
+        f.write(b"not an image")
+    assert info.main(["--dataset", "ccvid", "--root", fresh, "--check-images", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["unreadable_images"] == 1
+    assert any(bad in rec.getMessage() for rec in caplog.records if rec.levelname == "ERROR")
+
+
 def test_download_prints_instructions_without_a_link(tmp_path, capsys, monkeypatch):
     dl = load_script("download_datasets")
     import gdown
