@@ -22,6 +22,9 @@ Every method gets the same cosine cost ``C = 1 - cos`` of the same features, the
   implementation writes it, cost included: for each sample ``F.normalize`` both feature sets, take
   ``1 - x y^T`` and call ``ot.sinkhorn2``. Everything else in the table shares the plugin's batched
   cosine cost, so only this row compares the complete loss against a per-sample loop.
+* ``batched_4k_pages`` (``full`` scope only): the plugin's whole loss (``ot_distance``) with
+  ``huge_pages=False``, i.e. its ``[B,N,d]`` gradient in ordinary 4 KiB pages like every other buffer here;
+  the other ``full`` rows that share the plugin's cosine cost get the huge-page hint (the default).
 * ``shared_products`` (``full`` scope only; not an OT loss, so it has no value to compare): the three
   matrix products every exact implementation of the full loss computes whatever its solver, timed
   alone: ``x y^T`` forward and ``G y`` (into a freshly allocated ``[B,N,d]`` gradient) and ``G^T x``
@@ -55,7 +58,7 @@ import ot
 import torch
 import torch.nn.functional as F
 
-from clip3dreid_plugin.losses.ot import cosine_cost, ot_distance_from_cost, sinkhorn_log
+from clip3dreid_plugin.losses.ot import cosine_cost, ot_distance, ot_distance_from_cost, sinkhorn_log
 
 logger = logging.getLogger("bench_ot")
 
@@ -110,6 +113,11 @@ def _pot_loop_own_cost(x: torch.Tensor, y: torch.Tensor, reg: float, max_iter: i
     return torch.stack(vals)
 
 
+def _batched_4k_pages(x: torch.Tensor, y: torch.Tensor, reg: float, max_iter: int, tol: float) -> torch.Tensor:
+    """The plugin's whole loss without the huge-page hint on the feature gradient; values [B]."""
+    return ot_distance(x, y, reg, max_iter, tol, huge_pages=False)
+
+
 def _shared_products(x: torch.Tensor, y: torch.Tensor, reg: float, max_iter: int, tol: float) -> torch.Tensor:
     """``sum_nm (x y^T)[b]`` [B]: one ``bmm`` forward, two in its backward; not an OT value."""
     return torch.bmm(x, y.transpose(1, 2)).sum(dim=(1, 2))
@@ -120,7 +128,8 @@ def _no_iterations(cost: torch.Tensor, reg: float, max_iter: int, tol: float) ->
 
 
 # name -> features [B,N,d], [B,M,d] -> values [B] with autograd (own cost; ``full`` scope only)
-FEATURE_METHODS: Dict[str, Callable] = {"pot_loop_own_cost": _pot_loop_own_cost, "shared_products": _shared_products}
+FEATURE_METHODS: Dict[str, Callable] = {"pot_loop_own_cost": _pot_loop_own_cost, "batched_4k_pages": _batched_4k_pages,
+                                        "shared_products": _shared_products}
 # Methods that time shared work rather than compute the loss: their values are not compared.
 NOT_A_LOSS = ("shared_products",)
 
@@ -131,6 +140,7 @@ METHODS: Dict[str, Tuple[Callable, Callable]] = {
     "batched": (_batched("autodiff"), _batched_iters),
     "batched_envelope": (_batched("envelope"), _batched_iters),
     "pot_loop_own_cost": (None, _pot_loop_iters),
+    "batched_4k_pages": (None, _batched_iters),
     "shared_products": (None, _no_iterations),
 }
 

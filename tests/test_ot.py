@@ -218,9 +218,11 @@ def test_otloss_mean_and_config():
 
     x, y = _feats(8, 5, 12, 16, 8, torch.float64)
     cfg = get_cfg()
-    cfg.ot.reg, cfg.ot.max_iter, cfg.ot.tol, cfg.ot.grad = 0.5, 50, 1e-8, "envelope"
+    assert OTLoss.from_cfg(cfg).huge_pages is True
+    cfg.ot.reg, cfg.ot.max_iter, cfg.ot.tol, cfg.ot.grad, cfg.ot.huge_pages = 0.5, 50, 1e-8, "envelope", False
     loss_fn = OTLoss.from_cfg(cfg)
-    assert (loss_fn.reg, loss_fn.max_iter, loss_fn.tol, loss_fn.grad) == (0.5, 50, 1e-8, "envelope")
+    assert (loss_fn.reg, loss_fn.max_iter, loss_fn.tol, loss_fn.grad, loss_fn.huge_pages) == (
+        0.5, 50, 1e-8, "envelope", False)
     loss = loss_fn(x, y)
     assert loss.dim() == 0
     assert torch.allclose(loss, ot_distance(x, y, 0.5, 50, 1e-8, "envelope").mean(), rtol=0, atol=1e-14)
