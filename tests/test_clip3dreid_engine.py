@@ -73,6 +73,16 @@ def test_repeated_batch_lowers_every_term_and_switches_cut_the_graph(clip_setup,
     for k in first:
         assert last[k] < first[k], (k, first[k], last[k])
 
+    # Without synthetic rows the OT loss gets the model's local map itself, not a slice of it (whose backward
+    # would zero-fill and copy a gradient of the map's size).
+    seen = {}
+    hook = engine.model.register_forward_hook(lambda mod, args, out: seen.update(local=out["local"]))
+    ot_loss = engine.ot_loss
+    engine.ot_loss = lambda local, text: seen.update(ot_input=local) or ot_loss(local, text)
+    engine.compute_losses(batch)
+    hook.remove()
+    assert seen["ot_input"] is seen["local"]
+
     # Each ablation switch removes its term and leaves its head without gradient.
     for switch, term, head in (("use_ot", "ot", "text_head"), ("use_global", "global", "image_head")):
         cfg_off = _cfg(*_argv(*clip_setup, str(tmp_path / switch)), f"loss.clip3dreid.{switch}", "False")

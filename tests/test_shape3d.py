@@ -126,6 +126,16 @@ def test_training_with_the_3d_term_lowers_it(tmp_path, toy_market_root, body_dir
     assert last["3d"] < first["3d"]
     assert last["ot_syn"] < first["ot_syn"]
 
+    # The real and synthetic rows reach the OT loss as the two parts of one split of the model's local map
+    # (slices would each zero-fill a gradient the size of the whole map in the backward).
+    seen = []
+    ot_loss = engine.ot_loss
+    engine.ot_loss = lambda local, text: seen.append(local) or ot_loss(local, text)
+    engine.compute_losses(batch)
+    (real, syn), n_real = seen, batch["img"].size(0)
+    assert real.size(0) == n_real and syn.size(0) == len(fixed["img"])
+    assert type(real.grad_fn).__name__.startswith("SplitWithSizesBackward") and real.grad_fn is syn.grad_fn
+
 
 def test_3d_term_trains_with_video_clips(tmp_path, body_dir, synthetic_dir):
     """data.type video + the 3D term: synthetic meshes join the clip frames (a share of B x S) and L_3D trains."""

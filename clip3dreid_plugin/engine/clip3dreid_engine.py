@@ -145,8 +145,12 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         if s.triplet_weight > 0:
             terms["triplet"] = self.criterion_tri(f_id[:B], pids)
             total = total + s.triplet_weight * terms["triplet"]
+        local = out["local"]
+        # Not local[:B] / local[B:]: each slice's backward zero-fills a gradient the size of the whole
+        # [B', N, d'] map (151 MB at the paper's settings) and autograd adds them; split's backward writes it once.
+        local_real, local_syn = (local, local[:0]) if local.size(0) == B else local.split([B, local.size(0) - B])
         if s.use_ot:
-            terms["ot"] = self.ot_loss(out["local"][:B], out["text_proj"][:B])
+            terms["ot"] = self.ot_loss(local_real, out["text_proj"][:B])
             total = total + s.alpha * terms["ot"]
         if s.use_global:
             terms["global"] = global_distill_loss(out["teacher_proj"].float(), f_id[:B])
@@ -154,7 +158,7 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         if s.use_3d:
             # text_proj holds [real (only when use_ot); synthetic] rows, in that order.
             text_syn = out["text_proj"][B:] if s.use_ot else out["text_proj"]
-            terms["ot_syn"] = self.ot_loss(out["local"][B:], text_syn)
+            terms["ot_syn"] = self.ot_loss(local_syn, text_syn)
             terms["3d"] = self.shape_loss(out["betas"][B:], syn["betas"].to(dev), syn["gender"].to(dev))
             total = total + s.gamma * (terms["ot_syn"] + terms["3d"])
         terms["loss"] = total
