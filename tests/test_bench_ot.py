@@ -56,3 +56,22 @@ def test_reference_without_the_scope_is_rejected(bench_ot):
     with pytest.raises(ValueError, match="pot_loop_own_cost"):
         bench_ot.run_benchmark(batch=2, n=4, m=3, dim=8, regs=[1.0], max_iter=10, tol=1e-6, repeats=1,
                                methods=["pot_loop_own_cost", "batched"], scopes=["solver"])
+
+
+def test_4k_pages_row_is_the_plugin_loss_without_the_huge_page_buffer(bench_ot, monkeypatch):
+    import clip3dreid_plugin.losses.ot as ot_module
+
+    advised = []
+    real = ot_module.empty_like_huge
+    monkeypatch.setattr(ot_module, "empty_like_huge", lambda t: advised.append(t.shape) or real(t))
+    gen = torch.Generator().manual_seed(0)
+    x0, y0 = torch.randn(2, 6, 8, generator=gen), torch.randn(2, 3, 8, generator=gen)
+    vals = {}
+    for name in ("batched_4k_pages", "batched"):
+        x, y = x0.clone().requires_grad_(), y0.clone().requires_grad_()
+        fn = bench_ot.FEATURE_METHODS.get(name)
+        vals[name] = (fn(x, y, 1.0, 50, 1e-6) if fn else bench_ot.METHODS[name][0](
+            bench_ot.cosine_cost(x, y), 1.0, 50, 1e-6))
+        vals[name].sum().backward()
+        assert advised == ([] if name == "batched_4k_pages" else [x.shape]), name
+    torch.testing.assert_close(vals["batched_4k_pages"], vals["batched"], rtol=0, atol=1e-6)
