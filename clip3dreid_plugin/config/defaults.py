@@ -139,9 +139,9 @@ def add_clip3dreid_config(cfg: CN) -> CN:
 
     # ---------------------------------------------------------------- student
     cfg.clip3dreid = CN()
-    cfg.clip3dreid.backbone = "resnet50"  # torchvision ResNet variant used as the student trunk
+    cfg.clip3dreid.backbone = "resnet50"  # torchreid ResNet factory used as the student trunk (same init as the baseline)
     cfg.clip3dreid.last_stride = 1  # stride of layer4; 1 gives a 24x12 map at 384x192
-    cfg.clip3dreid.imagenet_weights = ""  # local torchvision ResNet state dict; empty = random init
+    cfg.clip3dreid.imagenet_weights = ""  # with model.pretrained: local ResNet state dict instead of torchreid's file
     cfg.clip3dreid.local_dim = 2048  # d': channels of the local features F and of f_id
     cfg.clip3dreid.agg_hidden_dim = 512  # hidden width of the MLP that aggregates F into f_id
     cfg.clip3dreid.head_type = "mlp"  # mlp (main paper) | linear (supplement) for Psi, Phi and phi
@@ -178,6 +178,7 @@ def add_clip3dreid_config(cfg: CN) -> CN:
     cfg.loss.clip3dreid.use_ot = True  # ablation switch for L_OT
     cfg.loss.clip3dreid.use_global = True  # ablation switch for L_global
     cfg.loss.clip3dreid.use_3d = False  # ablation switch for gamma*(L_OT_syn + L_3D); needs body.model_dir
+    cfg.loss.clip3dreid.global_reduction = "sum"  # L_global over the d' dims: sum (paper's squared norm) | mean
     cfg.loss.clip3dreid.shape_reduction = "sum"  # L_3D over vertices: sum (paper Sec. 3.4) | mean
     cfg.loss.clip3dreid.triplet_weight = 0.0  # optional batch-hard triplet on f_id (0 = off)
 

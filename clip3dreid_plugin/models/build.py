@@ -3,13 +3,18 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os.path as osp
+import urllib.error
 from typing import Any, Dict
 
+import torch
 import torch.nn as nn
 from yacs.config import CfgNode as CN
 
 from clip3dreid_plugin import compat
 from clip3dreid_plugin.config.loader import ConfigError
+from clip3dreid_plugin.models import MODEL_FACTORIES
+from clip3dreid_plugin.models.imagenet import PretrainedWeightsError, ensure_pretrained_file, torchreid_pretrained_url
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +29,12 @@ def model_kwargs_from_cfg(cfg: CN) -> Dict[str, Any]:
 def build_model(cfg: CN, num_classes: int, use_gpu: bool) -> nn.Module:
     """Builds ``cfg.model.name`` from torchreid's registry (call ``register()`` first).
 
+    With ``model.pretrained True``, a torchreid model's ImageNet file is put in torch's model-zoo cache first (or a
+    one-line error names it), so that torchreid's own loader never meets a dead network.
+
     Raises:
         ConfigError: the name is not a registered model.
+        PretrainedWeightsError: ``model.pretrained True`` and the weights are neither cached nor downloadable.
     """
     table = compat.model_factory()
     name = cfg.model.name
@@ -35,11 +44,26 @@ def build_model(cfg: CN, num_classes: int, use_gpu: bool) -> nn.Module:
             + ", ".join(sorted(table)[:12]) + ", ... (see torchreid.models.show_avai_models())"
         )
     factory = table[name]
+    fetches_own = bool(cfg.model.pretrained) and name not in MODEL_FACTORIES
+    if fetches_own:
+        url = torchreid_pretrained_url(name, factory)
+        if url is not None:
+            ensure_pretrained_file(url, f"torchreid's '{name}'")
+            fetches_own = False
     kwargs = dict(num_classes=num_classes, loss=cfg.loss.name, pretrained=cfg.model.pretrained, use_gpu=use_gpu)
     params = inspect.signature(factory).parameters
     if "cfg" in params:
         kwargs.update(model_kwargs_from_cfg(cfg))
-    model = factory(**kwargs)
+    try:
+        model = factory(**kwargs)
+    except (OSError, urllib.error.URLError) as err:
+        if not fetches_own:
+            raise
+        # OSNet and friends download from Google Drive with gdown (a requests.ConnectionError, an OSError).
+        raise PretrainedWeightsError(
+            f"model.pretrained True: torchreid's '{name}' could not fetch its ImageNet weights "
+            f"({str(err).splitlines()[0][:160]}); put its file in '{osp.join(osp.dirname(torch.hub.get_dir()), 'checkpoints')}' "
+            "or set model.pretrained False") from None
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
     logger.info("model %s: %.2f M parameters (%d classes)", name, n_params, num_classes)
     return model

@@ -22,9 +22,10 @@ from typing import Dict, Iterator, Optional
 
 import torch
 import torch.nn as nn
-import torchvision
+import torchreid
 
 from clip3dreid_plugin import compat
+from clip3dreid_plugin.models.imagenet import ensure_pretrained_file, imagenet_resnet_url
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,17 @@ def frozen_running_stats(module: nn.Module) -> Iterator[None]:
     finally:
         for m, mom in zip(bns, saved):
             m.momentum = mom
+
+
+def _torchreid_resnet(arch: str, num_classes: int, pretrained: bool) -> nn.Module:
+    """torchreid's ResNet factory ``arch``; ``pretrained`` loads its ImageNet file (cached first, or a clear error)."""
+    resnets = torchreid.models.resnet
+    if arch not in resnets.model_urls or not hasattr(resnets, arch):
+        raise ValueError(f"clip3dreid.backbone must be one of torchreid's ResNets {sorted(resnets.model_urls)}, "
+                         f"got '{arch}'")
+    if pretrained:
+        ensure_pretrained_file(imagenet_resnet_url(arch), f"clip3dreid (trunk {arch})")
+    return getattr(resnets, arch)(num_classes=num_classes, loss="softmax", pretrained=pretrained)
 
 
 def build_head(in_dim: int, out_dim: int, head_type: str = "mlp", hidden_dim: int = 512) -> nn.Module:
@@ -70,7 +82,7 @@ class CLIP3DReID(nn.Module):
     Args:
         num_classes: training identities K.
         loss: torchreid loss name (kept for the factory contract).
-        backbone: torchvision ResNet name (``resnet50``).
+        backbone: torchreid ResNet name (``resnet50``, ``resnet101``, ``resnext50_32x4d``, ...).
         last_stride: stride of ``layer4`` (1 doubles the local-feature resolution).
         local_dim: d', width of F and f_id (a 1x1 projection is added when != trunk width).
         agg_hidden_dim: hidden width of the aggregation MLP.
@@ -78,16 +90,19 @@ class CLIP3DReID(nn.Module):
         head_hidden_dim: hidden width of the heads.
         teacher_dim: d, width of the teacher's text/image features.
         num_shape_coeffs: number of SMPL betas predicted by phi.
+        pretrained: load torchreid's ImageNet file for ``backbone`` into the trunk, from torch's model-zoo cache
+            (downloaded when online; see :mod:`clip3dreid_plugin.models.imagenet`).
     """
 
     def __init__(self, num_classes: int, loss: str = "softmax", backbone: str = "resnet50", last_stride: int = 1,
                  local_dim: int = 2048, agg_hidden_dim: int = 512, head_type: str = "mlp",
-                 head_hidden_dim: int = 512, teacher_dim: int = 768, num_shape_coeffs: int = 10):
+                 head_hidden_dim: int = 512, teacher_dim: int = 768, num_shape_coeffs: int = 10,
+                 pretrained: bool = False):
         super().__init__()
         self.loss = loss
-        if not hasattr(torchvision.models, backbone) or not backbone.startswith("resnet"):
-            raise ValueError(f"clip3dreid.backbone must be a torchvision ResNet, got '{backbone}'")
-        trunk = getattr(torchvision.models, backbone)(weights=None)
+        # torchreid's own ResNet, built first with the same arguments as its factory: under one seed the student's
+        # trunk starts from exactly the baseline's random weights, and pretrained=True loads exactly its file.
+        trunk = _torchreid_resnet(backbone, num_classes, pretrained)
         if last_stride not in (1, 2):
             raise ValueError(f"clip3dreid.last_stride must be 1 or 2, got {last_stride}")
         if last_stride == 1:
@@ -96,7 +111,7 @@ class CLIP3DReID(nn.Module):
             block.downsample[0].stride = (1, 1)
         self.backbone = nn.Sequential(trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool, trunk.layer1, trunk.layer2,
                                       trunk.layer3, trunk.layer4)
-        trunk_dim = trunk.fc.in_features
+        trunk_dim = trunk.feature_dim
         self.local_proj = nn.Identity() if local_dim == trunk_dim else nn.Conv2d(trunk_dim, local_dim, 1, bias=False)
         self.aggregator = nn.Sequential(
             nn.Linear(local_dim, agg_hidden_dim), nn.BatchNorm1d(agg_hidden_dim), nn.ReLU(inplace=True),
@@ -148,7 +163,8 @@ class CLIP3DReID(nn.Module):
         return local, self.aggregator(local.mean(dim=1))
 
     def forward(self, x: torch.Tensor, text_feats: Optional[torch.Tensor] = None,
-                teacher_feats: Optional[torch.Tensor] = None, num_real: Optional[int] = None):
+                teacher_feats: Optional[torch.Tensor] = None, num_real: Optional[int] = None,
+                return_dict: bool = False):
         """Student forward.
 
         Args:
@@ -161,12 +177,23 @@ class CLIP3DReID(nn.Module):
                 ``None`` treats the whole batch alike.
 
         Returns:
-            Eval mode: ``f_id`` ``[B, d']``. Train mode: a dict with ``logits [B,K]``, ``f_id [B,d']``,
-            ``local [B,N,d']``, ``betas [B,10]`` and, when given, ``text_proj [B,M,d']`` and
-            ``teacher_proj [B,d']``.
+            return_dict: train only; return every output (what ``CLIP3DReIDEngine`` asks for). Without it, train
+                mode returns what torchreid's engines expect for ``self.loss``.
+
+        Returns:
+            Eval mode: ``f_id`` ``[B, d']``. Train mode: ``logits [B,K]`` (loss ``softmax``) or
+            ``(logits, f_id)`` (loss ``triplet``), as torchreid's ``ImageSoftmaxEngine`` / ``ImageTripletEngine`` /
+            ``VideoSoftmaxEngine`` unpack them; with ``return_dict`` a dict with ``logits [B,K]``, ``f_id [B,d']``,
+            ``local [B,N,d']``, ``betas [B,10]`` and, when given, ``text_proj [B,M,d']`` and ``teacher_proj [B,d']``.
         """
         if not self.training:
             return self._identity(x)[1]
+        if not return_dict:
+            if text_feats is not None or teacher_feats is not None or num_real is not None:
+                raise ValueError("text_feats, teacher_feats and num_real need return_dict=True")
+            f_id = self._identity(x)[1]
+            logits = self.classifier(f_id)
+            return (logits, f_id) if self.loss == "triplet" else logits
         if num_real is not None and 0 < num_real < x.size(0):
             local, f_id = self._identity(x[:num_real])
             with frozen_running_stats(self):
@@ -191,23 +218,24 @@ def clip3dreid(num_classes: int, loss: str = "softmax", pretrained: bool = True,
                cfg=None, **kwargs) -> CLIP3DReID:
     """torchreid model factory for ``clip3dreid``.
 
-    Without ``cfg`` the defaults of ``add_clip3dreid_config`` are used. ``pretrained`` loads
-    ``cfg.clip3dreid.imagenet_weights`` when that path is set; torchreid-style downloads are not
-    attempted (offline-safe), and a missing path with ``pretrained=True`` is logged as a warning.
+    Without ``cfg`` the defaults of ``add_clip3dreid_config`` are used. ``pretrained`` means what it means for
+    torchreid's ``resnet50``: the trunk loads the same ImageNet file (``resnet50-19c8e357.pth`` for the default
+    backbone) from the same cache, ``$TORCH_HOME/hub/checkpoints``, downloading it when online. A non-empty
+    ``cfg.clip3dreid.imagenet_weights`` overrides the file with a local one. When the weights cannot be had, a
+    :class:`~clip3dreid_plugin.models.imagenet.PretrainedWeightsError` names the file and the folder.
     """
     if cfg is None:
         from clip3dreid_plugin.config.defaults import get_cfg
 
         cfg = get_cfg()
+    if loss not in ("softmax", "triplet"):
+        raise ValueError(f"clip3dreid supports loss softmax or triplet, got '{loss}'")
     c = cfg.clip3dreid
+    override = bool(pretrained and c.imagenet_weights)
     model = CLIP3DReID(num_classes, loss=loss, backbone=c.backbone, last_stride=c.last_stride,
                        local_dim=c.local_dim, agg_hidden_dim=c.agg_hidden_dim, head_type=c.head_type,
                        head_hidden_dim=c.head_hidden_dim, teacher_dim=c.teacher_dim,
-                       num_shape_coeffs=c.num_shape_coeffs, **kwargs)
-    if pretrained:
-        if c.imagenet_weights:
-            model.load_imagenet(c.imagenet_weights)
-        else:
-            logger.warning("clip3dreid: pretrained=True but clip3dreid.imagenet_weights is empty; "
-                           "the trunk is randomly initialised")
+                       num_shape_coeffs=c.num_shape_coeffs, pretrained=pretrained and not override, **kwargs)
+    if override:
+        model.load_imagenet(c.imagenet_weights)
     return model

@@ -16,7 +16,8 @@ use_gpu)``. The plugin's ``build_model`` also passes ``cfg`` to factories that a
 ``cfg.teacher.*`` (name, pretrained, resize_mode) and ``cfg.data.norm_*`` are used. Without
 ``cfg`` (plain ``torchreid.models.build_model``) the module-level settings are used, which the
 train script sets with :func:`configure_clip_baselines`; they default to the config defaults
-(``ViT-L-14-quickgelu``, random weights with a loud warning).
+(``ViT-L-14-quickgelu``, no weights: ``pretrained=True`` then fails with a message, ``pretrained=False`` builds
+a random CLIP with a loud warning).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from clip3dreid_plugin.models.imagenet import PretrainedWeightsError
 from clip3dreid_plugin.teacher.clip_teacher import DEFAULT_TEACHER, IMAGENET_MEAN, IMAGENET_STD, CLIPTeacher
 
 logger = logging.getLogger(__name__)
@@ -66,13 +68,19 @@ def get_clip_baseline_settings() -> Dict[str, Any]:
     return dict(_SETTINGS)
 
 
-def _teacher_from(cfg, use_gpu: bool) -> CLIPTeacher:
+def _teacher_from(cfg, use_gpu: bool, pretrained: bool, model: str) -> CLIPTeacher:
     if cfg is not None:
         s = dict(model_name=cfg.teacher.name, pretrained=cfg.teacher.pretrained or None,
                  resize_mode=cfg.teacher.resize_mode, norm_mean=tuple(cfg.data.norm_mean),
                  norm_std=tuple(cfg.data.norm_std))
     else:
         s = _SETTINGS
+    if pretrained and not s["pretrained"]:
+        # torchreid's rule for pretrained=True: the weights or a clear error, never a silently random network.
+        raise PretrainedWeightsError(
+            f"model.pretrained True: {model} needs CLIP weights for '{s['model_name']}', but teacher.pretrained is "
+            "empty; set teacher.pretrained to a local checkpoint (or an open_clip hub tag when online), or set "
+            "model.pretrained False for a randomly initialised CLIP")
     # Built on the CPU like torchreid's models; the engine's .cuda()/.to() moves it (CLIPTeacher._apply).
     return CLIPTeacher(s["model_name"], s["pretrained"], device="cpu", resize_mode=s["resize_mode"],
                        student_mean=s["norm_mean"], student_std=s["norm_std"])
@@ -137,13 +145,17 @@ def clip_zeroshot(num_classes: int, loss: str = "softmax", pretrained: bool = Tr
                   cfg=None, **kwargs) -> CLIPZeroShot:
     """torchreid factory: zero-shot CLIP retrieval (evaluation only).
 
-    ``pretrained`` (torchreid's ImageNet flag) is ignored: the CLIP weights come from ``cfg.teacher``
-    or :func:`configure_clip_baselines`.
+    The CLIP weights come from ``cfg.teacher.pretrained`` or :func:`configure_clip_baselines`. ``pretrained=True``
+    requires them (a :class:`~clip3dreid_plugin.models.imagenet.PretrainedWeightsError` otherwise);
+    ``pretrained=False`` allows an empty setting, i.e. a random CLIP (tests, benchmarks).
     """
-    return CLIPZeroShot(_teacher_from(cfg, use_gpu))
+    return CLIPZeroShot(_teacher_from(cfg, use_gpu, pretrained, "clip_zeroshot"))
 
 
 def clip_linear(num_classes: int, loss: str = "softmax", pretrained: bool = True, use_gpu: bool = True,
                 cfg=None, **kwargs) -> CLIPLinear:
-    """torchreid factory: frozen CLIP + trainable FC classifier (see :class:`CLIPLinear`)."""
-    return CLIPLinear(_teacher_from(cfg, use_gpu), num_classes, loss=loss)
+    """torchreid factory: frozen CLIP + trainable FC classifier (see :class:`CLIPLinear`).
+
+    ``pretrained`` works as for :func:`clip_zeroshot`: ``True`` requires CLIP weights in ``teacher.pretrained``.
+    """
+    return CLIPLinear(_teacher_from(cfg, use_gpu, pretrained, "clip_linear"), num_classes, loss=loss)
