@@ -20,7 +20,7 @@ from clip3dreid_plugin.data.image_io import read_image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SyntheticMeshDataset", "build_synthetic_stream", "synthetic_batch_size", "GENDER_IDS"]
+__all__ = ["SyntheticMeshDataset", "build_synthetic_stream", "synthetic_batch_size", "synthetic_stream", "GENDER_IDS"]
 
 GENDER_IDS = {"female": 0, "male": 1, "neutral": 2}
 
@@ -70,17 +70,34 @@ def _forever(loader: DataLoader) -> Iterator[dict]:
         yield from loader
 
 
+def synthetic_stream(folder: str, transform, batch_size: int, seed: int = 0, workers: int = 0) -> Iterator[dict]:
+    """Endless shuffled batches of the synthetic set in ``folder`` (the engine's ``synthetic`` argument).
+
+    Args:
+        folder: a set written by ``scripts/render_synthetic.py``.
+        transform: the student's training transform (``datamanager.transform_tr``).
+        batch_size: synthetic images per step (see :func:`synthetic_batch_size`).
+        seed: shuffle seed.
+        workers: data-loader workers.
+
+    Yields:
+        ``{'img': [b,3,H,W], 'labels': [b,16], 'betas': [b,10], 'gender': [b]}``.
+    """
+    ds = SyntheticMeshDataset(folder, transform=transform)
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=len(ds) >= batch_size,
+                        num_workers=workers, generator=gen, persistent_workers=workers > 0)
+    logger.info("synthetic meshes: %d images from %s, %d per step", len(ds), folder, batch_size)
+    return _forever(loader)
+
+
 def build_synthetic_stream(cfg: CN, datamanager) -> Iterator[dict]:
-    """Endless shuffled batches of the synthetic set in ``cfg.body.synthetic_dir``."""
+    """:func:`synthetic_stream` of ``cfg.body.synthetic_dir``, sized by ``cfg.body.synthetic_ratio``."""
     if not cfg.body.synthetic_dir:
         raise ValueError("loss.clip3dreid.use_3d needs body.synthetic_dir (render one with scripts/render_synthetic.py)")
-    ds = SyntheticMeshDataset(cfg.body.synthetic_dir, transform=datamanager.transform_tr)
     # Video batches are trained on as their frames, so the real part of a step is batch_size x seq_len images.
     real = cfg.train.batch_size * (cfg.video.seq_len if cfg.data.type == "video" else 1)
     bs = synthetic_batch_size(real, cfg.body.synthetic_ratio)
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    loader = DataLoader(ds, batch_size=bs, shuffle=True, drop_last=len(ds) >= bs, num_workers=cfg.data.workers,
-                        generator=gen, persistent_workers=cfg.data.workers > 0)
-    logger.info("synthetic meshes: %d images from %s, %d per step (ratio %.2f)", len(ds), cfg.body.synthetic_dir,
-                bs, cfg.body.synthetic_ratio)
-    return _forever(loader)
+    logger.info("synthetic ratio %.2f of each step", cfg.body.synthetic_ratio)
+    return synthetic_stream(cfg.body.synthetic_dir, datamanager.transform_tr, bs, seed=cfg.train.seed,
+                            workers=cfg.data.workers)

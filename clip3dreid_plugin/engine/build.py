@@ -35,14 +35,11 @@ def _clip3dreid_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gp
                              f"'{cfg.teacher.name}' gives {teacher.embed_dim}-d features; set them equal")
     synthetic = shape_loss = None
     if switches.use_3d:
-        from clip3dreid_plugin.body.smpl_io import load_body_model
-        from clip3dreid_plugin.data.synthetic import GENDER_IDS, build_synthetic_stream
+        from clip3dreid_plugin.data.synthetic import build_synthetic_stream
         from clip3dreid_plugin.losses.shape3d import ShapeLoss
 
-        dev = "cuda" if use_gpu else "cpu"
-        models = {g: load_body_model(cfg.body.model_dir, gender=g, device=dev) for g in ("female", "male", "neutral")}
-        shape_loss = ShapeLoss(models[cfg.body.gender], {GENDER_IDS[g]: m for g, m in models.items()},
-                               reduction=cfg.loss.clip3dreid.shape_reduction)
+        shape_loss = ShapeLoss.from_body_dir(cfg.body.model_dir, cfg.body.gender,
+                                             cfg.loss.clip3dreid.shape_reduction, device="cuda" if use_gpu else "cpu")
         synthetic = build_synthetic_stream(cfg, datamanager)
     engine = CLIP3DReIDEngine(datamanager, model, optimizer, teacher=teacher, switches=switches,
                               ot_loss=OTLoss.from_cfg(cfg), scheduler=scheduler, use_gpu=use_gpu,

@@ -2,6 +2,16 @@
 
     L = L_CE(f_id) + alpha * L_OT + beta * L_global + gamma * (L_OT_syn + L_3D)   [+ w_t * L_triplet]
 
+The engine is built from objects, like torchreid's (no config needed)::
+
+    engine = CLIP3DReIDEngine(datamanager, model, optimizer, scheduler=scheduler,
+                              teacher="teacher_cache/ltcc__ViT-L-14-quickgelu__ViT-L-14.pt")
+    engine.run(save_dir="log/clip3dreid", max_epoch=60, eval_freq=10)
+
+``teacher`` is a teacher-cache file, a :class:`~clip3dreid_plugin.teacher.clip_teacher.CLIPTeacher` (run online)
+or a teacher source; ``switches`` (default: CE + L_OT + L_global), ``ot_loss`` and the 3D term's
+``synthetic``/``shape_loss`` complete it.
+
 Per step: look up the teacher's image feature g and descriptor labels for each real image (from the
 cache, or online), gather the chosen descriptors' text features H, append the synthetic mesh
 batch when the 3D term is on, run the student once, then combine the enabled terms. A term that is
@@ -11,14 +21,15 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torchreid
 
 from clip3dreid_plugin.data.frames import batch_frame_paths
-from clip3dreid_plugin.engine.base import ClothesAwareEngineMixin
+from clip3dreid_plugin.engine.base import ClothesAwareEngineMixin, EvalSettings
 from clip3dreid_plugin.losses import OTLoss, global_distill_loss
+from clip3dreid_plugin.teacher.source import as_teacher_source
 
 logger = logging.getLogger(__name__)
 
@@ -29,30 +40,42 @@ class LossSwitches:
     """Weights and ablation switches of Eq. 10 (``cfg.loss.clip3dreid``)."""
 
     def __init__(self, alpha: float = 0.3, beta: float = 0.5, gamma: float = 0.3, use_ce: bool = True,
-                 use_ot: bool = True, use_global: bool = True, use_3d: bool = False, triplet_weight: float = 0.0):
+                 use_ot: bool = True, use_global: bool = True, use_3d: bool = False, triplet_weight: float = 0.0,
+                 global_reduction: str = "sum"):
         self.alpha, self.beta, self.gamma = alpha, beta, gamma
         self.use_ce, self.use_ot, self.use_global, self.use_3d = use_ce, use_ot, use_global, use_3d
         self.triplet_weight = triplet_weight
+        self.global_reduction = global_reduction
 
     @classmethod
     def from_cfg(cls, cfg) -> "LossSwitches":
         c = cfg.loss.clip3dreid
-        return cls(c.alpha, c.beta, c.gamma, c.use_ce, c.use_ot, c.use_global, c.use_3d, c.triplet_weight)
+        return cls(c.alpha, c.beta, c.gamma, c.use_ce, c.use_ot, c.use_global, c.use_3d, c.triplet_weight,
+                   c.global_reduction)
+
+    def weighted(self, terms: Dict[str, float]) -> Dict[str, float]:
+        """Each term of Eq. 10 times its weight (``w_<term>``), so a log shows which term dominates the total."""
+        weights = {"ce": 1.0, "triplet": self.triplet_weight, "ot": self.alpha, "global": self.beta,
+                   "ot_syn": self.gamma, "3d": self.gamma}
+        return {f"w_{k}": weights[k] * v for k, v in terms.items() if k in weights}
 
 
 class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
     """torchreid ``Engine`` training the CLIP3DReID student.
 
     Args:
-        datamanager: a :class:`~clip3dreid_plugin.data.datamanager.ClothesImageDataManager`.
+        datamanager: torchreid's ``ImageDataManager`` / ``VideoDataManager`` or the plugin's
+            :class:`~clip3dreid_plugin.data.datamanager.ClothesImageDataManager` (clothes-aware protocols).
         model: the student (``clip3dreid``), possibly wrapped in DDP.
         optimizer: torchreid optimizer.
-        teacher: a teacher source with ``lookup(paths, imgs) -> (g [B,d], labels [B,M])`` and
-            ``gather_text(labels [B,M]) -> H [B,M,d]`` (see ``clip3dreid_plugin.teacher.source``).
-        switches: loss weights and ablation switches.
-        ot_loss: the OT loss module (entropic weight, iteration cap, tolerance).
         scheduler: torchreid LR scheduler or None.
         use_gpu: train on CUDA.
+        teacher: a teacher-cache file (``scripts/label_descriptors.py``), a frozen ``CLIPTeacher`` (run on every
+            batch), or a teacher source with ``lookup(paths, imgs) -> (g [B,d], labels [B,M])`` and
+            ``gather_text(labels [B,M]) -> H [B,M,d]`` (see ``clip3dreid_plugin.teacher.source``). Needed when
+            L_OT, L_global or the 3D term is on.
+        switches: loss weights and ablation switches (default: CE + L_OT + L_global, the paper's weights).
+        ot_loss: the OT loss module (default ``OTLoss()``: lambda 1, 100 iterations).
         label_smooth: label smoothing of the cross-entropy.
         triplet_margin: margin of the optional triplet term.
         synthetic: optional iterator of synthetic batches ``{'img', 'labels', 'betas', 'gender'}`` (3D term).
@@ -60,19 +83,26 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         amp: ``none`` | ``bf16`` | ``fp16`` autocast for the student forward.
         separate_synthetic_bn: forward the synthetic rows separately, so that batch norm gives them their own
             batch statistics and the running statistics describe real images only (``cfg.body.separate_bn``).
+        eval_settings: protocols, flip and checkpoint selection of the evaluation (default ``EvalSettings()``).
+        ckpt_freq: save a checkpoint every this many epochs.
+        show_progress: progress bars on training and feature extraction.
     """
 
-    def __init__(self, datamanager, model, optimizer, teacher, switches: LossSwitches, ot_loss: OTLoss,
-                 scheduler=None, use_gpu: bool = True, label_smooth: bool = True, triplet_margin: float = 0.3,
-                 synthetic=None, shape_loss=None, amp: str = "none", separate_synthetic_bn: bool = False):
+    def __init__(self, datamanager, model, optimizer, scheduler=None, use_gpu: bool = True, teacher=None,
+                 switches: Optional[LossSwitches] = None, ot_loss: Optional[OTLoss] = None,
+                 label_smooth: bool = True, triplet_margin: float = 0.3, synthetic=None, shape_loss=None,
+                 amp: str = "none", separate_synthetic_bn: bool = False, eval_settings: Optional[EvalSettings] = None,
+                 ckpt_freq: int = 1, show_progress: bool = True):
         super().__init__(datamanager, use_gpu)
+        switches = switches or LossSwitches()
+        teacher = as_teacher_source(teacher, datamanager)
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.register_model("model", model, optimizer, scheduler)
         self.teacher = teacher  # not registered: never checkpointed, never trained
         self.switches = switches
-        self.ot_loss = ot_loss
+        self.ot_loss = ot_loss or OTLoss()
         self.criterion_ce = torchreid.losses.CrossEntropyLoss(
             num_classes=datamanager.num_train_pids, use_gpu=self.use_gpu, label_smooth=label_smooth)
         self.criterion_tri = torchreid.losses.TripletLoss(margin=triplet_margin)
@@ -81,11 +111,15 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         self.shape_loss = shape_loss
         if switches.use_3d and (synthetic is None or shape_loss is None):
             raise ValueError("loss.clip3dreid.use_3d needs body.synthetic_dir and body.model_dir")
+        if (switches.use_ot or switches.use_global or switches.use_3d) and teacher is None:
+            raise ValueError("L_OT, L_global and the 3D term need a teacher (a teacher-cache file, a CLIPTeacher "
+                             "or a teacher source): pass teacher=..., or switch them off")
         if not (switches.use_ce or switches.use_ot or switches.use_global or switches.use_3d
                 or switches.triplet_weight > 0):
             raise ValueError("every term of loss.clip3dreid is switched off: nothing to train")
         self.amp = amp
         self.scaler = torch.amp.GradScaler("cuda", enabled=(amp == "fp16" and self.use_gpu))
+        self.setup_plugin(eval_settings, ckpt_freq=ckpt_freq, show_progress=show_progress)
 
     def _autocast(self):
         if self.amp == "none":
@@ -135,7 +169,7 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
             imgs = imgs.contiguous(memory_format=torch.channels_last)
         with self._autocast():
             out = self.model(imgs, text_feats=text_feats, teacher_feats=teacher_feats,
-                             num_real=B if syn is not None and self.separate_synthetic_bn else None)
+                             num_real=B if syn is not None and self.separate_synthetic_bn else None, return_dict=True)
         f_id = out["f_id"].float()
         terms: Dict[str, torch.Tensor] = {}
         total = f_id.new_zeros(())
@@ -153,7 +187,7 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
             terms["ot"] = self.ot_loss(local_real, out["text_proj"][:B])
             total = total + s.alpha * terms["ot"]
         if s.use_global:
-            terms["global"] = global_distill_loss(out["teacher_proj"].float(), f_id[:B])
+            terms["global"] = global_distill_loss(out["teacher_proj"].float(), f_id[:B], s.global_reduction)
             total = total + s.beta * terms["global"]
         if s.use_3d:
             # text_proj holds [real (only when use_ot); synthetic] rows, in that order.
@@ -170,4 +204,6 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         self.scaler.scale(terms["loss"]).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return {k: float(v.detach()) for k, v in terms.items()}
+        summary = {k: float(v.detach()) for k, v in terms.items()}
+        summary.update(self.switches.weighted(summary))
+        return summary

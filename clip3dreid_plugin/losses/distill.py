@@ -6,25 +6,33 @@ import torch
 __all__ = ["global_distill_loss"]
 
 
-def global_distill_loss(projected_teacher: torch.Tensor, f_id: torch.Tensor) -> torch.Tensor:
+_REDUCTIONS = ("sum", "mean")
+
+
+def global_distill_loss(projected_teacher: torch.Tensor, f_id: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
     """``L_global = mean_b || Phi(g_b) - f_id_b ||_2^2`` (paper Sec. 3.2).
 
-    Reduction: squared error summed over the feature dimension, averaged over the batch (the paper writes
-    ``||Phi(g) - f_id||^2`` per image). Both arguments receive gradients: the projection head ``Phi`` is
+    Reduction over the feature dimension: ``sum`` is the paper's squared norm ``||Phi(g) - f_id||^2``; ``mean``
+    divides it by d' (what ``nn.MSELoss`` does), which makes the effective beta d' = 2048 times smaller. Either
+    way the batch is averaged. Both arguments receive gradients: the projection head ``Phi`` is
     trained with the student, the CLIP teacher behind it is frozen by the caller. fp16/bf16 inputs are
     computed in float32 (a sum of 2048 squares overflows fp16 easily).
 
     Args:
         projected_teacher: ``Phi(g)`` of shape ``[B, d']``.
         f_id: the student's identity features ``[B, d']``.
+        reduction: ``sum`` or ``mean`` over the d' feature dims (``cfg.loss.clip3dreid.global_reduction``).
 
     Returns:
         Scalar loss (float32, or float64 if an input is float64).
 
     Raises:
         TypeError: an input is not a tensor.
-        ValueError: an input is not 2-D or the shapes differ (the message names the argument).
+        ValueError: an input is not 2-D, the shapes differ (the message names the argument), or ``reduction`` is
+            unknown.
     """
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"loss.clip3dreid.global_reduction must be one of {_REDUCTIONS}, got '{reduction}'")
     for name, x in (("projected_teacher", projected_teacher), ("f_id", f_id)):
         if not torch.is_tensor(x):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -37,4 +45,5 @@ def global_distill_loss(projected_teacher: torch.Tensor, f_id: torch.Tensor) -> 
     if dtype in (torch.float16, torch.bfloat16):
         dtype = torch.float32
     diff = projected_teacher.to(dtype) - f_id.to(dtype)
-    return diff.pow(2).sum(dim=1).mean()
+    per_image = diff.pow(2).sum(dim=1) if reduction == "sum" else diff.pow(2).mean(dim=1)
+    return per_image.mean()

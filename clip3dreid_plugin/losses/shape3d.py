@@ -35,6 +35,23 @@ class ShapeLoss(nn.Module):
         self.pred_model = pred_model
         self.target_models = target_models
 
+    @classmethod
+    def from_body_dir(cls, model_dir: str, pred_gender: str = "neutral", reduction: str = "sum",
+                      device="cpu") -> "ShapeLoss":
+        """The loss on the SMPL-format models in ``model_dir`` (``smpl/SMPL_{NEUTRAL,MALE,FEMALE}.pkl``).
+
+        Args:
+            model_dir: body-model folder (``cfg.body.model_dir``).
+            pred_gender: body that turns predicted betas into vertices (``cfg.body.gender``).
+            reduction: ``sum`` or ``mean`` over vertices (``cfg.loss.clip3dreid.shape_reduction``).
+            device: where the body models live.
+        """
+        from clip3dreid_plugin.body.smpl_io import load_body_model
+        from clip3dreid_plugin.data.synthetic import GENDER_IDS
+
+        models = {g: load_body_model(model_dir, gender=g, device=device) for g in GENDER_IDS}
+        return cls(models[pred_gender], {GENDER_IDS[g]: m for g, m in models.items()}, reduction=reduction)
+
     def forward(self, pred_betas: torch.Tensor, true_betas: torch.Tensor, genders: torch.Tensor) -> torch.Tensor:
         """Args: ``pred_betas [B,10]`` (grad flows to phi), ``true_betas [B,10]``, ``genders [B]``.
 

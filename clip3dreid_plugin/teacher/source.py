@@ -13,18 +13,20 @@ Neither is an ``nn.Module``, so nothing of the teacher reaches the student's che
 from __future__ import annotations
 
 import logging
+import os
 from typing import Optional, Sequence, Tuple
 
 import torch
 from yacs.config import CfgNode as CN
 
+from clip3dreid_plugin.data.frames import item_image_paths
 from clip3dreid_plugin.teacher.cache import TeacherCache, cache_file_path
 from clip3dreid_plugin.teacher.clip_teacher import CLIPTeacher, weights_id_for, weights_label_for
 from clip3dreid_plugin.teacher.descriptors import parse_pairs, resolve_template
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CacheTeacherSource", "OnlineTeacherSource", "build_teacher", "build_teacher_source"]
+__all__ = ["CacheTeacherSource", "OnlineTeacherSource", "as_teacher_source", "build_teacher", "build_teacher_source"]
 
 
 class CacheTeacherSource:
@@ -123,3 +125,31 @@ def build_teacher_source(cfg: CN, datasets: Sequence[Tuple[str, Sequence[str]]],
         logger.info("teacher cache %s: %d images", path, len(cache))
         caches.append(cache)
     return CacheTeacherSource(TeacherCache.concat(caches))
+
+
+def as_teacher_source(teacher, datamanager=None):
+    """The engine's teacher source from what a user has at hand.
+
+    Args:
+        teacher: ``None``; a teacher-cache file path; a :class:`CLIPTeacher` (run online); or a source (any object
+            with ``lookup`` and ``gather_text``), returned unchanged.
+        datamanager: when given with a cache file, every training image of ``datamanager.train_loader`` must be in
+            the cache (checked now rather than at the first batch that misses one).
+
+    Raises:
+        TeacherCacheMissError: the cache lacks a training image (named).
+        TypeError: ``teacher`` is none of the above.
+    """
+    if teacher is None or (hasattr(teacher, "lookup") and hasattr(teacher, "gather_text")):
+        return teacher
+    if isinstance(teacher, CLIPTeacher):
+        return OnlineTeacherSource(teacher)
+    if isinstance(teacher, (str, os.PathLike)):
+        cache = TeacherCache.load(os.fspath(teacher))
+        items = getattr(getattr(getattr(datamanager, "train_loader", None), "dataset", None), "train", None)
+        if items is not None:
+            cache.rows(item_image_paths(items))
+        logger.info("teacher cache %s: %d images", os.fspath(teacher), len(cache))
+        return CacheTeacherSource(cache)
+    raise TypeError(f"teacher must be a teacher-cache file, a CLIPTeacher or a teacher source, "
+                    f"got {type(teacher).__name__}")
