@@ -141,7 +141,7 @@ def test_channels_last_matches_contiguous_losses_gradients_and_features(clip_set
     for cl, eng in engines.items():
         model = eng.model.double().train()
         x = imgs.contiguous(memory_format=torch.channels_last) if cl else imgs
-        out = model(x, text_feats=text)
+        out = model(x, text_feats=text, return_dict=True)
         # A fixed random projection of every output, so every parameter on the train path gets a gradient.
         g = torch.Generator().manual_seed(1)
         loss = sum((v * torch.randn(v.shape, generator=g, dtype=v.dtype)).sum() for _, v in sorted(out.items()))

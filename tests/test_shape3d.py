@@ -44,7 +44,7 @@ def test_shape_loss_zero_for_perfect_prediction_and_gradient_reaches_phi(body_di
     assert float(loss_fn(betas + 0.5, betas, genders)) > 1e-6
 
     model = CLIP3DReID(3, local_dim=32, agg_hidden_dim=16, head_hidden_dim=16, teacher_dim=8).train()
-    out = model(torch.randn(2, 3, 64, 32))
+    out = model(torch.randn(2, 3, 64, 32), return_dict=True)
     loss_fn(out["betas"], torch.zeros(2, 10), genders[:2]).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.shape_head.parameters())
 
@@ -225,15 +225,15 @@ def test_synthetic_rows_get_their_own_batch_statistics_and_leave_running_stats_t
     model = CLIP3DReID(3, local_dim=32, agg_hidden_dim=16, head_hidden_dim=16, teacher_dim=8).train()
     reference = copy.deepcopy(model)
     real, syn = torch.randn(4, 3, 64, 32), 3.0 + 2.0 * torch.randn(2, 3, 64, 32)
-    out = model(torch.cat([real, syn]), num_real=4)
-    ref_real = reference(real)
+    out = model(torch.cat([real, syn]), num_real=4, return_dict=True)
+    ref_real = reference(real, return_dict=True)
     # Real rows are normalised with real-only batch statistics, and only they update the running stats.
     assert torch.allclose(out["f_id"][:4], ref_real["f_id"], atol=1e-5)
     for (name, buf), (_, ref_buf) in zip(model.named_buffers(), reference.named_buffers()):
         if "running" in name:
             assert torch.allclose(buf, ref_buf, atol=1e-6), name
     # Synthetic rows are normalised with their own batch statistics.
-    assert torch.allclose(out["f_id"][4:], copy.deepcopy(reference)(syn)["f_id"], atol=1e-5)
+    assert torch.allclose(out["f_id"][4:], copy.deepcopy(reference)(syn, return_dict=True)["f_id"], atol=1e-5)
     # The momenta are restored, and the shared path (num_real=None) mixes both into the running stats.
     assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     mixed = copy.deepcopy(reference)
