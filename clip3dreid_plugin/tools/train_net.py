@@ -191,7 +191,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         msg = lines[-1] if lines else type(err).__name__
         if isinstance(err, KeyError):
             msg = msg.strip("'\"")
-        print(f"error: {msg}", file=sys.stderr)
+        rank = int(os.environ.get("RANK", "0"))  # under torchrun every rank fails alike: say which line is whose
+        print(f"error: {msg}" if rank == 0 else f"error (rank {rank}): {msg}", file=sys.stderr)
         return 2
     return 0
 
