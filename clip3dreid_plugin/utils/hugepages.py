@@ -1,17 +1,21 @@
 """Large, short-lived CPU buffers backed by transparent huge pages (Linux).
 
-A fresh CPU tensor above glibc's mmap threshold is new anonymous memory, and the first write to each
-4 KiB page of it traps into the kernel. For the OT loss's ``[B, N, d']`` feature gradient (151 MB at
-B=64, 24x12, d'=2048) those faults took longer than the matrix product that fills the buffer
-(``BENCHMARKS.md``). ``madvise(MADV_HUGEPAGE)`` before the first write lets the kernel back the buffer with
+A fresh large CPU buffer is new anonymous memory, and the first write to each 4 KiB page of it traps into the
+kernel. For the OT loss's ``[B, N, d']`` feature gradient at the paper's settings those faults cost more than the
+matrix product that fills the buffer (``BENCHMARKS.md``). ``madvise(MADV_HUGEPAGE)`` before the first write lets the kernel back the buffer with
 2 MiB pages, 512 times fewer faults. It is a hint on this one buffer: no value changes, nothing else in the
 process is affected, and where the platform or kernel does not take it the buffer is used as it is.
+
+The buffer is a mapping of its own (``mmap``), unmapped when the tensor is freed. A buffer from the C allocator
+would not do: glibc serves even a large request from free heap memory when it has enough, and a hint given there
+stays on heap pages that later, unrelated allocations reuse.
 """
 from __future__ import annotations
 
 import ctypes
 import functools
 import logging
+import mmap
 import sys
 from typing import Callable, Optional
 
@@ -19,11 +23,10 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HUGE_PAGE_BYTES", "MIN_ADVISED_BYTES", "advise_huge_pages", "empty_like_huge"]
+__all__ = ["HUGE_PAGE_BYTES", "MIN_ADVISED_BYTES", "empty_like_huge"]
 
 HUGE_PAGE_BYTES = 2 << 20
-# glibc serves allocations from 32 MiB up (its largest mmap threshold) with a mapping of their own that
-# free() unmaps, so the hint never lands on heap memory that other allocations reuse.
+# Below this a buffer's faults cost little next to a syscall pair per allocation (mmap + munmap).
 MIN_ADVISED_BYTES = 32 << 20
 _MADV_HUGEPAGE = 14  # <linux/mman.h>
 
@@ -42,30 +45,16 @@ def _madvise() -> Optional[Callable[..., int]]:
     return fn
 
 
-def advise_huge_pages(tensor: torch.Tensor) -> bool:
-    """Asks the kernel to back ``tensor``'s memory with transparent huge pages.
-
-    Call it before the first write: pages already touched stay small. Only the 2 MiB-aligned part of the
-    storage is advised. CPU tensors under :data:`MIN_ADVISED_BYTES` are left alone.
-
-    Args:
-        tensor: a CPU tensor (any shape); other devices are ignored.
-
-    Returns:
-        ``True`` when the kernel accepted the hint, ``False`` when it was not given or refused.
-    """
-    if tensor.device.type != "cpu":
-        return False
-    storage = tensor.untyped_storage()
-    start, nbytes = storage.data_ptr(), storage.nbytes()
-    if nbytes < MIN_ADVISED_BYTES:
-        return False
+def _advise(tensor: torch.Tensor) -> bool:
+    """Gives the hint on the 2 MiB-aligned part of ``tensor``'s storage (a mapping of its own); True if taken."""
     madvise = _madvise()
     if madvise is None:
         return False
+    storage = tensor.untyped_storage()
+    start, nbytes = storage.data_ptr(), storage.nbytes()
     lo = -(-start // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES
     hi = (start + nbytes) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES
-    if madvise(lo, hi - lo, _MADV_HUGEPAGE) != 0:
+    if hi <= lo or madvise(lo, hi - lo, _MADV_HUGEPAGE) != 0:
         # A kernel without THP says EINVAL; the buffer works the same, only with 4 KiB pages.
         logger.debug("madvise(MADV_HUGEPAGE) refused (errno %d)", ctypes.get_errno())
         return False
@@ -73,14 +62,25 @@ def advise_huge_pages(tensor: torch.Tensor) -> bool:
 
 
 def empty_like_huge(tensor: torch.Tensor) -> torch.Tensor:
-    """``torch.empty_like(tensor)``, advised for huge pages when it is a large CPU buffer.
+    """``torch.empty_like(tensor)``, in a mapping of its own advised for huge pages when it is a large CPU buffer.
+
+    Call it for a buffer about to be written whole: pages already touched stay small. CPU buffers under
+    :data:`MIN_ADVISED_BYTES`, other devices and non-Linux platforms get a plain ``torch.empty_like``.
 
     Args:
         tensor: the tensor whose shape, strides, dtype and device to copy.
 
     Returns:
-        An uninitialised tensor like ``tensor``.
+        An uninitialised tensor like ``tensor`` (same strides).
     """
-    out = torch.empty_like(tensor)
-    advise_huge_pages(out)
-    return out
+    layout = torch.empty_like(tensor, device="meta")  # empty_like's strides, without allocating
+    if tensor.device.type != "cpu" or _madvise() is None or layout.numel() == 0:
+        return torch.empty_like(tensor)
+    numel = 1 + sum((n - 1) * st for n, st in zip(layout.shape, layout.stride()))
+    if numel * tensor.element_size() < MIN_ADVISED_BYTES:
+        return torch.empty_like(tensor)
+    # Anonymous and page-aligned; the tensor holds the mmap object, so freeing the tensor unmaps it.
+    buf = mmap.mmap(-1, numel * tensor.element_size())
+    flat = torch.frombuffer(buf, dtype=tensor.dtype, count=numel)
+    _advise(flat)
+    return flat.as_strided(layout.shape, layout.stride())
