@@ -79,8 +79,8 @@ def collect_info(name: str, root: str) -> dict:
 def check_images(ds) -> List[str]:
     """Opens every image (every frame of a video dataset) of every split; returns the error messages."""
     from clip3dreid_plugin.data.frames import item_image_paths
-    from clip3dreid_plugin.data.image_io import ImageReadError, read_image
     from clip3dreid_plugin.utils.progress import progress
+    from datasets_ext.image_io import ImageReadError, read_image
 
     paths = item_image_paths([it for split in SPLITS for it in getattr(ds, split)])
     errors = []
@@ -90,33 +90,6 @@ def check_images(ds) -> List[str]:
         except ImageReadError as err:
             errors.append(str(err))
     return errors
-
-
-def chance_level(ds, protocols: Sequence[str], draws: int, seed: int = 0) -> Dict[str, Dict[str, float]]:
-    """Mean mAP and rank-1 (and the rank-1 standard deviation) of ``draws`` random rankings, per protocol.
-
-    Each draw ranks the gallery by i.i.d. uniform distances and is scored by the plugin's evaluator
-    with the dataset's own camera and clothes rules, so the numbers are those of a model that learned nothing.
-    """
-    import numpy as np
-
-    from clip3dreid_plugin.evaluation.rank import evaluate_all
-    from datasets_ext.base import to_clothes_items
-
-    q, g = to_clothes_items(ds.query), to_clothes_items(ds.gallery)
-    # pid, camid, clothes of the (path, pid, camid, dsetid, clothes) items, query then gallery (evaluate_all's order)
-    labels = [np.array([it[i] for it in items]) for i in (1, 2, 4) for items in (q, g)]
-    rng = np.random.default_rng(seed)
-    per = {m: [] for m in protocols}
-    for _ in range(draws):
-        out = evaluate_all(rng.random((len(q), len(g))), *labels, modes=protocols, max_rank=1)
-        for m, (cmc, mAP) in out.items():
-            per[m].append((mAP, cmc[0]))
-    res = {}
-    for m, v in per.items():
-        a = np.array(v)
-        res[m] = {"mAP": float(a[:, 0].mean()), "rank1": float(a[:, 1].mean()), "rank1_sd": float(a[:, 1].std())}
-    return res
 
 
 def format_table(info: dict) -> str:
@@ -177,6 +150,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             logger.error("--chance is for image datasets; '%s' is a video dataset", args.dataset)
             return 2
         info["chance_draws"] = args.chance
+        from clip3dreid_plugin.evaluation.chance import chance_level
+
         info["chance"] = chance_level(ds, info["eval_protocols"], args.chance)
     print(json.dumps(info, indent=2) if args.json else format_table(info))
     return status
