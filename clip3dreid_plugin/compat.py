@@ -14,13 +14,15 @@ from __future__ import annotations
 import logging
 import os
 import os.path as osp
-import tempfile
 from collections import OrderedDict
 from typing import Any, Dict, Mapping
 
 import numpy as np
 import torch
 import torchreid
+
+from clip3dreid_plugin.config.loader import ConfigError
+from clip3dreid_plugin.utils.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +34,12 @@ __all__ = [
     "load_checkpoint",
     "load_pretrained_weights",
     "to_plain",
+    "CheckpointError",
 ]
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint given by the user cannot be read or does not fit the model (a user error, one line)."""
 
 
 def model_factory() -> Dict[str, Any]:
@@ -71,14 +78,7 @@ def save_checkpoint(state: Mapping[str, Any], fpath: str) -> str:
              for k, v in state.items()}
     state = {k: (to_plain(v) if k not in ("state_dict", "optimizer", "scheduler") else v)
              for k, v in state.items()}
-    fd, tmp = tempfile.mkstemp(dir=osp.dirname(osp.abspath(fpath)), suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, fpath)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+    atomic_write(fpath, lambda fh: torch.save(state, fh), fsync=True)
     logger.info("Checkpoint saved to %s", fpath)
     return fpath
 
@@ -101,6 +101,7 @@ def load_checkpoint(fpath: str, map_location: Any = "cpu") -> Dict[str, Any]:
 
     Raises:
         FileNotFoundError: ``fpath`` does not exist (the message names it).
+        CheckpointError: ``fpath`` exists but is not a checkpoint torch can read (truncated, another format).
     """
     fpath = osp.abspath(osp.expanduser(fpath))
     if not osp.isfile(fpath):
@@ -111,15 +112,17 @@ def load_checkpoint(fpath: str, map_location: Any = "cpu") -> Dict[str, Any]:
     with safe(_numpy_safe_globals()):
         try:
             return torch.load(fpath, map_location=map_location, weights_only=True)
-        except Exception as err:  # pragma: no cover - the message is what matters
-            raise RuntimeError(f"cannot load checkpoint '{fpath}': {err}") from None
+        except Exception as err:
+            # torch's own message here is its weights_only help text; what the user needs is which file is bad.
+            raise CheckpointError(f"'{fpath}' is not a readable checkpoint ({type(err).__name__}); was it truncated, "
+                                  "or written by another program?") from err
 
 
 def load_pretrained_weights(model: torch.nn.Module, fpath: str) -> None:
     """Loads matching weights from ``fpath`` into ``model`` (``module.`` prefixes stripped).
 
     Raises:
-        RuntimeError: no layer of ``fpath`` matches the model.
+        CheckpointError: ``fpath`` is unreadable, or no layer of it matches the model.
     """
     ckpt = load_checkpoint(fpath)
     state = ckpt.get("state_dict", ckpt)
@@ -130,7 +133,7 @@ def load_pretrained_weights(model: torch.nn.Module, fpath: str) -> None:
         if k in own and own[k].shape == v.shape:
             matched[k] = v
     if not matched:
-        raise RuntimeError(f"no layer of '{fpath}' matches the model; check the model name")
+        raise CheckpointError(f"no layer of '{fpath}' matches the model; check the model name")
     own.update(matched)
     model.load_state_dict(own)
     skipped = len(state) - len(matched)

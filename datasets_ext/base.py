@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import os.path as osp
 from typing import Iterable, List, Sequence, Tuple
 
 import torchreid
 
-from clip3dreid_plugin.data.image_io import read_image
+from datasets_ext.image_io import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -181,9 +180,3 @@ class ClothesImageDataset(torchreid.data.ImageDataset):
         for split, s in self.stats().items():
             rows.append(f"  {split:8s} | {s['ids']:5d} | {s['images']:8d} | {s['clothes']:9d} | {s['cameras']:9d}")
         return "\n".join(rows)
-
-
-def list_images(folder: str, exts: Tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")) -> List[str]:
-    """Sorted image paths directly inside ``folder`` (not recursive)."""
-    check_dir(folder, "image folder")
-    return sorted(osp.join(folder, f) for f in os.listdir(folder) if f.lower().endswith(exts))

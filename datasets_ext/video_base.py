@@ -3,20 +3,20 @@
 torchreid's ``VideoDataset.__getitem__`` and ``Dataset.__add__``/``combine_all`` unpack exactly
 four fields, and its frame reader retries forever on a corrupt file. This class re-implements
 them for five fields and reads frames with the fail-fast
-:func:`clip3dreid_plugin.data.image_io.read_image`.
+:func:`datasets_ext.image_io.read_image`.
 """
 from __future__ import annotations
 
 import copy
 import logging
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 import numpy as np
 import torch
 import torchreid
 
-from clip3dreid_plugin.data.image_io import read_image
 from datasets_ext.base import ClothesImageDataset, DatasetLayoutError, to_clothes_items
+from datasets_ext.image_io import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,3 @@ class ClothesVideoDataset(torchreid.data.VideoDataset):
         out.camera_rule = self.camera_rule
         return out
 
-    @staticmethod
-    def frames_per_tracklet(data: Sequence[tuple]) -> List[int]:
-        """Number of frames of each item of ``data``."""
-        return [len(it[0]) for it in data]

@@ -17,15 +17,21 @@ import torch
 from scipy.spatial import cKDTree
 
 from clip3dreid_plugin.body import procedural
-from clip3dreid_plugin.body.anthropometry import MEASUREMENT_NAMES, measure_bodies, measure_body, mesh_volume, \
-    slice_points, unique_edges
-from clip3dreid_plugin.body.descriptor_rules import DESCRIPTOR_PAIRS, descriptor_labels, descriptor_scores, \
-    fit_thresholds, label_phrases
+from clip3dreid_plugin.body.anthropometry import (
+    MEASUREMENT_NAMES,
+    measure_bodies,
+    measure_body,
+    mesh_volume,
+    slice_points,
+    unique_edges,
+)
+from clip3dreid_plugin.body.descriptor_rules import RULES, descriptor_scores, fit_thresholds, label_phrases, rule_labels
 from clip3dreid_plugin.body.poses import PoseFileError, builtin_pose_pool, load_pose_file
 from clip3dreid_plugin.body.shape_eval import chamfer_distance, evaluate_shapes, sample_surface
 from clip3dreid_plugin.body.skeleton import J
 from clip3dreid_plugin.body.smpl_io import BodyModelError, load_body_model, read_smpl_pickle
 from clip3dreid_plugin.body.synthetic import make_plan, read_synthetic_meta, sample_subjects, write_synthetic_meta
+from clip3dreid_plugin.teacher.descriptors import DESCRIPTOR_PAIRS
 
 SCRIPTS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "scripts")
 
@@ -233,15 +239,16 @@ def test_volume_and_girth_primitives():
 
 
 # ------------------------------------------------------------------------------------------ descriptors
-def test_descriptor_pairs_follow_the_paper():
+def test_descriptor_rules_follow_the_papers_pairs_in_order():
     assert list(DESCRIPTOR_PAIRS) == PAPER_PAIRS
+    assert [(r.first, r.second) for r in RULES] == PAPER_PAIRS
 
 
 def test_descriptor_rules_are_monotone_in_their_score():
     rng = np.random.default_rng(0)
     scores = rng.normal(size=(200, 16))
     thr = fit_thresholds(scores)
-    labels = descriptor_labels(scores, thr)
+    labels = rule_labels(scores, thr)
     assert set(np.unique(labels)) <= {0, 1}
     assert np.all(np.abs(labels.mean(0) - 0.5) < 0.01)  # the median splits the population in halves
     for r in range(16):
@@ -257,7 +264,7 @@ def test_measured_descriptor_follows_the_shape(neutral, k, rule):
     betas[:, k] = np.linspace(-3, 3, 7)
     scores = descriptor_scores(_measure(neutral, betas))[:, rule]
     assert np.all(np.diff(scores) > 0), (DESCRIPTOR_PAIRS[rule], scores)
-    labels = descriptor_labels(descriptor_scores(_measure(neutral, betas)),
+    labels = rule_labels(descriptor_scores(_measure(neutral, betas)),
                                fit_thresholds(descriptor_scores(_measure(neutral, betas))))[:, rule]
     assert np.all(np.diff(labels) <= 0) and labels[0] == 1 and labels[-1] == 0
 
@@ -270,7 +277,7 @@ def test_tall_means_taller(model_root):
         heights.append(m["height"])
         scores.append(descriptor_scores(m))
     heights, scores = np.concatenate(heights), np.concatenate(scores)
-    labels = descriptor_labels(scores, fit_thresholds(scores))
+    labels = rule_labels(scores, fit_thresholds(scores))
     tall = labels[:, 3] == 0
     assert tall.any() and (~tall).any()
     assert heights[tall].min() >= heights[~tall].max()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from clip3dreid_plugin import compat
-from clip3dreid_plugin.data.image_io import ImageReadError, read_image
+from datasets_ext.image_io import ImageReadError, read_image
 
 
 def test_old_torchreid_checkpoint_with_numpy_scalar_reloads(tmp_path):
@@ -50,7 +50,7 @@ def test_load_pretrained_weights_strips_module_prefix_and_rejects_mismatch(tmp_p
     dst = torch.nn.Sequential(torch.nn.Linear(3, 2))
     compat.load_pretrained_weights(dst, path)
     assert torch.equal(dst[0].weight, src[0].weight)
-    with pytest.raises(RuntimeError, match="no layer"):
+    with pytest.raises(compat.CheckpointError, match="no layer"):
         compat.load_pretrained_weights(torch.nn.Sequential(torch.nn.Linear(5, 5)), path)
 
 

@@ -52,3 +52,18 @@ def test_register_refuses_to_overwrite_a_foreign_entry(monkeypatch):
     same = table["x"]
     registry._put(table, "x", same, "model")  # the same object again is fine (idempotence)
     assert table["x"] is same
+
+
+def test_datasets_ext_does_not_import_the_plugin():
+    # The plugin imports datasets_ext (to register it), never the reverse: the loaders stand alone.
+    res = _run(
+        """
+        import sys, warnings; warnings.filterwarnings('ignore')
+        import datasets_ext
+        from datasets_ext import IMAGE_DATASETS, VIDEO_DATASETS
+        assert "ltcc" in IMAGE_DATASETS and "ccvid" in VIDEO_DATASETS
+        print(sorted(m for m in sys.modules if m.startswith("clip3dreid_plugin")))
+        """
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "[]"

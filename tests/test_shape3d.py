@@ -6,6 +6,7 @@ import os.path as osp
 
 import pytest
 import torch
+from fixtures.tiny_clip import tiny_clip
 
 from clip3dreid_plugin.body.procedural import write_procedural_smpl
 from clip3dreid_plugin.body.smpl_io import load_body_model
@@ -16,7 +17,6 @@ from clip3dreid_plugin.models.clip3dreid import CLIP3DReID
 from clip3dreid_plugin.teacher.cache import build_teacher_cache, cache_file_path
 from clip3dreid_plugin.teacher.source import build_teacher
 from clip3dreid_plugin.tools import train_net
-from fixtures.tiny_clip import tiny_clip
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOY = osp.join(REPO, "configs", "toy", "resnet50_baseline_64x32.yaml")
@@ -139,8 +139,9 @@ def test_training_with_the_3d_term_lowers_it(tmp_path, toy_market_root, body_dir
 
 def test_3d_term_trains_with_video_clips(tmp_path, body_dir, synthetic_dir):
     """data.type video + the 3D term: synthetic meshes join the clip frames (a share of B x S) and L_3D trains."""
-    from clip3dreid_plugin.data.frames import item_image_paths
     from fixtures.dataset_trees import make_ccvid
+
+    from clip3dreid_plugin.data.frames import item_image_paths
 
     name, weights = tiny_clip(str(tmp_path))
     root = str(tmp_path / "data")
@@ -182,8 +183,8 @@ def test_eval_shape_reconstructs_from_images(tmp_path, body_dir, synthetic_dir):
     import numpy as np
 
     from clip3dreid_plugin.body.shape_eval import evaluate_shapes
-    from clip3dreid_plugin.models.build import build_inference_model
     from clip3dreid_plugin.config import load_config
+    from clip3dreid_plugin.models.build import build_inference_model
 
     spec = importlib.util.spec_from_file_location("_eval_shape", osp.join(REPO, "scripts", "eval_shape.py"))
     mod = importlib.util.module_from_spec(spec)
@@ -202,7 +203,7 @@ def test_eval_shape_reconstructs_from_images(tmp_path, body_dir, synthetic_dir):
     import torchreid
 
     _, tf = torchreid.data.transforms.build_transforms(64, 32, transforms=None)
-    from clip3dreid_plugin.data.image_io import read_image
+    from datasets_ext.image_io import read_image
 
     with torch.no_grad():
         ref = model.shape_head(model(tf(read_image(ds.paths[0]))[None]))[0].numpy()

@@ -371,7 +371,7 @@ def test_check_compatible_rejects_other_dataset_or_teacher(teacher, images, tmp_
                            pairs=DESCRIPTOR_PAIRS, template=PROMPT_TEMPLATE, resize_mode="pad")
     with pytest.raises(TeacherCacheMismatchError, match="'market1501', not 'ltcc'"):
         cache.check_compatible(dataset="ltcc")
-    with pytest.raises(TeacherCacheMismatchError, match="not 'ViT-L-14-quickgelu'"):
+    with pytest.raises(TeacherCacheMismatchError, match="teacher: .* -> 'ViT-L-14-quickgelu'"):
         cache.check_compatible(teacher_name="ViT-L-14-quickgelu")
     with pytest.raises(TeacherCacheMismatchError, match="img_009.png"):
         cache.check_compatible(images[:5] + [images[9]], dataset="market1501")
@@ -468,21 +468,15 @@ def test_teacher_sources_cache_and_online(tmp_path, toy_market_root, tiny, teach
     assert g2.shape == (3, 64) and lab2.shape == (3, 16)
 
 
-@pytest.fixture
-def baseline_settings(tiny):
-    from clip3dreid_plugin.models import clip_baselines
+def test_clip_baselines_build_through_the_model_table(tiny):
+    from clip3dreid_plugin import compat
+    from clip3dreid_plugin.config.defaults import get_cfg
 
-    saved = clip_baselines.get_clip_baseline_settings()
-    clip_baselines.configure_clip_baselines(tiny[0], tiny[1])
-    yield
-    clip_baselines.configure_clip_baselines(**saved)
-
-
-def test_clip_baselines_build_through_torchreid(baseline_settings):
-    import torchreid
-
+    cfg = get_cfg()
+    cfg.teacher.name, cfg.teacher.pretrained = tiny[0], tiny[1]
+    table = compat.model_factory()  # torchreid's own table, as torchreid.models.build_model reads it
     x = torch.randn(2, 3, 64, 32)
-    zs = torchreid.models.build_model("clip_zeroshot", num_classes=6, loss="softmax", pretrained=False, use_gpu=False)
+    zs = table["clip_zeroshot"](num_classes=6, loss="softmax", pretrained=True, use_gpu=False, cfg=cfg)
     zs.eval()
     f = zs(x)
     assert f.shape == (2, 64)
@@ -491,7 +485,7 @@ def test_clip_baselines_build_through_torchreid(baseline_settings):
     with pytest.raises(RuntimeError, match="evaluation-only"):
         zs(x)
 
-    lin = torchreid.models.build_model("clip_linear", num_classes=6, loss="softmax", pretrained=False, use_gpu=False)
+    lin = table["clip_linear"](num_classes=6, loss="softmax", pretrained=True, use_gpu=False, cfg=cfg)
     assert set(lin.state_dict()) == {"classifier.weight", "classifier.bias"}
     lin.train()
     logits = lin(x)

@@ -9,10 +9,10 @@ import os.path as osp
 import numpy as np
 import pytest
 import torch
+from fixtures.dataset_trees import make_ltcc
 
 from clip3dreid_plugin.evaluation.visrank import protocol_masks
 from clip3dreid_plugin.tools import benchmark, export_curves, export_onnx, extract_features, train_net
-from fixtures.dataset_trees import make_ltcc
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOY = osp.join(REPO, "configs", "toy", "resnet50_baseline_64x32.yaml")
@@ -64,8 +64,8 @@ def test_extract_features_matches_the_model(trained, tmp_path):
     import torchreid
 
     from clip3dreid_plugin.config import load_config
-    from clip3dreid_plugin.data.image_io import read_image
     from clip3dreid_plugin.models.build import build_inference_model
+    from datasets_ext.image_io import read_image
 
     cfg = load_config(TOY, ["data.root", root])
     model = build_inference_model(cfg, ckpt)
@@ -139,6 +139,7 @@ def test_transport_heatmaps_are_plan_columns(tmp_path, toy_market_root):
 
 def test_visualize_transport_script(tmp_path, toy_market_root):
     from fixtures.tiny_clip import tiny_clip
+
     from clip3dreid_plugin.tools import visualize_transport
 
     name, weights = tiny_clip(str(tmp_path))
@@ -168,11 +169,12 @@ def test_time_interleaved_runs_round_robin_and_times_only_after_warmup():
 def test_benchmark_training_step_is_the_engine_step_in_the_asked_layout(tmp_path):
     """The step ``scripts/benchmark.py`` times is CLIP3DReIDEngine.forward_backward: repeating it on its batch
     lowers the loss and updates every part of the student, which runs in the layout the row names."""
+    from fixtures.tiny_clip import tiny_clip
+
     from clip3dreid_plugin.config.defaults import get_cfg
     from clip3dreid_plugin.teacher.cache import TeacherCache
     from clip3dreid_plugin.teacher.clip_teacher import CLIPTeacher
     from clip3dreid_plugin.teacher.source import CacheTeacherSource
-    from fixtures.tiny_clip import tiny_clip
 
     name, weights = tiny_clip(str(tmp_path))
     teacher = CLIPTeacher(name, weights, device="cpu")

@@ -121,3 +121,40 @@ def test_amp_with_a_torchreid_engine_is_refused(capsys, toy_market_root, tmp_pat
     # torchreid's engines run in float32; silently ignoring --amp would mislabel the baseline's precision.
     _one_line_error(capsys, _opts(toy_market_root[0], str(tmp_path / "o"), "--amp", "bf16", *SMALL),
                     "runtime.amp bf16 (--amp) applies to model.name clip3dreid only")
+
+
+def _raise_in_forward(monkeypatch, exc):
+    import torchreid
+
+    def forward(self, x):
+        raise exc
+
+    monkeypatch.setattr(torchreid.models.resnet.ResNet, "forward", forward)
+
+
+def test_an_unexpected_error_in_the_model_keeps_its_traceback(monkeypatch, toy_market_root, tmp_path):
+    # A bug in model code is not a user error: main() lets it propagate, so scripts/train.py prints the traceback.
+    _raise_in_forward(monkeypatch, RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x7 and 8x9)"))
+    with pytest.raises(RuntimeError, match="mat1 and mat2"):
+        train_net.main(_opts(toy_market_root[0], str(tmp_path / "o"), "train.max_epoch", "1", *SMALL))
+
+
+def test_cuda_out_of_memory_gets_one_line_of_advice(capsys, monkeypatch, toy_market_root, tmp_path):
+    _raise_in_forward(monkeypatch, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore"))
+    _one_line_error(capsys, _opts(toy_market_root[0], str(tmp_path / "o"), "train.max_epoch", "1", *SMALL),
+                    "CUDA out of memory. Tried to allocate 2.00 GiB", "train.batch_size", "runtime.amp")
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint at all", None])
+def test_unreadable_checkpoint_names_the_file(capsys, toy_market_root, tmp_path, content):
+    bad = tmp_path / "bad.pth.tar"
+    if content is None:  # a real checkpoint cut short, as a full disk or a killed copy leaves it
+        torch.save({"state_dict": {"w": torch.zeros(1000)}}, bad)
+        bad.write_bytes(bad.read_bytes()[:300])
+    else:
+        bad.write_bytes(content)
+    for flag in (["model.load_weights", str(bad)], ["--resume", str(bad)]):
+        argv = _opts(toy_market_root[0], str(tmp_path / "o"), *(flag if flag[0] == "--resume" else []),
+                     *SMALL, *(flag if flag[0] != "--resume" else []))
+        line = _one_line_error(capsys, argv, str(bad), "is not a readable checkpoint")
+        assert "weights_only" not in line

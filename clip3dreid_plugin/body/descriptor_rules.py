@@ -36,12 +36,13 @@ proportion rather than size, as a human observer would judge them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Sequence, Tuple
+from typing import Callable, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["DESCRIPTOR_PAIRS", "RULES", "Rule", "descriptor_scores", "fit_thresholds", "descriptor_labels",
-           "label_phrases", "rule_table"]
+from clip3dreid_plugin.teacher.descriptors import DESCRIPTOR_PAIRS
+
+__all__ = ["RULES", "Rule", "descriptor_scores", "fit_thresholds", "rule_labels", "label_phrases"]
 
 Measurements = Mapping[str, np.ndarray]
 
@@ -60,7 +61,7 @@ def _m(meas: Measurements, key: str) -> np.ndarray:
     return np.asarray(meas[key], dtype=np.float64)
 
 
-RULES: Tuple[Rule, ...] = (
+_RULES_BY_PAIR: Tuple[Rule, ...] = (
     Rule("Muscular", "Slender", "upper_arm_girth/height", lambda m: _m(m, "upper_arm_girth") / _m(m, "height")),
     Rule("Broad-Shouldered", "Narrow-Shouldered", "shoulder_width/height",
          lambda m: _m(m, "shoulder_width") / _m(m, "height")),
@@ -82,7 +83,10 @@ RULES: Tuple[Rule, ...] = (
     Rule("High-Waisted", "Low-Waisted", "waist_height/height", lambda m: _m(m, "waist_height") / _m(m, "height")),
 )
 
-DESCRIPTOR_PAIRS: Tuple[Tuple[str, str], ...] = tuple((r.first, r.second) for r in RULES)
+# One rule per pair of the paper's list, in its order; a pair without a rule fails here, at import.
+_BY_PAIR = {(r.first, r.second): r for r in _RULES_BY_PAIR}
+RULES: Tuple[Rule, ...] = tuple(_BY_PAIR[pair] for pair in DESCRIPTOR_PAIRS)
+
 
 
 def descriptor_scores(measurements: Measurements) -> np.ndarray:
@@ -116,7 +120,7 @@ def fit_thresholds(scores: np.ndarray, quantile: float = 0.5) -> np.ndarray:
     return np.quantile(scores, quantile, axis=0)
 
 
-def descriptor_labels(scores: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+def rule_labels(scores: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
     """Labels of the 16 pairs: 0 = first phrase (score >= threshold), 1 = second phrase.
 
     Args:
@@ -140,7 +144,3 @@ def label_phrases(labels: Sequence[int]) -> List[str]:
         raise ValueError(f"expected {len(RULES)} labels, got {len(labels)}")
     return [RULES[i].first if int(lab) == 0 else RULES[i].second for i, lab in enumerate(labels)]
 
-
-def rule_table() -> Dict[str, str]:
-    """``'First/Second' -> score formula`` for logging and documentation."""
-    return {f"{r.first}/{r.second}": r.score_name for r in RULES}

@@ -69,7 +69,6 @@ import logging
 import os
 import os.path as osp
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -77,7 +76,8 @@ import numpy as np
 import scipy.sparse
 from scipy.interpolate import PchipInterpolator
 
-from clip3dreid_plugin.body.skeleton import PARENTS, J
+from clip3dreid_plugin.body.skeleton import NUM_BETAS, PARENTS, J
+from clip3dreid_plugin.utils.io import atomic_write
 
 __all__ = [
     "GENDERS",
@@ -92,7 +92,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 GENDERS = ("neutral", "male", "female")
-NUM_BETAS = 10
 NUM_POSE_BASIS = 207  # 23 joints x 9 rotation-matrix entries, as in SMPL
 PELVIS_POSITION = np.array([0.0, -0.23, 0.0])  # where SMPL's template has its pelvis joint
 TEMPLATE_HEIGHTS = {"neutral": 1.71, "male": 1.78, "female": 1.64}  # stature in metres at betas = 0
@@ -689,13 +688,6 @@ def write_procedural_smpl(out_dir: str, num_vertices: int = 1000, seed: int = 0)
         data = build_procedural_model(gender, resolution=res)
         data["procedural_info"]["seed"] = int(seed)
         path = osp.join(smpl_dir, f"SMPL_{gender.upper()}.pkl")
-        fd, tmp = tempfile.mkstemp(dir=smpl_dir, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                pickle.dump(data, fh, protocol=4)
-            os.replace(tmp, path)  # atomic: a reader never sees a half-written model
-        finally:
-            if osp.exists(tmp):
-                os.remove(tmp)
+        atomic_write(path, lambda fh, data=data: pickle.dump(data, fh, protocol=4))
     logger.info("procedural SMPL-format body (%d vertices) written to %s", procedural_vertex_count(res), smpl_dir)
     return out_dir

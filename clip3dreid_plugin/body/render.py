@@ -140,8 +140,8 @@ def _rotation_y(angle_rad: float) -> np.ndarray:
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted unit vertex normals [V, 3] (float32) for smooth shading.
 
-    Computed here rather than by trimesh: trimesh's angle-weighted normals cost ~15 ms per
-    7k-vertex mesh, as much as rasterising it.
+    Computed here rather than by trimesh: trimesh's angle-weighted normals cost as much as rasterising the
+    mesh (``benchmarks/bench_render.py``).
     """
     v = np.asarray(vertices, dtype=np.float64)
     f = np.asarray(faces, dtype=np.int64)

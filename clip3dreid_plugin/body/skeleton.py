@@ -1,4 +1,5 @@
-"""The SMPL 24-joint skeleton: joint names, parents and the joint ids other modules index by.
+"""The SMPL 24-joint skeleton and shape space: joint names, parents, the joint ids other modules index by, and
+the number of shape coefficients (betas).
 
 SMPL's coordinate frame: y up, the body faces +z, the person's left side is +x. ``body_pose``
 holds the axis-angle rotations of joints 1..23 (joint ``j`` at ``body_pose[3 * (j - 1): 3 * j]``);
@@ -8,7 +9,10 @@ from __future__ import annotations
 
 from typing import Tuple
 
-__all__ = ["JOINT_NAMES", "PARENTS", "NUM_JOINTS", "NUM_BODY_JOINTS", "J"]
+__all__ = ["JOINT_NAMES", "PARENTS", "NUM_JOINTS", "NUM_BODY_JOINTS", "NUM_BETAS", "J"]
+
+#: Shape coefficients of SMPL's PCA shape space that the plugin uses (the paper's phi predicts these).
+NUM_BETAS = 10
 
 JOINT_NAMES: Tuple[str, ...] = (
     "pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2", "left_ankle",

@@ -41,20 +41,21 @@ from __future__ import annotations
 
 import os
 import os.path as osp
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from clip3dreid_plugin.body.poses import builtin_pose_names, builtin_pose_pool, load_pose_file
+from clip3dreid_plugin.body.skeleton import NUM_BETAS
+from clip3dreid_plugin.utils.io import atomic_write
+from clip3dreid_plugin.utils.rng import spawn_rngs
 
 __all__ = ["SyntheticPlan", "sample_subjects", "build_pose_pool", "make_plan", "write_synthetic_meta",
            "read_synthetic_meta", "META_NAME", "META_FORMAT_VERSION"]
 
 META_NAME = "meta.npz"
 META_FORMAT_VERSION = 1
-NUM_BETAS = 10
 
 
 @dataclass
@@ -88,10 +89,6 @@ class SyntheticPlan:
         return len(self.files)
 
 
-def _streams(seed: int, n: int) -> List[np.random.Generator]:
-    return [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(n)]
-
-
 def sample_subjects(num_female: int, num_male: int, sigma: float = 1.0, seed: int = 0,
                     num_betas: int = NUM_BETAS) -> Tuple[np.ndarray, np.ndarray]:
     """Draws shape coefficients of ``num_female`` female then ``num_male`` male subjects.
@@ -108,7 +105,7 @@ def sample_subjects(num_female: int, num_male: int, sigma: float = 1.0, seed: in
     """
     if num_female < 0 or num_male < 0 or num_female + num_male == 0:
         raise ValueError(f"need at least one subject, got num_female={num_female}, num_male={num_male}")
-    rng = _streams(seed, 3)[0]
+    rng = spawn_rngs(seed, 3)[0]
     n = num_female + num_male
     betas = (rng.standard_normal((n, num_betas)) * float(sigma)).astype(np.float32)
     genders = np.array(["female"] * num_female + ["male"] * num_male)
@@ -154,7 +151,7 @@ def make_plan(num_female: int, num_male: int, poses_per_subject: int, seed: int 
         raise ValueError(f"image extension must be png or jpg, got {ext!r}")
     betas, genders = sample_subjects(num_female, num_male, sigma, seed)
     pool, names = build_pose_pool(pose_file)
-    _, pose_rng, cam_rng = _streams(seed, 3)
+    _, pose_rng, cam_rng = spawn_rngs(seed, 3)
     k, p = int(poses_per_subject), len(pool)
     subjects = np.repeat(np.arange(len(betas)), k).astype(np.int32)
     pose_id = np.concatenate([pose_rng.choice(p, size=k, replace=k > p) for _ in range(len(betas))]).astype(np.int32)
@@ -180,14 +177,7 @@ def write_synthetic_meta(path: str, meta: Dict[str, Any]) -> None:
     for k, v in arrays.items():
         if v.dtype == object:
             raise TypeError(f"metadata key {k!r} holds Python objects; store numbers or strings")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".meta-", suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)  # readers see the old or the new file, never a torn one
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 def read_synthetic_meta(path: str) -> Dict[str, Any]:

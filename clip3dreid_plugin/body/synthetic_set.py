@@ -24,11 +24,19 @@ import torch
 from PIL import Image
 
 from clip3dreid_plugin.body.anthropometry import MEASUREMENT_NAMES, measure_bodies
-from clip3dreid_plugin.body.descriptor_rules import DESCRIPTOR_PAIRS, descriptor_labels, descriptor_scores, \
-    fit_thresholds
+from clip3dreid_plugin.body.descriptor_rules import descriptor_scores, fit_thresholds, rule_labels
 from clip3dreid_plugin.body.smpl_io import BodyModel, load_body_model
-from clip3dreid_plugin.body.synthetic import META_FORMAT_VERSION, META_NAME, SyntheticPlan, make_plan, \
-    read_synthetic_meta, write_synthetic_meta
+from clip3dreid_plugin.body.synthetic import (
+    META_FORMAT_VERSION,
+    META_NAME,
+    SyntheticPlan,
+    make_plan,
+    read_synthetic_meta,
+    write_synthetic_meta,
+)
+from clip3dreid_plugin.teacher.descriptors import DESCRIPTOR_PAIRS
+from clip3dreid_plugin.utils.hashing import file_sha256
+from clip3dreid_plugin.utils.io import atomic_write
 from clip3dreid_plugin.utils.progress import progress
 
 __all__ = ["render_synthetic_set", "SyntheticSetError", "canonical_descriptors"]
@@ -40,15 +48,6 @@ IMAGE_DIR = "images"
 
 class SyntheticSetError(RuntimeError):
     """The output folder holds a set rendered with other arguments, or the inputs are inconsistent."""
-
-
-def file_digest(path: str) -> str:
-    """SHA-1 of a file's bytes (streamed): identifies the body-model files in a set's fingerprint."""
-    h = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @torch.no_grad()
@@ -81,16 +80,14 @@ def canonical_descriptors(models: Dict[str, BodyModel], betas: np.ndarray, gende
             meas[sel] = np.stack([m[k] for k in MEASUREMENT_NAMES], 1)
     scores = descriptor_scores({k: meas[:, i] for i, k in enumerate(MEASUREMENT_NAMES)})
     thr = fit_thresholds(scores) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
-    return {"measurements": meas, "scores": scores, "labels": descriptor_labels(scores, thr).astype(np.int8),
+    return {"measurements": meas, "scores": scores, "labels": rule_labels(scores, thr).astype(np.int8),
             "thresholds": thr}
 
 
 def _save_image(img: np.ndarray, path: str) -> None:
-    tmp = path + ".tmp"
     fmt = "PNG" if path.lower().endswith(".png") else "JPEG"
     kwargs = {"quality": 95} if fmt == "JPEG" else {}
-    Image.fromarray(img).save(tmp, format=fmt, **kwargs)
-    os.replace(tmp, path)  # a crash leaves a *.tmp file, never a truncated image under the final name
+    atomic_write(path, lambda fh: Image.fromarray(img).save(fh, format=fmt, **kwargs))
 
 
 def render_synthetic_set(body_model_dir: str, out_dir: str, num_female: int, num_male: int, poses_per_subject: int,
@@ -234,5 +231,5 @@ def _fingerprint(plan: SyntheticPlan, models: Dict[str, BodyModel], thresholds: 
     for arr in (plan.betas, plan.pose_pool, plan.yaw_deg, plan.distance_scale, np.round(thresholds, 10)):
         h.update(np.ascontiguousarray(arr).tobytes())
     for g in sorted(models):
-        h.update(file_digest(models[g].path).encode())
+        h.update(file_sha256(models[g].path).encode())
     return h.hexdigest()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from yacs.config import CfgNode as CN
 
+from clip3dreid_plugin.body.skeleton import NUM_BETAS
+
 __all__ = ["get_default_config", "add_clip3dreid_config", "get_cfg"]
 
 
@@ -121,7 +123,7 @@ def add_clip3dreid_config(cfg: CN) -> CN:
     cfg.runtime.deterministic = False  # cudnn.deterministic + no benchmark, for bit-reproducible runs
     cfg.runtime.ckpt_freq = 1  # save a resumable checkpoint every N epochs (0 = only at the end)
     cfg.runtime.amp = "none"  # none | bf16 | fp16 autocast for the student forward
-    cfg.runtime.channels_last = True  # NHWC layout for conv models (~1.5x faster ResNet-50 steps on CPU at 384x192)
+    cfg.runtime.channels_last = True  # NHWC layout for conv models (faster ResNet steps on CPU, see BENCHMARKS.md)
     cfg.runtime.compile = False  # wrap the student in torch.compile
     cfg.runtime.sync_bn = False  # convert BatchNorm to SyncBatchNorm under torch.distributed
     cfg.runtime.dist_backend = "auto"  # auto | nccl | gloo backend for torchrun
@@ -139,14 +141,14 @@ def add_clip3dreid_config(cfg: CN) -> CN:
 
     # ---------------------------------------------------------------- student
     cfg.clip3dreid = CN()
-    cfg.clip3dreid.backbone = "resnet50"  # torchreid ResNet factory used as the student trunk (same init as the baseline)
+    cfg.clip3dreid.backbone = "resnet50"  # torchreid ResNet factory for the trunk (the baseline's init and weights)
     cfg.clip3dreid.last_stride = 1  # stride of layer4; 1 gives a 24x12 map at 384x192
     cfg.clip3dreid.imagenet_weights = ""  # with model.pretrained: local ResNet state dict instead of torchreid's file
     cfg.clip3dreid.local_dim = 2048  # d': channels of the local features F and of f_id
     cfg.clip3dreid.agg_hidden_dim = 512  # hidden width of the MLP that aggregates F into f_id
     cfg.clip3dreid.head_type = "mlp"  # mlp (main paper) | linear (supplement) for Psi, Phi and phi
     cfg.clip3dreid.head_hidden_dim = 512  # hidden width of the Psi/Phi/phi heads when head_type is mlp
-    cfg.clip3dreid.num_shape_coeffs = 10  # SMPL betas predicted by phi
+    cfg.clip3dreid.num_shape_coeffs = NUM_BETAS  # SMPL betas predicted by phi
     cfg.clip3dreid.teacher_dim = 768  # d: teacher embedding width (768 for ViT-L/14)
 
     # ------------------------------------------------------------ teacher (CLIP)

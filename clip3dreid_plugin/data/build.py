@@ -6,6 +6,7 @@ from typing import Any, Tuple
 from yacs.config import CfgNode as CN
 
 from clip3dreid_plugin.config.kwargs import imagedata_kwargs
+from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.data.datamanager import ClothesImageDataManager, ClothesVideoDataManager
 
 __all__ = ["build_datamanager", "build_train_split"]
@@ -17,7 +18,7 @@ def build_datamanager(cfg: CN, use_gpu: bool, train_sampler_fn=None, eval_shard=
     if cfg.data.type == "video":
         cls, extra = ClothesVideoDataManager, dict(seq_len=cfg.video.seq_len, sample_method=cfg.video.sample_method)
     elif cfg.data.type != "image":
-        raise ValueError(f"data.type must be image or video, got '{cfg.data.type}'")
+        raise ConfigError(f"data.type must be image or video, got '{cfg.data.type}'")
     return cls(
         **extra,
         use_gpu=use_gpu,
@@ -61,4 +62,4 @@ def build_train_split(name: str, root: str, **kwargs) -> Tuple[Any, bool]:
     if name in compat.image_dataset_registry():
         return torchreid.data.datasets.init_image_dataset(name, **kw), False
     known = sorted(compat.image_dataset_registry()) + sorted(compat.video_dataset_registry())
-    raise ValueError(f"unknown dataset '{name}'; registered: {', '.join(known)}")
+    raise ConfigError(f"unknown dataset '{name}'; registered: {', '.join(known)}")

@@ -15,6 +15,7 @@ from typing import Dict, Tuple
 import torch
 import torchreid
 
+from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.data.samplers import ShardSampler
 from datasets_ext.base import ClothesImageDataset, DatasetLayoutError
 
@@ -102,7 +103,7 @@ class ClothesImageDataManager(torchreid.data.ImageDataManager):
             use_gpu=use_gpu,
         )
         if load_train_targets:
-            raise ValueError("data.load_train_targets is not supported by the clothes-aware data manager")
+            raise ConfigError("data.load_train_targets is not supported by the clothes-aware data manager")
         if not osp.isdir(root):
             # torchreid would otherwise try to download some datasets into it and hang offline.
             raise DatasetLayoutError(f"data.root '{root}' does not exist or is not a folder")
@@ -214,5 +215,5 @@ class ClothesVideoDataManager(ClothesImageDataManager):
         ds = torchreid.data.datasets.init_video_dataset(
             name, seq_len=self.seq_len, sample_method="evenly" if test else self.sample_method, verbose=False, **kw)
         if not hasattr(ds, "num_train_clothes"):
-            raise ValueError(f"video dataset '{name}' has no clothes-aware loader (use ccvid)")
+            raise ConfigError(f"video dataset '{name}' has no clothes-aware loader (use ccvid)")
         return ds

@@ -14,6 +14,8 @@ from typing import Iterator, List, Sequence
 
 from torch.utils.data import Sampler
 
+from clip3dreid_plugin.config.loader import ConfigError
+
 __all__ = ["DistributedIdentitySampler", "ShardSampler"]
 
 
@@ -32,8 +34,8 @@ class DistributedIdentitySampler(Sampler[int]):
     def __init__(self, data_source: Sequence, batch_size: int, num_instances: int = 4, rank: int = 0,
                  world_size: int = 1, seed: int = 0):
         if batch_size % num_instances:
-            raise ValueError(f"train.batch_size ({batch_size}) must be a multiple of sampler.num_instances "
-                             f"({num_instances})")
+            raise ConfigError(f"train.batch_size ({batch_size}) must be a multiple of sampler.num_instances "
+                              f"({num_instances})")
         self.data_source = data_source
         self.batch_size = batch_size
         self.num_instances = num_instances

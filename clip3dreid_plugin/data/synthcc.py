@@ -39,7 +39,6 @@ import math
 import os
 import os.path as osp
 import re
-import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -47,12 +46,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clip3dreid_plugin.body.descriptor_rules import DESCRIPTOR_PAIRS
 from clip3dreid_plugin.body.poses import builtin_pose_pool
 from clip3dreid_plugin.body.skeleton import J
 from clip3dreid_plugin.body.smpl_io import BodyModel, load_body_model
-from clip3dreid_plugin.body.synthetic_set import canonical_descriptors, file_digest
+from clip3dreid_plugin.body.synthetic_set import canonical_descriptors
+from clip3dreid_plugin.teacher.descriptors import DESCRIPTOR_PAIRS
+from clip3dreid_plugin.utils.hashing import file_sha256
+from clip3dreid_plugin.utils.io import atomic_write
 from clip3dreid_plugin.utils.progress import progress
+from clip3dreid_plugin.utils.rng import spawn_rngs
 
 __all__ = [
     "DATASET_DIR", "META_NAME", "SPLITS", "SynthCCError", "build_synthcc", "read_synthcc_meta",
@@ -100,11 +102,6 @@ class SynthCCError(RuntimeError):
 def outfit_pool_size(num_ids: int, outfits_per_id: int) -> int:
     """Size of the global outfit pool: about three wearers per outfit, always < num_ids * outfits_per_id."""
     return max(outfits_per_id + 1, math.ceil(num_ids * outfits_per_id / 3))
-
-
-def _rngs(seed: int, n: int) -> List[np.random.Generator]:
-    # independent streams: e.g. more cameras must not change the sampled shapes or outfits
-    return [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(n)]
 
 
 def _round(x: Any, nd: int = 5) -> Any:
@@ -179,7 +176,7 @@ def _sample_cameras(rng: np.random.Generator, num_cameras: int) -> List[Dict[str
 def _plan(num_ids: int, outfits_per_id: int, num_cameras: int, poses_per_view: int, seed: int,
           pose_pool_size: int) -> Dict[str, Any]:
     """Every random choice of the set (identities, outfits, cameras, images), deterministic in the arguments."""
-    r_shape, r_outfit, r_assign, r_cam, r_img, r_split = _rngs(seed, 6)
+    r_shape, r_outfit, r_assign, r_cam, r_img, r_split = spawn_rngs(seed, 6)
     genders = np.where(r_shape.random(num_ids) < 0.5, "female", "male")
     betas = (r_shape.standard_normal((num_ids, 10)) * BETA_SIGMA).astype(np.float32)
     skin = r_shape.integers(0, len(SKIN_TONES), num_ids)
@@ -297,25 +294,13 @@ def camera_background(cam: Dict[str, Any], height: int, width: int) -> np.ndarra
 
 
 # ------------------------------------------------------------------------------------------------ io
-def _atomic_write_bytes(path: str, write) -> None:
-    folder = osp.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + osp.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)  # readers see the old file or the new one, never a torn one
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
-
-
 def _save_png(img: np.ndarray, path: str) -> None:
-    _atomic_write_bytes(path, lambda fh: Image.fromarray(img).save(fh, format="PNG"))
+    atomic_write(path, lambda fh: Image.fromarray(img).save(fh, format="PNG"))
 
 
 def _write_meta(path: str, meta: Dict[str, Any]) -> None:
     text = json.dumps(meta, indent=1, sort_keys=True).encode("utf-8")
-    _atomic_write_bytes(path, lambda fh: fh.write(text))
+    atomic_write(path, lambda fh: fh.write(text))
 
 
 def read_synthcc_meta(root: str) -> Dict[str, Any]:
@@ -414,7 +399,7 @@ def build_synthcc(root: str, body_model_dir: str, num_ids: int = 60, outfits_per
         "format_version": FORMAT_VERSION,
         "args": args,
         "beta_sigma": BETA_SIGMA,
-        "body_model": {g: {"path": osp.abspath(m.path), "sha1": file_digest(m.path), "num_vertices": m.num_vertices}
+        "body_model": {g: {"path": osp.abspath(m.path), "sha256": file_sha256(m.path), "num_vertices": m.num_vertices}
                        for g, m in models.items()},
         "descriptor_pairs": [list(p) for p in DESCRIPTOR_PAIRS],
         "thresholds": _round(desc["thresholds"].tolist(), 8),
@@ -426,7 +411,7 @@ def build_synthcc(root: str, body_model_dir: str, num_ids: int = 60, outfits_per
         "images": plan["images"],
     }
     # paths are excluded: the same model files moved elsewhere give the same set
-    hashed = dict(meta, body_model={g: v["sha1"] for g, v in meta["body_model"].items()})
+    hashed = dict(meta, body_model={g: v["sha256"] for g, v in meta["body_model"].items()})
     meta["fingerprint"] = hashlib.sha1(json.dumps(hashed, sort_keys=True).encode("utf-8")).hexdigest()
     meta_path = osp.join(dataset_dir, META_NAME)
 

@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 from yacs.config import CfgNode as CN
 
 from clip3dreid_plugin.body.synthetic import read_synthetic_meta
-from clip3dreid_plugin.data.image_io import read_image
+from clip3dreid_plugin.config.loader import ConfigError
+from datasets_ext.image_io import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class SyntheticMeshDataset(Dataset):
         base = folder if osp.isdir(folder) else osp.dirname(folder)
         self.paths = [osp.join(base, str(f)) for f in meta["files"]]
         if not self.paths:
-            raise ValueError(f"synthetic set '{folder}' lists no images; render it with scripts/render_synthetic.py")
+            raise ConfigError(f"synthetic set '{folder}' lists no images; render it with scripts/render_synthetic.py")
         self.labels = torch.as_tensor(np.asarray(meta["labels"], dtype=np.int64))
         self.betas = torch.as_tensor(np.asarray(meta["betas"], dtype=np.float32))
         self.genders = torch.as_tensor([GENDER_IDS[str(g)] for g in meta["gender"]])
@@ -61,7 +62,7 @@ class SyntheticMeshDataset(Dataset):
 def synthetic_batch_size(real_batch: int, ratio: float) -> int:
     """Synthetic images per step so that they are ``ratio`` of the mixed batch (at least 1)."""
     if not 0.0 < ratio < 1.0:
-        raise ValueError(f"body.synthetic_ratio must be in (0, 1), got {ratio}")
+        raise ConfigError(f"body.synthetic_ratio must be in (0, 1), got {ratio}")
     return max(1, int(round(real_batch * ratio / (1.0 - ratio))))
 
 
@@ -94,7 +95,8 @@ def synthetic_stream(folder: str, transform, batch_size: int, seed: int = 0, wor
 def build_synthetic_stream(cfg: CN, datamanager) -> Iterator[dict]:
     """:func:`synthetic_stream` of ``cfg.body.synthetic_dir``, sized by ``cfg.body.synthetic_ratio``."""
     if not cfg.body.synthetic_dir:
-        raise ValueError("loss.clip3dreid.use_3d needs body.synthetic_dir (render one with scripts/render_synthetic.py)")
+        raise ConfigError("loss.clip3dreid.use_3d needs body.synthetic_dir (render one with "
+                          "scripts/render_synthetic.py)")
     # Video batches are trained on as their frames, so the real part of a step is batch_size x seq_len images.
     real = cfg.train.batch_size * (cfg.video.seq_len if cfg.data.type == "video" else 1)
     bs = synthetic_batch_size(real, cfg.body.synthetic_ratio)

@@ -17,7 +17,6 @@ import datetime
 import glob
 import logging
 import os.path as osp
-import random
 import re
 import time
 from typing import Dict, Optional, Sequence, Tuple
@@ -29,8 +28,10 @@ import torchreid
 from torch.utils.tensorboard import SummaryWriter
 
 from clip3dreid_plugin import compat
+from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.utils.distributed import all_gather_ordered
 from clip3dreid_plugin.utils.progress import progress
+from clip3dreid_plugin.utils.rng import rng_state, set_rng_state
 
 logger = logging.getLogger(__name__)
 
@@ -58,24 +59,6 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
         model = inner
 
 
-def rng_state() -> dict:
-    """Python, numpy and torch CPU RNG states, so a resumed run draws the same batches."""
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state(),
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-
-
 class EvalSettings:
     """Evaluation options that torchreid's ``run()`` does not carry (from ``cfg.eval``)."""
 
@@ -93,18 +76,22 @@ class EvalSettings:
 
 
 class ClothesAwareEngineMixin:
-    """Mixin placed before a torchreid ``Engine`` subclass.
+    """Mixin placed before a torchreid ``Engine`` subclass; its keyword arguments are its own, the rest go to
+    torchreid's constructor.
 
-    Subclasses must call ``self.setup_plugin(...)`` after torchreid's ``__init__``.
+    Args:
+        eval_settings: protocols, flip averaging and checkpoint selection (default ``EvalSettings()``).
+        ckpt_freq: save a checkpoint every this many epochs (0: only at evaluations and the last epoch).
+        is_main: this process writes checkpoints and logs (rank 0 under ``torch.distributed``).
+        show_progress: progress bars on training and feature extraction.
     """
 
-    eval_settings: EvalSettings
-    ckpt_freq: int = 1
-    is_main: bool = True
-    show_progress: bool = True
+    #: How tracklet features pool their frames at test time; torchreid's ``VideoSoftmaxEngine`` sets its own.
+    pooling_method: str = "avg"
 
-    def setup_plugin(self, eval_settings: Optional[EvalSettings] = None, ckpt_freq: int = 1,
-                     is_main: bool = True, show_progress: bool = True) -> None:
+    def __init__(self, *args, eval_settings: Optional[EvalSettings] = None, ckpt_freq: int = 1, is_main: bool = True,
+                 show_progress: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
         self.eval_settings = eval_settings or EvalSettings()
         self.ckpt_freq = ckpt_freq
         self.is_main = is_main
@@ -112,6 +99,8 @@ class ClothesAwareEngineMixin:
         self.device = torch.device("cuda") if self.use_gpu else torch.device("cpu")
         self.best_metric = -float("inf")
         self.last_metrics: Dict[str, Dict[str, float]] = {}
+        # RNG state right after the last training epoch: what a resumed run must restore (evaluation draws too).
+        self._rng_after_train: Optional[dict] = None
 
     # ------------------------------------------------------------------ checkpoints
     def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False,
@@ -130,7 +119,7 @@ class ClothesAwareEngineMixin:
                 "best_metric": float(self.best_metric),
                 "optimizer": self._optims[name].state_dict() if self._optims[name] is not None else None,
                 "scheduler": sched.state_dict() if sched is not None else None,
-                "rng": getattr(self, "_rng_after_train", None) or rng_state(),
+                "rng": self._rng_after_train or rng_state(),
             }
             path = compat.save_checkpoint(state, osp.join(save_dir, name, f"model.pth.tar-{epoch + 1}"))
             if is_best:
@@ -162,6 +151,9 @@ class ClothesAwareEngineMixin:
         Returns:
             ``{dataset: {metric: value}}`` of the last evaluation.
         """
+        if use_metric_cuhk03:
+            raise ConfigError("test.use_metric_cuhk03 True: the CUHK03 single-shot metric is not implemented by the "
+                              "clothes-aware evaluator; set it False")
         eval_kw = dict(dist_metric=dist_metric, normalize_feature=normalize_feature, visrank=visrank,
                        visrank_topk=visrank_topk, save_dir=save_dir, use_metric_cuhk03=use_metric_cuhk03,
                        ranks=ranks, rerank=rerank)
@@ -173,7 +165,7 @@ class ClothesAwareEngineMixin:
                 self.test(**eval_kw)
                 return self.last_metrics
             if visrank:
-                raise ValueError("test.visrank can be used only with test.evaluate True")
+                raise ConfigError("test.visrank can be used only with test.evaluate True")
 
             t0 = time.time()
             self.start_epoch, self.max_epoch = start_epoch, max_epoch
@@ -252,7 +244,7 @@ class ClothesAwareEngineMixin:
             return defined
         unknown = [p for p in wanted if p not in defined]
         if unknown:
-            raise ValueError(f"eval.protocols {unknown} are not defined for dataset '{name}' (it has {defined})")
+            raise ConfigError(f"eval.protocols {unknown} are not defined for dataset '{name}' (it has {defined})")
         return tuple(wanted)
 
     def extract_features(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -265,7 +257,7 @@ class ClothesAwareEngineMixin:
         if imgs.dim() == 5:
             b, t = imgs.shape[:2]
             frames = model(imgs.flatten(0, 1)).view(b, t, -1)
-            return frames.max(1)[0] if getattr(self, "pooling_method", "avg") == "max" else frames.mean(1)
+            return frames.max(1)[0] if self.pooling_method == "max" else frames.mean(1)
         return model(imgs)
 
     def parse_data_for_eval(self, data):

@@ -5,6 +5,7 @@ from typing import Callable, Dict
 
 from yacs.config import CfgNode as CN
 
+from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.data.frames import item_image_paths
 from clip3dreid_plugin.engine.base import EvalSettings
 from clip3dreid_plugin.engine.standard import ClothesSoftmaxEngine, ClothesTripletEngine, ClothesVideoSoftmaxEngine
@@ -17,7 +18,7 @@ def _train_paths_per_source(datamanager) -> list:
     return [(name, item_image_paths([it for it in train if it[3] == i])) for i, name in enumerate(datamanager.sources)]
 
 
-def _clip3dreid_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: bool):
+def _clip3dreid_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: bool, **common):
     from clip3dreid_plugin.engine.clip3dreid_engine import CLIP3DReIDEngine, LossSwitches
     from clip3dreid_plugin.losses import OTLoss
     from clip3dreid_plugin.teacher.source import build_teacher_source
@@ -28,11 +29,11 @@ def _clip3dreid_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gp
         teacher = build_teacher_source(cfg, _train_paths_per_source(datamanager),
                                        device="cuda" if use_gpu else "cpu")
         if teacher is None:
-            raise ValueError("teacher.mode none leaves L_OT/L_global/L_3D without targets: switch them off "
-                             "(loss.clip3dreid.use_ot/use_global/use_3d False) or set teacher.mode cache|online")
+            raise ConfigError("teacher.mode none leaves L_OT/L_global/L_3D without targets: switch them off "
+                              "(loss.clip3dreid.use_ot/use_global/use_3d False) or set teacher.mode cache|online")
         if teacher.embed_dim != cfg.clip3dreid.teacher_dim:
-            raise ValueError(f"clip3dreid.teacher_dim is {cfg.clip3dreid.teacher_dim} but teacher "
-                             f"'{cfg.teacher.name}' gives {teacher.embed_dim}-d features; set them equal")
+            raise ConfigError(f"clip3dreid.teacher_dim is {cfg.clip3dreid.teacher_dim} but teacher "
+                              f"'{cfg.teacher.name}' gives {teacher.embed_dim}-d features; set them equal")
     synthetic = shape_loss = None
     if switches.use_3d:
         from clip3dreid_plugin.data.synthetic import build_synthetic_stream
@@ -45,41 +46,41 @@ def _clip3dreid_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gp
                               ot_loss=OTLoss.from_cfg(cfg), scheduler=scheduler, use_gpu=use_gpu,
                               label_smooth=cfg.loss.softmax.label_smooth, triplet_margin=cfg.loss.triplet.margin,
                               synthetic=synthetic, shape_loss=shape_loss, amp=cfg.runtime.amp,
-                              separate_synthetic_bn=cfg.body.separate_bn)
-    engine.pooling_method = cfg.video.pooling_method  # tracklet features at test time (video data)
+                              separate_synthetic_bn=cfg.body.separate_bn, channels_last=cfg.runtime.channels_last,
+                              pooling_method=cfg.video.pooling_method, **common)
     return engine
 
 
-# model name -> fn(cfg, datamanager, model, optimizer, scheduler, use_gpu) -> engine
+# model name -> fn(cfg, datamanager, model, optimizer, scheduler, use_gpu, **common) -> engine, where common holds
+# the evaluation and checkpoint options every plugin engine takes (ClothesAwareEngineMixin).
 ENGINE_BUILDERS: Dict[str, Callable] = {"clip3dreid": _clip3dreid_engine}
 
 
-def _standard_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: bool):
+def _standard_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: bool, **common):
     if cfg.runtime.amp != "none":
         # torchreid's engines call the model and optimizer themselves; ignoring the option would hide that the
         # baseline trained in float32 while the user asked for mixed precision.
-        raise ValueError(f"runtime.amp {cfg.runtime.amp} (--amp) applies to model.name clip3dreid only; torchreid's "
-                         f"engines train '{cfg.model.name}' in float32: set runtime.amp none")
+        raise ConfigError(f"runtime.amp {cfg.runtime.amp} (--amp) applies to model.name clip3dreid only; torchreid's "
+                          f"engines train '{cfg.model.name}' in float32: set runtime.amp none")
     if cfg.data.type == "video":
         if cfg.loss.name != "softmax":
-            raise ValueError("video training supports loss.name softmax only")
+            raise ConfigError("video training supports loss.name softmax only")
         return ClothesVideoSoftmaxEngine(datamanager, model, optimizer=optimizer, scheduler=scheduler,
                                          use_gpu=use_gpu, label_smooth=cfg.loss.softmax.label_smooth,
-                                         pooling_method=cfg.video.pooling_method)
+                                         pooling_method=cfg.video.pooling_method, **common)
     if cfg.loss.name == "softmax":
         return ClothesSoftmaxEngine(datamanager, model, optimizer=optimizer, scheduler=scheduler, use_gpu=use_gpu,
-                                    label_smooth=cfg.loss.softmax.label_smooth)
+                                    label_smooth=cfg.loss.softmax.label_smooth, **common)
     if cfg.loss.name == "triplet":
         return ClothesTripletEngine(datamanager, model, optimizer=optimizer, margin=cfg.loss.triplet.margin,
                                     weight_t=cfg.loss.triplet.weight_t, weight_x=cfg.loss.triplet.weight_x,
-                                    scheduler=scheduler, use_gpu=use_gpu, label_smooth=cfg.loss.softmax.label_smooth)
-    raise ValueError(f"loss.name must be softmax or triplet, got '{cfg.loss.name}'")
+                                    scheduler=scheduler, use_gpu=use_gpu, label_smooth=cfg.loss.softmax.label_smooth,
+                                    **common)
+    raise ConfigError(f"loss.name must be softmax or triplet, got '{cfg.loss.name}'")
 
 
 def build_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: bool, is_main: bool = True):
-    """Builds the engine for ``cfg.model.name`` and applies the plugin's evaluation settings."""
+    """Builds the engine for ``cfg.model.name`` with the plugin's evaluation and checkpoint settings."""
     builder = ENGINE_BUILDERS.get(cfg.model.name, _standard_engine)
-    engine = builder(cfg, datamanager, model, optimizer, scheduler, use_gpu)
-    engine.setup_plugin(EvalSettings.from_cfg(cfg), ckpt_freq=cfg.runtime.ckpt_freq, is_main=is_main,
-                        show_progress=cfg.runtime.progress)
-    return engine
+    return builder(cfg, datamanager, model, optimizer, scheduler, use_gpu, eval_settings=EvalSettings.from_cfg(cfg),
+                   ckpt_freq=cfg.runtime.ckpt_freq, is_main=is_main, show_progress=cfg.runtime.progress)

@@ -26,8 +26,9 @@ from typing import Dict, Optional
 import torch
 import torchreid
 
+from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.data.frames import batch_frame_paths
-from clip3dreid_plugin.engine.base import ClothesAwareEngineMixin, EvalSettings
+from clip3dreid_plugin.engine.base import ClothesAwareEngineMixin
 from clip3dreid_plugin.losses import OTLoss, global_distill_loss
 from clip3dreid_plugin.teacher.source import as_teacher_source
 
@@ -83,17 +84,19 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         amp: ``none`` | ``bf16`` | ``fp16`` autocast for the student forward.
         separate_synthetic_bn: forward the synthetic rows separately, so that batch norm gives them their own
             batch statistics and the running statistics describe real images only (``cfg.body.separate_bn``).
-        eval_settings: protocols, flip and checkpoint selection of the evaluation (default ``EvalSettings()``).
-        ckpt_freq: save a checkpoint every this many epochs.
-        show_progress: progress bars on training and feature extraction.
+        channels_last: feed the batches in NHWC layout (with a model converted to ``channels_last``).
+        pooling_method: ``avg`` | ``max`` over a tracklet's frame features at test time (video data).
+        **kwargs: the evaluation and checkpoint options of
+            :class:`~clip3dreid_plugin.engine.base.ClothesAwareEngineMixin` (``eval_settings``, ``ckpt_freq``,
+            ``is_main``, ``show_progress``).
     """
 
     def __init__(self, datamanager, model, optimizer, scheduler=None, use_gpu: bool = True, teacher=None,
                  switches: Optional[LossSwitches] = None, ot_loss: Optional[OTLoss] = None,
                  label_smooth: bool = True, triplet_margin: float = 0.3, synthetic=None, shape_loss=None,
-                 amp: str = "none", separate_synthetic_bn: bool = False, eval_settings: Optional[EvalSettings] = None,
-                 ckpt_freq: int = 1, show_progress: bool = True):
-        super().__init__(datamanager, use_gpu)
+                 amp: str = "none", separate_synthetic_bn: bool = False, channels_last: bool = False,
+                 pooling_method: str = "avg", **kwargs):
+        super().__init__(datamanager, use_gpu, **kwargs)
         switches = switches or LossSwitches()
         teacher = as_teacher_source(teacher, datamanager)
         self.model = model
@@ -110,16 +113,17 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         self.separate_synthetic_bn = separate_synthetic_bn
         self.shape_loss = shape_loss
         if switches.use_3d and (synthetic is None or shape_loss is None):
-            raise ValueError("loss.clip3dreid.use_3d needs body.synthetic_dir and body.model_dir")
+            raise ConfigError("loss.clip3dreid.use_3d needs body.synthetic_dir and body.model_dir")
         if (switches.use_ot or switches.use_global or switches.use_3d) and teacher is None:
             raise ValueError("L_OT, L_global and the 3D term need a teacher (a teacher-cache file, a CLIPTeacher "
                              "or a teacher source): pass teacher=..., or switch them off")
         if not (switches.use_ce or switches.use_ot or switches.use_global or switches.use_3d
                 or switches.triplet_weight > 0):
-            raise ValueError("every term of loss.clip3dreid is switched off: nothing to train")
+            raise ConfigError("every term of loss.clip3dreid is switched off: nothing to train")
         self.amp = amp
         self.scaler = torch.amp.GradScaler("cuda", enabled=(amp == "fp16" and self.use_gpu))
-        self.setup_plugin(eval_settings, ckpt_freq=ckpt_freq, show_progress=show_progress)
+        self.channels_last = channels_last
+        self.pooling_method = pooling_method
 
     def _autocast(self):
         if self.amp == "none":
@@ -165,7 +169,7 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
             imgs = torch.cat([imgs, syn["img"].to(dev, non_blocking=True)])
             syn_text = self.teacher.gather_text(syn["labels"].to(dev))
             text_feats = syn_text if text_feats is None else torch.cat([text_feats, syn_text])
-        if getattr(self, "channels_last", False):
+        if self.channels_last:
             imgs = imgs.contiguous(memory_format=torch.channels_last)
         with self._autocast():
             out = self.model(imgs, text_feats=text_feats, teacher_feats=teacher_feats,
@@ -181,7 +185,7 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
             total = total + s.triplet_weight * terms["triplet"]
         local = out["local"]
         # Not local[:B] / local[B:]: each slice's backward zero-fills a gradient the size of the whole
-        # [B', N, d'] map (151 MB at the paper's settings) and autograd adds them; split's backward writes it once.
+        # [B', N, d'] map and autograd adds them; split's backward writes it once.
         local_real, local_syn = (local, local[:0]) if local.size(0) == B else local.split([B, local.size(0) - B])
         if s.use_ot:
             terms["ot"] = self.ot_loss(local_real, out["text_proj"][:B])

@@ -31,7 +31,7 @@ s-th of them, a good item that is the j-th good one sits at ``rank = C[s] + j`` 
 then costs ``O(Q*K)``.  Two exact ways to get ``C``:
 
 * ``'sort'``: stable row sort of the distances, positions of the same-identity items in it.
-* ``'bins'`` (default on CPU, where it measured 3-4x faster than sorting): quantise each row into
+* ``'bins'`` (default on CPU, where it is faster than sorting, see BENCHMARKS.md): quantise each row into
   ``G // 2`` equal-width bins (a monotone map, so an item in a lower bin is strictly closer), count the
   items per bin with one ``bincount`` and a cumulative sum, and resolve only the other-identity items
   that share a bin with a same-identity item by exact ``(distance, index)`` comparison.  Chunks with
@@ -57,12 +57,12 @@ _METHODS = ("auto", "bins", "sort")
 
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[Any]]
 
-# Distances handled per chunk.  On CPU ~1M keeps the temporaries cache-friendly (measured fastest among
-# 128K..16M on the 2000 x 20000 benchmark); on accelerators larger chunks keep the device busy.
+# Distances handled per chunk: on CPU a chunk whose temporaries stay in cache; on accelerators larger chunks keep
+# the device busy (both sizes chosen by bench_eval.py, see BENCHMARKS.md).
 _CHUNK_ELEMS_CPU = 1 << 20
 _CHUNK_ELEMS_OTHER = 1 << 24
-# Bins per row = gallery size // _BIN_DIV: ~2 items per bin halves the histogram work for a few more
-# exact comparisons (2 measured faster than 1, 3, 4, 8).
+# Bins per row = gallery size // _BIN_DIV: about two items per bin trades histogram work for a few more exact
+# comparisons (chosen by bench_eval.py).
 _BIN_DIV = 2
 
 

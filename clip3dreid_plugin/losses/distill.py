@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from clip3dreid_plugin.config.loader import ConfigError
+
 __all__ = ["global_distill_loss"]
 
 
@@ -32,7 +34,7 @@ def global_distill_loss(projected_teacher: torch.Tensor, f_id: torch.Tensor, red
             unknown.
     """
     if reduction not in _REDUCTIONS:
-        raise ValueError(f"loss.clip3dreid.global_reduction must be one of {_REDUCTIONS}, got '{reduction}'")
+        raise ConfigError(f"loss.clip3dreid.global_reduction must be one of {_REDUCTIONS}, got '{reduction}'")
     for name, x in (("projected_teacher", projected_teacher), ("f_id", f_id)):
         if not torch.is_tensor(x):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")

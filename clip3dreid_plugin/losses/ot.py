@@ -28,8 +28,8 @@ Gradients (``grad`` argument):
   still ``<T*, C>``. The iterations build no graph, so this mode is cheaper in time and memory.
 
 POT's batched solver (``ot.batch.solve_batch(method='log_sinkhorn')``) implements the same iterations
-and gives the same values and gradients; this module keeps its own loop because it measured about 2x
-faster per iteration (a cheaper log-sum-exp stabiliser, see :func:`sinkhorn_log`), tests convergence
+and gives the same values and gradients; this module keeps its own loop because it is faster per iteration
+(a cheaper log-sum-exp stabiliser, see :func:`sinkhorn_log`; figures in BENCHMARKS.md), tests convergence
 at no extra cost and every 5 instead of 10 iterations, and handles the dtype/autocast rules below
 (``benchmarks/bench_ot.py``).
 """
@@ -146,7 +146,7 @@ class _CosineCost(torch.autograd.Function):
             coef = (gcos.sum(2) / nx.square()).neg_().mul_(nx > _NORM_EPS)
             grad_x = empty_like_huge(x) if ctx.huge_pages else torch.empty_like(x)
             # Product first, into the fresh buffer: an accumulating GEMM (baddbmm_ onto x * coef) would read
-            # the [B,N,d] buffer once more (measured ~25% slower for these two steps).
+            # the [B,N,d] buffer once more.
             torch.bmm(a, y, out=grad_x).addcmul_(x, coef.unsqueeze(2))
         if ctx.needs_input_grad[1]:
             coef = (gcos.sum(1) / ny.square()).neg_().mul_(ny > _NORM_EPS)
@@ -183,7 +183,7 @@ def _lse_shifted(K: torch.Tensor, pot: torch.Tensor, dim: int) -> torch.Tensor:
     ``pot`` is broadcast along the non-reduced axis (``pot [B,M]`` for ``dim=2``, ``[B,N]`` for ``dim=1``).
     Every exponent is ``<= 0`` (no overflow) and the term at ``argmax(pot)`` is ``>= min(K)``, so nothing
     underflows to ``log 0`` while ``-min(K)`` is below ``_CHEAP_LSE_SPAN``. It saves the ``amax`` pass and a
-    temporary of ``torch.logsumexp`` (about 1.7x faster forward+backward at B=64, N=288, M=16).
+    temporary of ``torch.logsumexp`` (the gain is measured in BENCHMARKS.md).
     """
     s = pot.amax(dim=1, keepdim=True)  # [B,1]
     shifted = (pot - s).unsqueeze(1 if dim == 2 else 2)

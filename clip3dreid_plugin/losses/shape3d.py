@@ -6,6 +6,8 @@ from typing import Dict
 import torch
 import torch.nn as nn
 
+from clip3dreid_plugin.config.loader import ConfigError
+
 __all__ = ["ShapeLoss"]
 
 
@@ -30,7 +32,7 @@ class ShapeLoss(nn.Module):
     def __init__(self, pred_model: nn.Module, target_models: Dict[int, nn.Module], reduction: str = "sum"):
         super().__init__()
         if reduction not in ("sum", "mean"):
-            raise ValueError(f"loss.clip3dreid.shape_reduction must be 'sum' or 'mean', got '{reduction}'")
+            raise ConfigError(f"loss.clip3dreid.shape_reduction must be 'sum' or 'mean', got '{reduction}'")
         self.reduction = reduction
         self.pred_model = pred_model
         self.target_models = target_models

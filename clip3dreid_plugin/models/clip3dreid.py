@@ -25,6 +25,7 @@ import torch.nn as nn
 import torchreid
 
 from clip3dreid_plugin import compat
+from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.models.imagenet import ensure_pretrained_file, imagenet_resnet_url
 
 logger = logging.getLogger(__name__)
@@ -53,8 +54,8 @@ def _torchreid_resnet(arch: str, num_classes: int, pretrained: bool) -> nn.Modul
     """torchreid's ResNet factory ``arch``; ``pretrained`` loads its ImageNet file (cached first, or a clear error)."""
     resnets = torchreid.models.resnet
     if arch not in resnets.model_urls or not hasattr(resnets, arch):
-        raise ValueError(f"clip3dreid.backbone must be one of torchreid's ResNets {sorted(resnets.model_urls)}, "
-                         f"got '{arch}'")
+        raise ConfigError(f"clip3dreid.backbone must be one of torchreid's ResNets {sorted(resnets.model_urls)}, "
+                          f"got '{arch}'")
     if pretrained:
         ensure_pretrained_file(imagenet_resnet_url(arch), f"clip3dreid (trunk {arch})")
     return getattr(resnets, arch)(num_classes=num_classes, loss="softmax", pretrained=pretrained)
@@ -73,7 +74,7 @@ def build_head(in_dim: int, out_dim: int, head_type: str = "mlp", hidden_dim: in
         return nn.Linear(in_dim, out_dim)
     if head_type == "mlp":
         return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
-    raise ValueError(f"clip3dreid.head_type must be 'mlp' or 'linear', got '{head_type}'")
+    raise ConfigError(f"clip3dreid.head_type must be 'mlp' or 'linear', got '{head_type}'")
 
 
 class CLIP3DReID(nn.Module):
@@ -104,7 +105,7 @@ class CLIP3DReID(nn.Module):
         # trunk starts from exactly the baseline's random weights, and pretrained=True loads exactly its file.
         trunk = _torchreid_resnet(backbone, num_classes, pretrained)
         if last_stride not in (1, 2):
-            raise ValueError(f"clip3dreid.last_stride must be 1 or 2, got {last_stride}")
+            raise ConfigError(f"clip3dreid.last_stride must be 1 or 2, got {last_stride}")
         if last_stride == 1:
             block = trunk.layer4[0]
             (block.conv2 if hasattr(block, "conv3") else block.conv1).stride = (1, 1)
@@ -143,7 +144,7 @@ class CLIP3DReID(nn.Module):
                 mapped[f"{names.index(head)}.{k[len(head) + 1:]}"] = v
         missing, unexpected = self.backbone.load_state_dict(mapped, strict=False)
         if missing:
-            raise RuntimeError(f"'{path}' is not a torchvision ResNet state dict: missing {missing[:3]}...")
+            raise ConfigError(f"'{path}' is not a torchvision ResNet state dict: missing {missing[:3]}...")
         logger.info("loaded ImageNet weights from %s (%d tensors)", path, len(mapped))
 
     def local_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -229,7 +230,7 @@ def clip3dreid(num_classes: int, loss: str = "softmax", pretrained: bool = True,
 
         cfg = get_cfg()
     if loss not in ("softmax", "triplet"):
-        raise ValueError(f"clip3dreid supports loss softmax or triplet, got '{loss}'")
+        raise ConfigError(f"clip3dreid supports loss softmax or triplet, got '{loss}'")
     c = cfg.clip3dreid
     override = bool(pretrained and c.imagenet_weights)
     model = CLIP3DReID(num_classes, loss=loss, backbone=c.backbone, last_stride=c.last_stride,

@@ -11,79 +11,40 @@ Both take the student's batches (``cfg.data.norm_mean/std``, any size) and let t
 CLIP's preprocessing (see :class:`~clip3dreid_plugin.teacher.clip_teacher.CLIPTeacher`). The
 teacher is not part of the module tree, so checkpoints hold only the FC layer.
 
-Where the teacher comes from: torchreid's factories get only ``(num_classes, loss, pretrained,
-use_gpu)``. The plugin's ``build_model`` also passes ``cfg`` to factories that accept it; then
-``cfg.teacher.*`` (name, pretrained, resize_mode) and ``cfg.data.norm_*`` are used. Without
-``cfg`` (plain ``torchreid.models.build_model``) the module-level settings are used, which the
-train script sets with :func:`configure_clip_baselines`; they default to the config defaults
-(``ViT-L-14-quickgelu``, no weights: ``pretrained=True`` then fails with a message, ``pretrained=False`` builds
-a random CLIP with a loud warning).
+Where the teacher comes from: ``cfg.teacher`` (name, weights, prompts, resize mode) and ``cfg.data.norm_*``. The
+plugin's ``build_model`` passes ``cfg``; a plain ``torchreid.models.build_model`` call gets the defaults of
+``add_clip3dreid_config`` (``ViT-L-14-quickgelu``, no weights: ``pretrained=True`` then fails with a message,
+``pretrained=False`` builds a random CLIP with a loud warning).
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 from clip3dreid_plugin.models.imagenet import PretrainedWeightsError
-from clip3dreid_plugin.teacher.clip_teacher import DEFAULT_TEACHER, IMAGENET_MEAN, IMAGENET_STD, CLIPTeacher
+from clip3dreid_plugin.teacher.clip_teacher import CLIPTeacher
+from clip3dreid_plugin.teacher.source import build_teacher
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CLIPZeroShot", "CLIPLinear", "clip_zeroshot", "clip_linear", "configure_clip_baselines",
-           "get_clip_baseline_settings"]
-
-_DEFAULTS: Dict[str, Any] = {
-    "model_name": DEFAULT_TEACHER,
-    "pretrained": None,
-    "resize_mode": "pad",
-    "norm_mean": IMAGENET_MEAN,
-    "norm_std": IMAGENET_STD,
-}
-_SETTINGS: Dict[str, Any] = dict(_DEFAULTS)
+__all__ = ["CLIPZeroShot", "CLIPLinear", "clip_zeroshot", "clip_linear"]
 
 
-def configure_clip_baselines(model_name: str = DEFAULT_TEACHER, pretrained: Optional[str] = None,
-                             resize_mode: str = "pad", norm_mean: Sequence[float] = IMAGENET_MEAN,
-                             norm_std: Sequence[float] = IMAGENET_STD) -> None:
-    """Sets the teacher used by ``clip_zeroshot``/``clip_linear`` when their factory gets no ``cfg``.
+def _teacher_from(cfg, pretrained: bool, model: str) -> CLIPTeacher:
+    if cfg is None:
+        from clip3dreid_plugin.config.defaults import get_cfg
 
-    Call it before ``torchreid.models.build_model`` (the train script does, from ``cfg.teacher``).
-
-    Args:
-        model_name: open_clip model name (``cfg.teacher.name``).
-        pretrained: local weights file or tag (``cfg.teacher.pretrained``); empty = random init.
-        resize_mode: ``pad`` | ``squash`` | ``crop`` (``cfg.teacher.resize_mode``).
-        norm_mean: the student pipeline's normalisation mean (``cfg.data.norm_mean``).
-        norm_std: the student pipeline's normalisation std (``cfg.data.norm_std``).
-    """
-    _SETTINGS.update(model_name=model_name, pretrained=pretrained or None, resize_mode=resize_mode,
-                     norm_mean=tuple(norm_mean), norm_std=tuple(norm_std))
-
-
-def get_clip_baseline_settings() -> Dict[str, Any]:
-    """A copy of the current module-level settings."""
-    return dict(_SETTINGS)
-
-
-def _teacher_from(cfg, use_gpu: bool, pretrained: bool, model: str) -> CLIPTeacher:
-    if cfg is not None:
-        s = dict(model_name=cfg.teacher.name, pretrained=cfg.teacher.pretrained or None,
-                 resize_mode=cfg.teacher.resize_mode, norm_mean=tuple(cfg.data.norm_mean),
-                 norm_std=tuple(cfg.data.norm_std))
-    else:
-        s = _SETTINGS
-    if pretrained and not s["pretrained"]:
+        cfg = get_cfg()
+    if pretrained and not cfg.teacher.pretrained:
         # torchreid's rule for pretrained=True: the weights or a clear error, never a silently random network.
         raise PretrainedWeightsError(
-            f"model.pretrained True: {model} needs CLIP weights for '{s['model_name']}', but teacher.pretrained is "
+            f"model.pretrained True: {model} needs CLIP weights for '{cfg.teacher.name}', but teacher.pretrained is "
             "empty; set teacher.pretrained to a local checkpoint (or an open_clip hub tag when online), or set "
             "model.pretrained False for a randomly initialised CLIP")
     # Built on the CPU like torchreid's models; the engine's .cuda()/.to() moves it (CLIPTeacher._apply).
-    return CLIPTeacher(s["model_name"], s["pretrained"], device="cpu", resize_mode=s["resize_mode"],
-                       student_mean=s["norm_mean"], student_std=s["norm_std"])
+    return build_teacher(cfg, device="cpu")
 
 
 class CLIPZeroShot(nn.Module):
@@ -145,11 +106,11 @@ def clip_zeroshot(num_classes: int, loss: str = "softmax", pretrained: bool = Tr
                   cfg=None, **kwargs) -> CLIPZeroShot:
     """torchreid factory: zero-shot CLIP retrieval (evaluation only).
 
-    The CLIP weights come from ``cfg.teacher.pretrained`` or :func:`configure_clip_baselines`. ``pretrained=True``
+    The CLIP weights come from ``cfg.teacher.pretrained``. ``pretrained=True``
     requires them (a :class:`~clip3dreid_plugin.models.imagenet.PretrainedWeightsError` otherwise);
     ``pretrained=False`` allows an empty setting, i.e. a random CLIP (tests, benchmarks).
     """
-    return CLIPZeroShot(_teacher_from(cfg, use_gpu, pretrained, "clip_zeroshot"))
+    return CLIPZeroShot(_teacher_from(cfg, pretrained, "clip_zeroshot"))
 
 
 def clip_linear(num_classes: int, loss: str = "softmax", pretrained: bool = True, use_gpu: bool = True,
@@ -158,4 +119,4 @@ def clip_linear(num_classes: int, loss: str = "softmax", pretrained: bool = True
 
     ``pretrained`` works as for :func:`clip_zeroshot`: ``True`` requires CLIP weights in ``teacher.pretrained``.
     """
-    return CLIPLinear(_teacher_from(cfg, use_gpu, pretrained, "clip_linear"), num_classes, loss=loss)
+    return CLIPLinear(_teacher_from(cfg, pretrained, "clip_linear"), num_classes, loss=loss)

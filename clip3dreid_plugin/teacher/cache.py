@@ -30,15 +30,16 @@ import logging
 import os
 import os.path as osp
 import re
-import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from clip3dreid_plugin.data.image_io import read_image
+from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.teacher.clip_teacher import gather_text_features
+from clip3dreid_plugin.utils.io import atomic_write
+from datasets_ext.image_io import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -132,12 +133,21 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def fingerprint_diff(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
-    """Human-readable list of the fingerprint entries that differ (``key: old -> new``)."""
+def fingerprint_diff(old: Dict[str, Any], new: Dict[str, Any], keys: Optional[Sequence[str]] = None) -> List[str]:
+    """Human-readable list of the fingerprint entries that differ (``key: old -> new``); empty when they agree.
+
+    The one way the plugin compares fingerprints (cache reuse, resumed partial caches, concatenation, run checks).
+
+    Args:
+        old: the stored fingerprint.
+        new: the wanted one.
+        keys: compare only these entries (default: every entry of either).
+    """
     out = []
-    for key in sorted(set(old) | set(new)):
+    for key in sorted(set(old) | set(new)) if keys is None else keys:
         if old.get(key) != new.get(key):
-            label = {"images": "image list (sha256)", "weights": "teacher weights"}.get(key, key)
+            label = {"images": "image list (sha256)", "weights": "teacher weights", "pairs": "descriptor pairs",
+                     "resize_mode": "resize mode", "template": "prompt template"}.get(key, key)
             out.append(f"{label}: {_short(old.get(key))} -> {_short(new.get(key))}")
     return out
 
@@ -156,19 +166,7 @@ def cache_file_path(cache_dir: str, dataset: str, teacher_name: str, weights_lab
 
 
 def _atomic_save(obj: Dict[str, Any], path: str) -> None:
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=osp.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda fh: torch.save(obj, fh), fsync=True)
 
 
 def _read(path: str) -> Dict[str, Any]:
@@ -263,7 +261,7 @@ class TeacherCache:
         keys = ("teacher", "weights", "pairs", "template", "resize_mode", "precision")
         ref = caches[0]
         for c in caches[1:]:
-            diff = fingerprint_diff({k: ref.fingerprint.get(k) for k in keys}, {k: c.fingerprint.get(k) for k in keys})
+            diff = fingerprint_diff(ref.fingerprint, c.fingerprint, keys)
             if diff or not torch.equal(ref.text_features, c.text_features):
                 raise TeacherCacheMismatchError(
                     f"teacher caches '{ref.source}' and '{c.source}' were made by different teachers: {'; '.join(diff)}"
@@ -362,20 +360,13 @@ class TeacherCache:
         Raises:
             TeacherCacheMismatchError: naming every mismatch (dataset, teacher, missing images, ...).
         """
-        fp = self.fingerprint
         problems = []
         if dataset is not None and self.dataset and dataset != self.dataset:
             problems.append(f"it was built for dataset '{self.dataset}', not '{dataset}'")
-        if teacher_name is not None and fp.get("teacher") != teacher_name:
-            problems.append(f"it was built by teacher '{fp.get('teacher')}', not '{teacher_name}'")
-        if weights_id is not None and fp.get("weights") != weights_id:
-            problems.append(f"teacher weights differ ({_short(fp.get('weights'))} vs {_short(weights_id)})")
-        if pairs is not None and fp.get("pairs") != [f"{a}|{b}" for a, b in pairs]:
-            problems.append("descriptor pairs differ")
-        if template is not None and fp.get("template") != template:
-            problems.append(f"prompt template differs ({_short(fp.get('template'))} vs {_short(template)})")
-        if resize_mode is not None and fp.get("resize_mode") != resize_mode:
-            problems.append(f"resize mode differs ({fp.get('resize_mode')} vs {resize_mode})")
+        wanted = {"teacher": teacher_name, "weights": weights_id, "template": template, "resize_mode": resize_mode,
+                  "pairs": None if pairs is None else [f"{a}|{b}" for a, b in pairs]}
+        wanted = {k: v for k, v in wanted.items() if v is not None}
+        problems += fingerprint_diff(self.fingerprint, wanted, list(wanted))
         if image_paths is not None:
             missing = [p for p in image_paths if p not in self]
             if missing:
@@ -413,8 +404,8 @@ def _load_partial(path: str, fingerprint: Dict[str, Any]) -> Optional[Dict[str, 
     except TeacherCacheError as err:
         logger.warning("ignoring unreadable partial teacher cache: %s", err)
         return None
-    if data.get("fingerprint") != fingerprint:
-        diff = fingerprint_diff(data.get("fingerprint") or {}, fingerprint)
+    diff = fingerprint_diff(data.get("fingerprint") or {}, fingerprint)
+    if diff:
         logger.warning("discarding partial teacher cache '%s' made for other inputs (%s)", path, "; ".join(diff))
         return None
     return data
@@ -447,9 +438,9 @@ def build_teacher_cache(teacher, image_paths: Sequence[str], cache_path: str, ba
     from clip3dreid_plugin.utils.progress import progress as progress_bar
 
     if on_stale not in ("rebuild", "error"):
-        raise ValueError(f"teacher.on_stale must be 'rebuild' or 'error', got '{on_stale}'")
+        raise ConfigError(f"teacher.on_stale must be 'rebuild' or 'error', got '{on_stale}'")
     if batch_size < 1:
-        raise ValueError(f"teacher.batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"teacher.batch_size must be >= 1, got {batch_size}")
     paths = canonical_paths(image_paths)
     if not paths:
         raise ValueError(f"no images to label for dataset '{dataset}'")
@@ -461,11 +452,11 @@ def build_teacher_cache(teacher, image_paths: Sequence[str], cache_path: str, ba
             old_fp = old.get("fingerprint") or {}
         except TeacherCacheError as err:
             old, old_fp = None, {"unreadable": str(err)}
-        if old is not None and old_fp == fp and "done" not in old:
+        diff = "; ".join(fingerprint_diff(old_fp, fp))
+        if old is not None and not diff and "done" not in old:
             logger.info("teacher cache '%s' is up to date (%d images)", cache_path, len(paths))
             return TeacherCache(old["paths"], old["features"], old["labels"], old["text_features"], old_fp,
                                 dataset=old.get("dataset", dataset), source=cache_path)
-        diff = "; ".join(fingerprint_diff(old_fp, fp))
         if on_stale == "error":
             raise TeacherCacheStaleError(f"teacher cache '{cache_path}' is stale: {diff}. Delete it or set "
                                          "teacher.on_stale rebuild")

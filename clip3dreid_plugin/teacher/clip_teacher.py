@@ -53,7 +53,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.teacher.descriptors import DESCRIPTOR_PAIRS, build_prompts, resolve_template
+from clip3dreid_plugin.utils.hashing import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +68,6 @@ __all__ = [
     "IMAGENET_STD",
     "descriptor_labels",
     "gather_text_features",
-    "file_sha256",
     "weights_label_for",
     "weights_id_for",
 ]
@@ -95,15 +96,6 @@ class TeacherLoadError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def file_sha256(path: str, chunk_size: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file, streamed in ``chunk_size`` blocks (ViT-L/14 is ~0.9 GB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk_size), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # (path, size, mtime_ns) -> digest, so labelling several datasets hashes the weights file once.
@@ -403,7 +395,7 @@ class CLIPTeacher(nn.Module):
         import open_clip
 
         if resize_mode not in RESIZE_MODES:
-            raise ValueError(f"teacher.resize_mode must be one of {sorted(RESIZE_MODES)}, got '{resize_mode}'")
+            raise ConfigError(f"teacher.resize_mode must be one of {sorted(RESIZE_MODES)}, got '{resize_mode}'")
         if isinstance(device, str) and device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(device)

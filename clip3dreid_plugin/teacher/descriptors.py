@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
 
+from clip3dreid_plugin.config.loader import ConfigError
+
 __all__ = ["DESCRIPTOR_PAIRS", "PROMPT_TEMPLATE", "build_prompts", "parse_pairs", "resolve_template"]
 
 #: The 16 pairs of opposite phrases of Table 1, in the paper's order: ``(phrase 1, phrase 2)``.
@@ -48,7 +50,7 @@ def resolve_template(template: Optional[str]) -> str:
     if not template:
         return PROMPT_TEMPLATE
     if not isinstance(template, str) or "{}" not in template:
-        raise ValueError(
+        raise ConfigError(
             f"teacher.prompt_template must contain '{{}}' where the phrase goes, got {template!r} "
             f"(the paper's template is {PROMPT_TEMPLATE!r})"
         )
@@ -73,7 +75,7 @@ def build_prompts(pairs: Sequence[Tuple[str, str]] = DESCRIPTOR_PAIRS,
     out: List[str] = []
     for m, pair in enumerate(pairs):
         if len(pair) != 2 or not all(isinstance(p, str) and p.strip() for p in pair):
-            raise ValueError(f"teacher.descriptor_pairs entry {m} must be two non-empty phrases, got {pair!r}")
+            raise ConfigError(f"teacher.descriptor_pairs entry {m} must be two non-empty phrases, got {pair!r}")
         out.extend(template.format(p.strip()) for p in pair)
     return out
 
@@ -94,13 +96,13 @@ def parse_pairs(cfg_list: Optional[Sequence[str]]) -> Tuple[Tuple[str, str], ...
     if not cfg_list:
         return DESCRIPTOR_PAIRS
     if isinstance(cfg_list, str):
-        raise ValueError(f"teacher.descriptor_pairs must be a list like ['Tall|Short', ...], got the string "
-                         f"{cfg_list!r}")
+        raise ConfigError(f"teacher.descriptor_pairs must be a list like ['Tall|Short', ...], got the string "
+                          f"{cfg_list!r}")
     pairs = []
     for i, entry in enumerate(cfg_list):
         parts = entry.split("|") if isinstance(entry, str) else []
         if len(parts) != 2 or not all(p.strip() for p in parts):
-            raise ValueError(
+            raise ConfigError(
                 f"teacher.descriptor_pairs entry {i} must be 'first phrase|second phrase' (exactly two non-empty "
                 f"phrases separated by '|'), got {entry!r}"
             )

@@ -19,6 +19,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from yacs.config import CfgNode as CN
 
+from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.data.frames import item_image_paths
 from clip3dreid_plugin.teacher.cache import TeacherCache, cache_file_path
 from clip3dreid_plugin.teacher.clip_teacher import CLIPTeacher, weights_id_for, weights_label_for
@@ -110,7 +111,7 @@ def build_teacher_source(cfg: CN, datasets: Sequence[Tuple[str, Sequence[str]]],
     if mode == "online":
         return OnlineTeacherSource(build_teacher(cfg, device))
     if mode != "cache":
-        raise ValueError(f"teacher.mode must be cache, online or none, got '{mode}'")
+        raise ConfigError(f"teacher.mode must be cache, online or none, got '{mode}'")
     t = cfg.teacher
     label = weights_label_for(t.pretrained or None, t.name)
     # The file name only carries the weights' stem; the hash catches a replaced file of the same name.

@@ -133,9 +133,7 @@ def clip3dreid_step(cfg, num_pids: int, batch: dict, source, device: torch.devic
     with_3d = synthetic is not None
     engine = CLIP3DReIDEngine(_FakeDataManager(num_pids), model, _adam(model), teacher=source,
                               switches=LossSwitches(use_3d=with_3d), ot_loss=OTLoss(), use_gpu=device.type == "cuda",
-                              synthetic=synthetic, shape_loss=shape_loss if with_3d else None)
-    engine.channels_last = nhwc
-    engine.setup_plugin()
+                              synthetic=synthetic, shape_loss=shape_loss if with_3d else None, channels_last=nhwc)
     model.train()
     return _step(engine, batch)
 

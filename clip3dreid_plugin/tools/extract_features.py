@@ -45,8 +45,8 @@ def list_images(folder: str) -> List[str]:
 def extract(model: torch.nn.Module, paths: Sequence[str], transform, batch_size: int = 64, flip: bool = False,
             normalize: bool = True, device: str = "cpu") -> np.ndarray:
     """Eval-mode features ``[N, D]`` of ``paths`` (``f(x) + f(flip(x))`` with ``flip``)."""
-    from clip3dreid_plugin.data.image_io import read_image
     from clip3dreid_plugin.utils.progress import progress
+    from datasets_ext.image_io import read_image
 
     model = model.to(device).eval()
     feats = []

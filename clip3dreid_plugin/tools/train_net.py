@@ -20,7 +20,7 @@ from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings
 
 logger = logging.getLogger("clip3dreid")
 
-__all__ = ["main", "build_parser", "setup_cfg", "build", "run", "USER_ERRORS"]
+__all__ = ["main", "build_parser", "setup_cfg", "build", "run", "error_line", "user_error_types"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,15 +60,43 @@ def setup_cfg(args: argparse.Namespace):
     return cfg
 
 
-def _user_errors() -> tuple:
+def user_error_types() -> tuple:
+    """The project's own error types: their message names the cause, so one line is all a user needs.
+
+    Anything else (a shape bug in model code, a failed assertion) keeps its traceback.
+    """
+    from clip3dreid_plugin.body.poses import PoseFileError
+    from clip3dreid_plugin.body.render import HeadlessGLError
+    from clip3dreid_plugin.body.smpl_io import BodyModelError
+    from clip3dreid_plugin.body.synthetic_set import SyntheticSetError
     from clip3dreid_plugin.config import ConfigError
-    from clip3dreid_plugin.data.image_io import ImageReadError
+    from clip3dreid_plugin.data.synthcc import SynthCCError
+    from clip3dreid_plugin.teacher.cache import TeacherCacheError, TeacherCacheMissError
+    from clip3dreid_plugin.teacher.clip_teacher import TeacherLoadError
     from datasets_ext.base import DatasetLayoutError
+    from datasets_ext.image_io import ImageReadError
 
-    return (ConfigError, DatasetLayoutError, ImageReadError, FileNotFoundError, RuntimeError, ValueError, KeyError)
+    return (ConfigError, DatasetLayoutError, ImageReadError, TeacherCacheError, TeacherCacheMissError,
+            TeacherLoadError, BodyModelError, PoseFileError, HeadlessGLError, SyntheticSetError, SynthCCError,
+            FileNotFoundError)
 
 
-USER_ERRORS = _user_errors
+def error_line(err: BaseException) -> Optional[str]:
+    """The one-line message for a user error or a CUDA out-of-memory, else None (the traceback is kept)."""
+    import torch
+
+    if isinstance(err, torch.OutOfMemoryError):
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "out of memory"
+        return (f"{first}; lower train.batch_size (and test.batch_size), or train in mixed precision with "
+                "runtime.amp bf16|fp16 (--amp)")
+    if not isinstance(err, user_error_types()):
+        return None
+    # One line naming the cause; a DataLoader worker wraps the original message with its traceback.
+    lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+    msg = lines[-1] if lines else type(err).__name__
+    return msg.strip("'\"") if isinstance(err, KeyError) else msg
+
+
 
 
 def build(cfg):
@@ -82,10 +110,10 @@ def build(cfg):
 
     import clip3dreid_plugin
     from clip3dreid_plugin import compat
-    from clip3dreid_plugin.config import lr_scheduler_kwargs, optimizer_kwargs
+    from clip3dreid_plugin.config import ConfigError, lr_scheduler_kwargs, optimizer_kwargs
     from clip3dreid_plugin.data.build import build_datamanager
-    from clip3dreid_plugin.engine.build import build_engine
     from clip3dreid_plugin.data.samplers import DistributedIdentitySampler
+    from clip3dreid_plugin.engine.build import build_engine
     from clip3dreid_plugin.models import MODEL_FACTORIES
     from clip3dreid_plugin.models.build import build_model
     from clip3dreid_plugin.utils import distributed as dist_utils
@@ -120,7 +148,7 @@ def build(cfg):
         optimizer = torchreid.optim.build_optimizer(model, **optimizer_kwargs(cfg))
         scheduler = torchreid.optim.build_lr_scheduler(optimizer, **lr_scheduler_kwargs(cfg))
     elif not cfg.test.evaluate:
-        raise ValueError(f"model '{cfg.model.name}' has no trainable parameter: run it with --eval-only")
+        raise ConfigError(f"model '{cfg.model.name}' has no trainable parameter: run it with --eval-only")
     train_model = model
     if cfg.runtime.compile:
         train_model = torch.compile(model)
@@ -130,7 +158,6 @@ def build(cfg):
             train_model, device_ids=[device.index] if use_gpu else None,
             find_unused_parameters=cfg.model.name in MODEL_FACTORIES)
     engine = build_engine(cfg, datamanager, train_model, optimizer, scheduler, use_gpu, is_main=(rank == 0))
-    engine.channels_last = cfg.runtime.channels_last
     return engine
 
 
@@ -166,7 +193,8 @@ def run(cfg) -> dict:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; returns the process exit code (2 for a user error, with a one-line message).
 
-    Set ``CLIP3DREID_DEBUG=1`` to get the full traceback instead of the one-line message.
+    A user error (:func:`user_error_types`) or a CUDA out-of-memory ends in one line; any other exception keeps its
+    traceback. Set ``CLIP3DREID_DEBUG=1`` to get the traceback of user errors too.
     """
     quiet_torchreid_warnings()
     args = build_parser().parse_args(argv)
@@ -183,14 +211,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 f.write(cfg.dump())
             logger.info("config written to %s", osp.join(save_dir, "config.yaml"))
         run(cfg)
-    except USER_ERRORS() as err:
-        if os.environ.get("CLIP3DREID_DEBUG") == "1":
+    except Exception as err:
+        msg = error_line(err)
+        if msg is None or os.environ.get("CLIP3DREID_DEBUG") == "1":
             raise
-        # One line naming the cause; a DataLoader worker wraps the original message with its traceback.
-        lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
-        msg = lines[-1] if lines else type(err).__name__
-        if isinstance(err, KeyError):
-            msg = msg.strip("'\"")
         rank = int(os.environ.get("RANK", "0"))  # under torchrun every rank fails alike: say which line is whose
         print(f"error: {msg}" if rank == 0 else f"error (rank {rank}): {msg}", file=sys.stderr)
         return 2

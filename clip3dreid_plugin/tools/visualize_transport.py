@@ -73,9 +73,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from PIL import Image
 
     from clip3dreid_plugin.config import ConfigError
-    from clip3dreid_plugin.data.image_io import ImageReadError, read_image
     from clip3dreid_plugin.teacher.source import build_teacher
     from clip3dreid_plugin.tools.common import eval_transform, load_student, start_cli
+    from datasets_ext.image_io import ImageReadError, read_image
 
     start_cli()
     try:

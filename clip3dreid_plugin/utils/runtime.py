@@ -11,6 +11,8 @@ import warnings
 import numpy as np
 import torch
 
+from clip3dreid_plugin.config.loader import ConfigError
+
 __all__ = ["setup_logging", "set_seed", "resolve_device", "quiet_torchreid_warnings"]
 
 
@@ -57,7 +59,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was requested but torch sees no CUDA device; use --device cpu")
+        raise ConfigError("--device cuda was requested but torch sees no CUDA device; use --device cpu")
     if name not in ("cpu",) and not name.startswith("cuda"):
-        raise ValueError(f"unknown device '{name}' (use auto, cpu or cuda)")
+        raise ConfigError(f"unknown device '{name}' (use auto, cpu or cuda)")
     return torch.device(name)

@@ -1,0 +1,38 @@
+"""Random-number streams and states: seeded independent generators, and the process state a resume restores."""
+from __future__ import annotations
+
+import random
+from typing import List
+
+import numpy as np
+import torch
+
+__all__ = ["spawn_rngs", "rng_state", "set_rng_state"]
+
+
+def spawn_rngs(seed: int, n: int) -> List[np.random.Generator]:
+    """``n`` independent NumPy generators from one seed.
+
+    Each consumer draws from its own stream, so drawing more from one (more cameras, more poses) leaves the
+    others' values unchanged.
+    """
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(n)]
+
+
+def rng_state() -> dict:
+    """Python, NumPy and torch CPU RNG states, so a resumed run draws the same batches."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restores a state written by :func:`rng_state`."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
