@@ -120,7 +120,7 @@ class CelebReIDLight(CelebStyleDataset):
 class CelebReIDBlur(CelebStyleDataset):
     """Celeb-reID with faces Gaussian-blurred: ``Celeb-reID-blur/`` (same layout and names).
 
-    Build it with ``scripts/blur_faces.py --src ROOT/Celeb-reID --dst ROOT/Celeb-reID-blur``.
+    Build it with ``clip3dreid-blur-faces --src ROOT/Celeb-reID --dst ROOT/Celeb-reID-blur``.
     """
 
     dataset_dir = "Celeb-reID-blur"

@@ -1,4 +1,4 @@
-"""synthcc: the generated cloth-changing benchmark (identity = body shape), built by ``scripts/build_synthcc.py``."""
+"""synthcc: the generated cloth-changing benchmark (identity = body shape), built by ``clip3dreid-build-synthcc``."""
 from __future__ import annotations
 
 from datasets_ext.ltcc import LTCC
@@ -29,6 +29,6 @@ class SynthCC(LTCC):
     dataset_dir = "synthcc"
     eval_protocols = ("general", "sc", "cc")
     camera_rule = "camid = c<cam> - 1 from the file name (camid 0 = query camera of the test split)"
-    display_name = "SynthCC (build it with scripts/build_synthcc.py)"
+    display_name = "SynthCC (build it with clip3dreid-build-synthcc)"
     gallery_folder = "gallery"
     name_hint = "'<pid>_<outfit>_c<cam>_<k>.png'"

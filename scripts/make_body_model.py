@@ -1,41 +1,8 @@
 #!/usr/bin/env python
-"""Writes the license-free procedural body model in SMPL's file format (for the offline quickstart).
-
-Example::
-
-    python scripts/make_body_model.py --out body_models            # ~1000 vertices
-    python scripts/make_body_model.py --out body_models_6890 --num-vertices 6890
-
-Creates ``OUT/smpl/SMPL_{NEUTRAL,MALE,FEMALE}.pkl``; pass ``OUT`` as ``body.model_dir`` or
-``--body-model``. It is a mannequin on SMPL's skeleton with ten SMPL-like shape directions (see
-``clip3dreid_plugin/body/procedural.py``), not SMPL: for the paper's setting use the official SMPL
-files (https://smpl.is.tue.mpg.de).
-"""
-from __future__ import annotations
-
-import argparse
-import logging
+"""Wrapper of ``clip3dreid_plugin.tools.make_body_model`` (installed as ``clip3dreid-make-body-model``)."""
 import sys
-from typing import Optional, Sequence
 
-from clip3dreid_plugin.body.procedural import write_procedural_smpl
-
-logger = logging.getLogger("make_body_model")
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="root folder; files go to OUT/smpl/")
-    parser.add_argument("--num-vertices", type=int, default=1000, help="approximate vertices per mesh")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    if args.num_vertices < 300:
-        logger.error("--num-vertices must be at least 300 (got %d)", args.num_vertices)
-        return 2
-    write_procedural_smpl(args.out, num_vertices=args.num_vertices)
-    return 0
-
+from clip3dreid_plugin.tools.make_body_model import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,10 +2,9 @@
 pose pool, synthetic plan/metadata and 3D shape evaluation (no rendering here; see test_render.py)."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
-import os.path as osp
 import pickle
 import sys
 import types
@@ -33,7 +32,6 @@ from clip3dreid_plugin.body.smpl_io import BodyModelError, load_body_model, read
 from clip3dreid_plugin.body.synthetic import make_plan, read_synthetic_meta, sample_subjects, write_synthetic_meta
 from clip3dreid_plugin.teacher.descriptors import DESCRIPTOR_PAIRS
 
-SCRIPTS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "scripts")
 
 PAPER_PAIRS = [
     ("Muscular", "Slender"), ("Broad-Shouldered", "Narrow-Shouldered"), ("Heavyset", "Petite"), ("Tall", "Short"),
@@ -45,12 +43,8 @@ PAPER_PAIRS = [
 
 
 def load_script(name: str):
-    """Imports ``scripts/<name>.py`` as a module (scripts are not a package)."""
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", osp.join(SCRIPTS, f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    """The command-line tool ``clip3dreid_plugin.tools.<name>`` (``scripts/<name>.py`` wraps it)."""
+    return importlib.import_module(f"clip3dreid_plugin.tools.{name}")
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +182,7 @@ def test_missing_model_gives_instructions(tmp_path):
         load_body_model(str(tmp_path / "nowhere"), "female")
     msg = str(err.value)
     assert "https://smpl.is.tue.mpg.de" in msg and "SMPL_FEMALE.pkl" in msg and "smpl/" in msg
-    assert "make_body_model.py" in msg
+    assert "clip3dreid-make-body-model --out" in msg  # the installed command, not a path into the checkout
     with pytest.raises(BodyModelError, match="body.model_dir is empty"):
         load_body_model("", "neutral")
 

@@ -282,7 +282,7 @@ def _video_argv(root, name, weights, cache_dir, out, *extra):
 def test_video_clips_train_as_frames_with_their_own_teacher_entries(clip_setup, tmp_path):
     """data.type video: the cache labels every training frame, a clip batch trains as its frames (each looked up
     under its own path, with its clip's identity), and the train script runs and evaluates CCVID's protocols."""
-    import importlib.util
+    import importlib
 
     from fixtures.dataset_trees import make_ccvid
 
@@ -290,10 +290,7 @@ def test_video_clips_train_as_frames_with_their_own_teacher_entries(clip_setup, 
     root, cache_dir = str(tmp_path / "data"), str(tmp_path / "cache")
     make_ccvid(root)
     argv = _video_argv(root, name, weights, cache_dir, str(tmp_path / "run"))
-    script_path = osp.join(REPO, "scripts", "label_descriptors.py")
-    spec = importlib.util.spec_from_file_location("label_descriptors", script_path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = importlib.import_module("clip3dreid_plugin.tools.label_descriptors")
     cfg = _cfg(*argv)
     frames = script.training_image_paths("ccvid", cfg)
     # make_ccvid's three training tracklets have 3 + 2 + 4 frames.

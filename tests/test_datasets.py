@@ -1,13 +1,12 @@
 """Cloth-changing dataset loaders, their registration, and the dataset scripts (offline, CPU, tiny trees)."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import logging
 import os
 import os.path as osp
 import shutil
-import sys
 import zipfile
 
 import numpy as np
@@ -25,17 +24,12 @@ from datasets_ext.ccvid import CCVID
 from datasets_ext.ltcc import LTCC
 from datasets_ext.video_base import sample_frame_indices
 
-SCRIPTS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "scripts")
 ROOT_NAME = "my_c1_data_2"  # underscores, digits and "_c": loaders must parse basenames only
 
 
 def load_script(name: str):
-    """Imports ``scripts/<name>.py`` as a module (scripts are not a package)."""
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", osp.join(SCRIPTS, f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the script executes
-    spec.loader.exec_module(mod)
-    return mod
+    """The command-line tool ``clip3dreid_plugin.tools.<name>`` (``scripts/<name>.py`` wraps it)."""
+    return importlib.import_module(f"clip3dreid_plugin.tools.{name}")
 
 
 @pytest.fixture(scope="module")

@@ -37,3 +37,11 @@ def test_quickstart_runs_every_step_and_the_baseline_beats_chance(tmp_path):
     paths, labels = synthcc_ground_truth(osp.join(work, "data"))
     cache = TeacherCache.load(glob.glob(osp.join(work, "teacher_cache", "synthcc__*.pt"))[0])
     assert (cache.lookup(paths)[1] == labels).all()
+
+
+def test_quickstart_refuses_too_few_identities_for_the_sampler(tmp_path, capsys):
+    from clip3dreid_plugin.tools import quickstart
+
+    assert quickstart.main(["--work-dir", str(tmp_path / "qs"), "--num-ids", "4"]) == 2
+    assert "--num-ids must be at least 16" in capsys.readouterr().out
+    assert not (tmp_path / "qs" / "data").exists()  # refused before building anything

@@ -1,7 +1,7 @@
 """Headless rendering of synthetic bodies (CPU, EGL/llvmpipe or OSMesa) and the synthetic-set script."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import os.path as osp
 import subprocess
@@ -102,10 +102,7 @@ def test_resume_renders_only_missing_images(model_root, tmp_path):
 
 
 def test_render_script(model_root, tmp_path):
-    spec = importlib.util.spec_from_file_location("_script_render_synthetic",
-                                                  osp.join(REPO, "scripts", "render_synthetic.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = importlib.import_module("clip3dreid_plugin.tools.render_synthetic")
     out = tmp_path / "set"
     rc = mod.main(["--body-model", model_root, "--num-female", "1", "--num-male", "1", "--poses-per-subject", "1",
                    "--out", str(out), "--height", "128", "--width", "64", "--ext", "jpg", "--no-progress"])

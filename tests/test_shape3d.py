@@ -177,7 +177,7 @@ def test_3d_term_trains_with_video_clips(tmp_path, body_dir, synthetic_dir):
 
 
 def test_eval_shape_reconstructs_from_images(tmp_path, body_dir, synthetic_dir):
-    import importlib.util
+    import importlib
     import json
 
     import numpy as np
@@ -186,9 +186,7 @@ def test_eval_shape_reconstructs_from_images(tmp_path, body_dir, synthetic_dir):
     from clip3dreid_plugin.config import load_config
     from clip3dreid_plugin.models.build import build_inference_model
 
-    spec = importlib.util.spec_from_file_location("_eval_shape", osp.join(REPO, "scripts", "eval_shape.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = importlib.import_module("clip3dreid_plugin.tools.eval_shape")
     opts = ["clip3dreid.local_dim", "32", "clip3dreid.agg_hidden_dim", "16", "clip3dreid.head_hidden_dim", "16",
             "model.pretrained", "False", "data.height", "64", "data.width", "32"]
     torch.manual_seed(0)

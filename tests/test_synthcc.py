@@ -1,10 +1,9 @@
 """synthcc: the generated cloth-changing benchmark (generator, loader, script, evaluator protocols)."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import os.path as osp
-import sys
 from collections import Counter
 
 import numpy as np
@@ -166,11 +165,7 @@ def test_missing_folder_and_bad_arguments(tmp_path, body_dir):
 
 
 def test_script_builds_the_same_set(built, body_dir, tmp_path):
-    path = osp.join(REPO, "scripts", "build_synthcc.py")
-    spec = importlib.util.spec_from_file_location("_script_build_synthcc", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
+    mod = importlib.import_module("clip3dreid_plugin.tools.build_synthcc")
     out = str(tmp_path / "data")
     argv = ["--root", out, "--body-model", body_dir, "--num-ids", "6", "--outfits-per-id", "2", "--num-cameras", "2",
             "--poses-per-view", "1", "--height", "64", "--width", "32", "--seed", "0", "--no-progress"]

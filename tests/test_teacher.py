@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import csv
-import importlib.util
+import importlib
 import os.path as osp
 import time
 
@@ -395,11 +395,7 @@ def test_cache_file_name_and_concat(teacher, images, tmp_path):
 
 
 def _load_script():
-    path = osp.join(REPO, "scripts", "label_descriptors.py")
-    spec = importlib.util.spec_from_file_location("label_descriptors", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("clip3dreid_plugin.tools.label_descriptors")
 
 
 def _toy_config(tmp_path, root, tiny):

@@ -52,7 +52,7 @@ SMPL_HELP = (
     "      SMPL_NEUTRAL.pkl   (basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl)\n"
     "      SMPL_MALE.pkl      (basicmodel_m_lbs_10_207_0_v1.1.0.pkl)\n"
     "      SMPL_FEMALE.pkl    (basicmodel_f_lbs_10_207_0_v1.1.0.pkl)\n"
-    "then set body.model_dir=<model_dir>. Without SMPL, `python scripts/make_body_model.py --out <model_dir>` "
+    "then set body.model_dir=<model_dir>. Without SMPL, `clip3dreid-make-body-model --out <model_dir>` "
     "writes a license-free procedural body in the same format (not SMPL's shape space)."
 )
 

@@ -190,7 +190,7 @@ def read_synthetic_meta(path: str) -> Dict[str, Any]:
         path = osp.join(path, META_NAME)
     if not osp.isfile(path):
         raise FileNotFoundError(f"synthetic-set metadata {path} does not exist; render the set with "
-                                "scripts/render_synthetic.py")
+                                "clip3dreid-render-synthetic")
     out: Dict[str, Any] = {}
     with np.load(path, allow_pickle=False) as data:
         for k in data.files:

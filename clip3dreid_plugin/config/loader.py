@@ -9,13 +9,42 @@ from yacs.config import CfgNode as CN
 
 from clip3dreid_plugin.config.defaults import get_cfg
 
-__all__ = ["ConfigError", "load_config", "load_yaml_with_base"]
+__all__ = ["ConfigError", "load_config", "load_yaml_with_base", "recipe_dirs", "resolve_config_file"]
 
 BASE_KEY = "_BASE_"
 
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the file and key."""
+
+
+def recipe_dirs() -> List[str]:
+    """Folders holding the recipes: the installed copy, and in a source checkout its top-level ``configs/``."""
+    package = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    # setup.py installs configs/ as clip3dreid_plugin/configs; an editable install or a checkout reads configs/.
+    found = []
+    for folder in (osp.join(package, "configs"), osp.join(osp.dirname(package), "configs")):
+        if osp.isfile(osp.join(folder, "_base_", "reid_base.yaml")) and folder not in found:
+            found.append(folder)
+    return found
+
+
+def resolve_config_file(name: str) -> str:
+    """``name`` as a path when that file exists, else a recipe name such as ``ltcc/clip3dreid_r50_vitl14_384x192``
+    (``.yaml`` optional) looked up in :func:`recipe_dirs`.
+
+    Raises:
+        ConfigError: neither a file nor a recipe (the message lists where it looked).
+    """
+    if osp.isfile(name):
+        return name
+    for folder in recipe_dirs():
+        for candidate in (name, name + ".yaml"):
+            path = osp.join(folder, candidate)
+            if osp.isfile(path):
+                return path
+    raise ConfigError(f"config file not found: '{name}' is neither a file nor a recipe under "
+                      f"{recipe_dirs() or 'the installed recipes (none found)'}")
 
 
 def _deep_merge(base: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, Any]:
@@ -72,12 +101,16 @@ def _check_keys(node: CN, data: Dict[str, Any], source: str, prefix: str = "") -
 def load_config(config_file: Optional[str] = None, opts: Sequence[str] = ()) -> CN:
     """Builds the full config: defaults, then ``config_file`` (with bases), then ``KEY VALUE`` opts.
 
+    Args:
+        config_file: a YAML path, or a recipe name (see :func:`resolve_config_file`); empty for the defaults.
+        opts: ``KEY VALUE`` overrides.
+
     Raises:
         ConfigError: a file is missing or malformed, or a key is unknown (named in the message).
     """
     cfg = get_cfg()
     if config_file:
-        data = load_yaml_with_base(config_file)
+        data = load_yaml_with_base(resolve_config_file(config_file))
         _check_keys(cfg, data, f"'{config_file}'")
         try:
             cfg.merge_from_other_cfg(CN(data))

@@ -319,7 +319,7 @@ def read_synthcc_meta(root: str) -> Dict[str, Any]:
             return json.load(fh)
     except FileNotFoundError as exc:
         raise SynthCCError(f"synthcc metadata '{path}' does not exist; build the set with "
-                           f"`python scripts/build_synthcc.py --root {osp.dirname(dataset_dir)}`") from exc
+                           f"`clip3dreid-build-synthcc --root {osp.dirname(dataset_dir)}`") from exc
     except (OSError, ValueError) as exc:
         raise SynthCCError(f"synthcc metadata '{path}' is unreadable ({type(exc).__name__}: {exc}); "
                            "rebuild the set") from exc

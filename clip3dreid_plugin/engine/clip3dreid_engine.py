@@ -71,7 +71,7 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         optimizer: torchreid optimizer.
         scheduler: torchreid LR scheduler or None.
         use_gpu: train on CUDA.
-        teacher: a teacher-cache file (``scripts/label_descriptors.py``), a frozen ``CLIPTeacher`` (run on every
+        teacher: a teacher-cache file (``clip3dreid-label``), a frozen ``CLIPTeacher`` (run on every
             batch), or a teacher source with ``lookup(paths, imgs) -> (g [B,d], labels [B,M])`` and
             ``gather_text(labels [B,M]) -> H [B,M,d]`` (see ``clip3dreid_plugin.teacher.source``). Needed when
             L_OT, L_global or the 3D term is on.

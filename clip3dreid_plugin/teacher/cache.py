@@ -61,7 +61,7 @@ __all__ = [
 
 CACHE_FORMAT = 1
 PARTIAL_SUFFIX = ".partial"
-REBUILD_HINT = "rebuild it with: python scripts/label_descriptors.py --config-file CFG (teacher.on_stale rebuild)"
+REBUILD_HINT = "rebuild it with: clip3dreid-label --config-file CFG (teacher.on_stale rebuild)"
 
 
 class TeacherCacheError(RuntimeError):
@@ -240,7 +240,7 @@ class TeacherCache:
         """
         if not osp.isfile(path):
             raise FileNotFoundError(f"teacher cache not found: '{path}'; build it with "
-                                    "python scripts/label_descriptors.py --config-file CFG")
+                                    "clip3dreid-label --config-file CFG")
         data = _read(path)
         if "done" in data:
             raise TeacherCacheError(f"'{path}' is an unfinished (partial) teacher cache; {REBUILD_HINT}")

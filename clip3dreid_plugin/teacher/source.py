@@ -98,7 +98,7 @@ def build_teacher_source(cfg: CN, datasets: Sequence[Tuple[str, Sequence[str]]],
     Args:
         cfg: full config.
         datasets: ``(name, training image paths)`` of every source dataset; in cache mode each must
-            have a cache built by ``scripts/label_descriptors.py`` holding all its images.
+            have a cache built by ``clip3dreid-label`` holding all its images.
         device: device of the online teacher.
 
     Raises:

@@ -1,4 +1,4 @@
-"""Throughput benchmark, all on one device in one run (``scripts/benchmark.py``).
+"""Throughput benchmark, all on one device in one run (``clip3dreid-benchmark``).
 
 Measures, with medians over repeats after warm-up:
 
@@ -119,7 +119,7 @@ def _synthetic_3d(body_dir: str, synthetic_dir: str, bs: int, h: int, w: int, ra
 
 def clip3dreid_step(cfg, num_pids: int, batch: dict, source, device: torch.device, nhwc: bool,
                     synthetic=None, shape_loss=None) -> Callable[[], None]:
-    """One CLIP3DReID training step on ``batch``, built as ``scripts/train.py`` builds it (Adam, NHWC when asked).
+    """One CLIP3DReID training step on ``batch``, built as ``clip3dreid-train`` builds it (Adam, NHWC when asked).
 
     With ``synthetic`` (a batch stream) and ``shape_loss`` the step includes the 3D term.
     """
@@ -279,7 +279,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--eval-size", type=int, nargs=2, default=[2000, 20000], metavar=("Q", "G"))
     p.add_argument("--torchreid-eval-repeats", type=int, default=1)
     p.add_argument("--body-model", default="", help="with --synthetic-dir: also time a step with the 3D term")
-    p.add_argument("--synthetic-dir", default="", help="a rendered synthetic set (scripts/render_synthetic.py)")
+    p.add_argument("--synthetic-dir", default="", help="a rendered synthetic set (clip3dreid-render-synthetic)")
     p.add_argument("--synthetic-ratio", type=float, default=0.25)
     p.add_argument("--json", default="", help="write the results as JSON")
     args = p.parse_args(argv)

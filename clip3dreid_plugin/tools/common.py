@@ -1,4 +1,4 @@
-"""What the inference-side command-line tools share: logging set-up, the student and its test transform."""
+"""What the command-line tools share: logging set-up, and for the inference tools the student and its transform."""
 from __future__ import annotations
 
 from typing import Callable, Sequence, Tuple
@@ -9,12 +9,13 @@ from yacs.config import CfgNode
 __all__ = ["start_cli", "load_student", "eval_transform"]
 
 
-def start_cli() -> None:
-    """Console logging, and torchreid's import-time warnings silenced (they are not the user's problem)."""
+def start_cli(stream=None) -> None:
+    """Console logging (to ``stream``, default stdout), and torchreid's import-time warnings silenced (they are not
+    the user's problem). Every command of the plugin starts with it or with ``setup_logging`` and a log file."""
     from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings, setup_logging
 
     quiet_torchreid_warnings()
-    setup_logging()
+    setup_logging(stream=stream)
 
 
 def load_student(config_file: str, opts: Sequence[str], weights: str) -> Tuple[CfgNode, torch.nn.Module]:

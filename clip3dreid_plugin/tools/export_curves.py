@@ -1,4 +1,4 @@
-"""Training curves from TensorBoard event files as CSV (``scripts/export_curves.py``).
+"""Training curves from TensorBoard event files as CSV (``clip3dreid-export-curves``).
 
 ``tensorboard --logdir log/`` shows the curves interactively; this writes them as
 ``tag,step,value`` rows for papers and spreadsheets.

@@ -1,8 +1,8 @@
-"""ONNX export of a trained model's eval path, with a parity check (``scripts/export_onnx.py``).
+"""ONNX export of a trained model's eval path, with a parity check (``clip3dreid-export-onnx``).
 
 Usage::
 
-    python scripts/export_onnx.py --config-file CFG --weights CKPT --output model.onnx [KEY VALUE ...]
+    clip3dreid-export-onnx --config-file CFG --weights CKPT --output model.onnx [KEY VALUE ...]
 
 The graph maps ``images [B, 3, H, W]`` (dynamic batch) to ``features [B, D]``. The export is then run
 with onnxruntime on a random batch and compared with PyTorch; the maximum absolute difference is

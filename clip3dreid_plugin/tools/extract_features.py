@@ -1,8 +1,8 @@
-"""Features of every image in a folder, saved as ``.npy`` (``scripts/extract_features.py``).
+"""Features of every image in a folder, saved as ``.npy`` (``clip3dreid-extract-features``).
 
 Usage::
 
-    python scripts/extract_features.py --config-file CFG --weights log/.../model-best.pth.tar \
+    clip3dreid-extract-features --config-file CFG --weights log/.../model-best.pth.tar \
         --input DIR --output feats.npy [--flip] [KEY VALUE ...]
 
 Writes ``feats.npy`` (``[N, D]`` float32, L2-normalised unless ``--no-normalize``) and

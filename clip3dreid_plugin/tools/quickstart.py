@@ -25,10 +25,10 @@ logger = logging.getLogger("clip3dreid.quickstart")
 
 __all__ = ["main", "results_table", "label_descriptors_for_quickstart"]
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CHANCE_DRAWS = 200  # random rankings averaged for the chance row (standard error well under a point)
-BASELINE_CFG = osp.join(REPO, "configs", "synthcc", "resnet50_baseline_128x64.yaml")
-CLIP3DREID_CFG = osp.join(REPO, "configs", "synthcc", "clip3dreid_r50_vitb32_128x64.yaml")
+# Recipe names, found among the installed recipes (or a checkout's configs/) from any folder.
+BASELINE_CFG = "synthcc/resnet50_baseline_128x64"
+CLIP3DREID_CFG = "synthcc/clip3dreid_r50_vitb32_128x64"
 
 
 def results_table(results: Dict[str, Dict[str, Dict[str, float]]], dataset: str) -> str:
@@ -107,6 +107,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cc_opts = common + ["body.model_dir", body_dir, "body.synthetic_dir", syn_dir, "teacher.cache_dir", cache_dir,
                         "teacher.pretrained", args.clip_weights]
     cfg = load_config(CLIP3DREID_CFG, cc_opts)
+    # Half of synthcc's identities train, and the identity sampler needs batch_size / num_instances of them.
+    min_ids = 2 * cfg.train.batch_size // cfg.sampler.num_instances
+    if (args.num_ids or cfg.synthcc.num_ids) < min_ids:
+        logger.error("--num-ids must be at least %d (half of them train, %d per batch)", min_ids, min_ids // 2)
+        return 2
 
     if not args.body_model:
         logger.info("[1/5] procedural SMPL-format body model -> %s (use --body-model for real SMPL files)", body_dir)

@@ -1,11 +1,11 @@
-"""Train / evaluate any torchreid or plugin model from a yacs config (``scripts/train.py``).
+"""Train / evaluate any torchreid or plugin model from a yacs config (``clip3dreid-train``).
 
 Usage::
 
-    python scripts/train.py --config-file configs/ltcc/resnet50_baseline_384x192.yaml \
+    clip3dreid-train --config-file configs/ltcc/resnet50_baseline_384x192.yaml \
         data.root /data [KEY VALUE ...]
-    python scripts/train.py --config-file CFG --eval-only model.load_weights log/model/model-best.pth.tar
-    python scripts/train.py --config-file CFG --resume auto     # continue from the last checkpoint
+    clip3dreid-train --config-file CFG --eval-only model.load_weights log/model/model-best.pth.tar
+    clip3dreid-train --config-file CFG --resume auto     # continue from the last checkpoint
 """
 from __future__ import annotations
 

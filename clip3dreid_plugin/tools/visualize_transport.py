@@ -1,4 +1,4 @@
-"""Transport-plan heatmaps over the image (paper Fig. 3), ``scripts/visualize_transport.py``.
+"""Transport-plan heatmaps over the image (paper Fig. 3), ``clip3dreid-visualize-transport``.
 
 For one image the student gives local features ``F`` on an ``h x w`` grid; the teacher labels the
 image's 16 descriptors and ``Psi`` projects their text features. The entropic OT plan ``T* [N, M]``
@@ -7,7 +7,7 @@ between the two says how much of each descriptor's mass each patch carries; colu
 
 Usage::
 
-    python scripts/visualize_transport.py --config-file CFG --weights CKPT --image IMG --output out.png \
+    clip3dreid-visualize-transport --config-file CFG --weights CKPT --image IMG --output out.png \
         [--descriptor 3] [KEY VALUE ...]          # teacher.* keys pick the CLIP teacher that labels the image
 """
 from __future__ import annotations

@@ -22,15 +22,24 @@ def quiet_torchreid_warnings() -> None:
 
 
 def setup_logging(save_dir: str = "", filename: str = "train.log", level: int = logging.INFO,
-                  is_main: bool = True) -> logging.Logger:
-    """Configures the root logger: console always, ``save_dir/filename`` on the main process."""
+                  is_main: bool = True, stream=None) -> logging.Logger:
+    """Configures the root logger for every command of the plugin: console always, ``save_dir/filename`` on the
+    main process.
+
+    Args:
+        save_dir: folder of the log file; empty for the console only.
+        filename: log file name inside ``save_dir``.
+        level: logging level on the main process (other ranks log warnings only).
+        is_main: rank 0 of a ``torchrun`` job (or a single process).
+        stream: console stream; default stdout. Commands whose stdout carries data (a table, JSON) log to stderr.
+    """
     root = logging.getLogger()
     root.setLevel(level if is_main else logging.WARNING)
     for h in list(root.handlers):
         if getattr(h, "_clip3dreid", False):
             root.removeHandler(h)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    console = logging.StreamHandler(sys.stdout)
+    console = logging.StreamHandler(stream or sys.stdout)
     console.setFormatter(fmt)
     console._clip3dreid = True  # type: ignore[attr-defined]
     root.addHandler(console)
