@@ -10,6 +10,13 @@ from typing import Any, BinaryIO, Callable
 __all__ = ["atomic_write", "atomic_write_json"]
 
 
+def _default_mode() -> int:
+    # mkstemp creates files readable by their owner only; a written file should get the usual umask-based mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: str, write: Callable[[BinaryIO], Any], fsync: bool = False) -> str:
     """Writes ``path`` through ``write(fh)`` on a temporary file in the same folder, then ``os.replace``.
 
@@ -32,6 +39,7 @@ def atomic_write(path: str, write: Callable[[BinaryIO], Any], fsync: bool = Fals
             if fsync:
                 fh.flush()
                 os.fsync(fh.fileno())
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     finally:
         if osp.exists(tmp):
