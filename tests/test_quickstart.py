@@ -30,7 +30,7 @@ def test_quickstart_runs_every_step_and_the_baseline_beats_chance(tmp_path):
     # The table is printed once, with the chance row.
     assert proc.stdout.count("| resnet50 (torchreid) |") == 1 and "| random ranking (chance" in proc.stdout
 
-    from clip3dreid_plugin.data.synthcc import synthcc_ground_truth
+    from clip3dreid_plugin.body.synthcc import synthcc_ground_truth
     from clip3dreid_plugin.teacher.cache import TeacherCache
 
     # The cache's labels are synthcc's ground truth.

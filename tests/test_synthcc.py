@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from clip3dreid_plugin.body import procedural
-from clip3dreid_plugin.data.synthcc import FILE_PATTERN, SynthCCError, build_synthcc, camera_background, \
+from clip3dreid_plugin.body.synthcc import FILE_PATTERN, SynthCCError, build_synthcc, camera_background, \
     outfit_pool_size, read_synthcc_meta, synthcc_ground_truth, synthcc_labels_by_path
 from clip3dreid_plugin.evaluation import evaluate_all
 from datasets_ext import IMAGE_DATASETS

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clip3dreid_plugin.teacher import clip_teacher as ct
+from clip3dreid_plugin.teacher import weights as tw
 from clip3dreid_plugin.teacher.cache import (
     TeacherCache,
     TeacherCacheMismatchError,
@@ -27,7 +28,8 @@ from clip3dreid_plugin.teacher.cache import (
     build_teacher_cache,
     cache_file_path,
 )
-from clip3dreid_plugin.teacher.clip_teacher import CLIPTeacher, TeacherLoadError
+from clip3dreid_plugin.teacher.clip_teacher import CLIPTeacher
+from clip3dreid_plugin.teacher.weights import TeacherLoadError
 from clip3dreid_plugin.teacher.descriptors import (
     DESCRIPTOR_PAIRS,
     PROMPT_TEMPLATE,
@@ -252,7 +254,7 @@ def test_local_weight_formats_load_identically(tiny, teacher, tmp_path):
     traced = torch.jit.trace(model, (torch.zeros(1, 3, 64, 64), torch.zeros(1, 77, dtype=torch.long)), strict=False)
     jit_path = str(tmp_path / "openai_style.pt")
     torch.jit.save(traced, jit_path)
-    assert ct._is_torchscript_archive(jit_path) and not ct._is_torchscript_archive(weights)
+    assert tw._is_torchscript_archive(jit_path) and not tw._is_torchscript_archive(weights)
     assert torch.equal(CLIPTeacher(name, jit_path).descriptor_text_features(), ref)
 
 
@@ -278,14 +280,14 @@ def test_errors_fail_fast_with_guidance(tiny, tmp_path, monkeypatch):
 
     # A hub tag that is not cached locally, with the hub unreachable (port 9 on localhost refuses at
     # once; this also keeps a networked CI from downloading 350 MB).
-    monkeypatch.setattr(ct, "_tag_cache_candidates", lambda cfg: [])
+    monkeypatch.setattr(tw, "_tag_cache_candidates", lambda cfg: [])
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HTTPS_PROXY", raising=False)
     monkeypatch.delenv("https_proxy", raising=False)
-    monkeypatch.setattr(ct, "_hf_offline", lambda: False)
+    monkeypatch.setattr(tw, "_hf_offline", lambda: False)
     monkeypatch.setenv("HF_ENDPOINT", "https://127.0.0.1:9")
     _assert_fast_failure(lambda: CLIPTeacher("ViT-B-32", "openai"), "unreachable")
-    monkeypatch.setattr(ct, "_hf_offline", lambda: True)
+    monkeypatch.setattr(tw, "_hf_offline", lambda: True)
     _assert_fast_failure(lambda: CLIPTeacher("ViT-B-32", "laion2b_s34b_b79k"), "HF_HUB_OFFLINE")
 
 
@@ -382,7 +384,7 @@ def test_check_compatible_rejects_other_dataset_or_teacher(teacher, images, tmp_
 def test_cache_file_name_and_concat(teacher, images, tmp_path):
     p = cache_file_path("/c", "ltcc", "ViT-L-14-quickgelu", "openai")
     assert p == osp.join("/c", "ltcc__ViT-L-14-quickgelu__openai.pt")
-    assert ct.weights_label_for("/w/ViT-L-14.pt") == "ViT-L-14" and ct.weights_label_for("") == "random"
+    assert tw.weights_label_for("/w/ViT-L-14.pt") == "ViT-L-14" and tw.weights_label_for("") == "random"
     a = build_teacher_cache(teacher, images[:6], str(tmp_path / "a.pt"), batch_size=8, progress=False, dataset="a")
     b = build_teacher_cache(teacher, images[4:9], str(tmp_path / "b.pt"), batch_size=8, progress=False, dataset="b")
     both = TeacherCache.concat([a, b])

@@ -13,7 +13,8 @@ from clip3dreid_plugin.teacher.cache import (
     build_teacher_cache,
     cache_file_path,
 )
-from clip3dreid_plugin.teacher.clip_teacher import CLIPTeacher, TeacherLoadError
+from clip3dreid_plugin.teacher.clip_teacher import CLIPTeacher
+from clip3dreid_plugin.teacher.weights import TeacherLoadError
 from clip3dreid_plugin.teacher.descriptors import DESCRIPTOR_PAIRS, PROMPT_TEMPLATE, build_prompts, parse_pairs
 
 __all__ = [

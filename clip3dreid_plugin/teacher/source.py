@@ -22,7 +22,8 @@ from yacs.config import CfgNode as CN
 from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.data.frames import item_image_paths
 from clip3dreid_plugin.teacher.cache import TeacherCache, cache_file_path
-from clip3dreid_plugin.teacher.clip_teacher import CLIPTeacher, weights_id_for, weights_label_for
+from clip3dreid_plugin.teacher.clip_teacher import CLIPTeacher
+from clip3dreid_plugin.teacher.weights import weights_id_for, weights_label_for
 from clip3dreid_plugin.teacher.descriptors import parse_pairs, resolve_template
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from clip3dreid_plugin.body.procedural import write_procedural_smpl
 from clip3dreid_plugin.body.render import HeadlessGLError
 from clip3dreid_plugin.body.smpl_io import BodyModelError
 from clip3dreid_plugin.config.defaults import get_cfg
-from clip3dreid_plugin.data.synthcc import SynthCCError, build_synthcc
+from clip3dreid_plugin.body.synthcc import SynthCCError, build_synthcc
 
 logger = logging.getLogger("build_synthcc")
 

@@ -88,7 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     quiet_torchreid_warnings()  # before torchreid's first import
     from clip3dreid_plugin.config.loader import ConfigError, load_config
     from clip3dreid_plugin.teacher.cache import TeacherCacheError, build_teacher_cache, cache_file_path
-    from clip3dreid_plugin.teacher.clip_teacher import TeacherLoadError
+    from clip3dreid_plugin.teacher.weights import TeacherLoadError
     from clip3dreid_plugin.teacher.source import build_teacher
     from clip3dreid_plugin.utils.runtime import resolve_device
 

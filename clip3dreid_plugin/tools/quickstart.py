@@ -94,7 +94,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from clip3dreid_plugin.body.synthetic_set import render_synthetic_set
     from clip3dreid_plugin.config import load_config
     from clip3dreid_plugin.data.build import build_train_split
-    from clip3dreid_plugin.data.synthcc import build_synthcc, synthcc_ground_truth
+    from clip3dreid_plugin.body.synthcc import build_synthcc, synthcc_ground_truth
     from clip3dreid_plugin.evaluation.chance import chance_level
     from clip3dreid_plugin.utils.io import atomic_write_json
 

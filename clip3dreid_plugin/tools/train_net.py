@@ -70,9 +70,9 @@ def user_error_types() -> tuple:
     from clip3dreid_plugin.body.smpl_io import BodyModelError
     from clip3dreid_plugin.body.synthetic_set import SyntheticSetError
     from clip3dreid_plugin.config import ConfigError
-    from clip3dreid_plugin.data.synthcc import SynthCCError
+    from clip3dreid_plugin.body.synthcc import SynthCCError
     from clip3dreid_plugin.teacher.cache import TeacherCacheError, TeacherCacheMissError
-    from clip3dreid_plugin.teacher.clip_teacher import TeacherLoadError
+    from clip3dreid_plugin.teacher.weights import TeacherLoadError
     from datasets_ext.base import DatasetLayoutError
     from datasets_ext.image_io import ImageReadError
 
