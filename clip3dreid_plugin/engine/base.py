@@ -1,7 +1,12 @@
 """Clothes-aware training/evaluation loop shared by every engine of the plugin.
 
-``ClothesAwareEngineMixin`` sits in front of a torchreid engine class in the MRO and replaces
-its epoch loop, evaluation and checkpointing:
+``ClothesAwareEngineMixin`` sits in front of a torchreid engine class in the MRO. Evaluation goes through
+torchreid's own ``test`` and its per-target hook ``_evaluate``, feature extraction through ``extract_features``
+and ``parse_data_for_eval``. Three methods are replaced, because torchreid's cannot do what they must:
+``run`` (torchreid saves only when it evaluates and picks no best checkpoint, so a killed run could not resume
+from its last finished epoch), ``train`` (it never calls the distributed sampler's ``set_epoch`` and prints
+every batch) and ``save_model``/``resume`` (it stores rank-1 as a numpy scalar that torch >= 2.6 cannot reload,
+and crashes on a ``None`` scheduler).
 
 * evaluation reports every protocol the target dataset defines (general / SC / CC), logs each
   number to TensorBoard, and uses the vectorised evaluator;
@@ -57,6 +62,12 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
         if not isinstance(inner, torch.nn.Module):
             return model
         model = inner
+
+
+def _refuse_cuhk03(use_metric_cuhk03: bool) -> None:
+    if use_metric_cuhk03:
+        raise ConfigError("test.use_metric_cuhk03 True: the CUHK03 single-shot metric is not implemented by the "
+                          "clothes-aware evaluator; set it False")
 
 
 class EvalSettings:
@@ -151,9 +162,7 @@ class ClothesAwareEngineMixin:
         Returns:
             ``{dataset: {metric: value}}`` of the last evaluation.
         """
-        if use_metric_cuhk03:
-            raise ConfigError("test.use_metric_cuhk03 True: the CUHK03 single-shot metric is not implemented by the "
-                              "clothes-aware evaluator; set it False")
+        _refuse_cuhk03(use_metric_cuhk03)  # before training, not at the first evaluation
         eval_kw = dict(dist_metric=dist_metric, normalize_feature=normalize_feature, visrank=visrank,
                        visrank_topk=visrank_topk, save_dir=save_dir, use_metric_cuhk03=use_metric_cuhk03,
                        ranks=ranks, rerank=rerank)
@@ -287,47 +296,68 @@ class ClothesAwareEngineMixin:
     def test(self, dist_metric: str = "euclidean", normalize_feature: bool = False, visrank: bool = False,
              visrank_topk: int = 10, save_dir: str = "", use_metric_cuhk03: bool = False,
              ranks: Sequence[int] = (1, 5, 10, 20), rerank: bool = False) -> float:
-        """Evaluates every target with its protocols; returns the selection score (torchreid contract)."""
+        """torchreid's ``test`` over every target (through :meth:`_evaluate`); returns the selection score.
+
+        torchreid returns the last target's rank-1; checkpoints here are chosen by :meth:`selection_score`, which
+        reads every protocol of the first target.
+        """
+        _refuse_cuhk03(use_metric_cuhk03)
+        self.last_metrics = {}
+        super().test(dist_metric=dist_metric, normalize_feature=normalize_feature, visrank=visrank,
+                     visrank_topk=visrank_topk, save_dir=save_dir, use_metric_cuhk03=use_metric_cuhk03,
+                     ranks=list(ranks), rerank=rerank)
+        return self.selection_score(self.last_metrics)
+
+    @torch.no_grad()
+    def _evaluate(self, dataset_name: str = "", query_loader=None, gallery_loader=None, dist_metric: str = "euclidean",
+                  normalize_feature: bool = False, visrank: bool = False, visrank_topk: int = 10, save_dir: str = "",
+                  use_metric_cuhk03: bool = False, ranks: Sequence[int] = (1, 5, 10, 20),
+                  rerank: bool = False) -> Tuple[float, float]:
+        """torchreid's per-target hook: every protocol of ``dataset_name``, logged and kept in ``last_metrics``.
+
+        Returns:
+            ``(rank1, mAP)`` of the general protocol (else the first one evaluated), which torchreid's ``test`` logs
+            as ``Test/<name>/rank1|mAP``.
+        """
         from clip3dreid_plugin.evaluation import evaluate_all
 
-        self.set_model_mode("eval")
-        results: Dict[str, Dict[str, float]] = {}
-        for name in self.test_loader:
-            protocols = self.protocols_for(name)
-            qf, q_pids, q_camids, q_clothes = self.extract_loader(self.test_loader[name]["query"], f"{name} query")
-            gf, g_pids, g_camids, g_clothes = self.extract_loader(self.test_loader[name]["gallery"], f"{name} gallery")
-            if normalize_feature:
-                qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
-            distmat = torchreid.metrics.compute_distance_matrix(qf, gf, dist_metric)
-            if rerank:
-                qq = torchreid.metrics.compute_distance_matrix(qf, qf, dist_metric)
-                gg = torchreid.metrics.compute_distance_matrix(gf, gf, dist_metric)
-                distmat = torch.as_tensor(torchreid.utils.re_ranking(distmat.numpy(), qq.numpy(), gg.numpy()))
-            dev = self.eval_settings.device
-            dev = ("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev
-            out = evaluate_all(distmat.to(dev), q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes,
-                               modes=protocols, max_rank=self.eval_settings.max_rank)
-            metrics: Dict[str, float] = {}
-            lines = [f"** {name} ** (camera rule: {getattr(self.datamanager, 'camera_rules', {}).get(name, 'camid')})",
-                     "  protocol |   mAP  | " + " | ".join(f"R{r:<4d}" for r in ranks)]
-            for mode, (cmc, mAP) in out.items():
-                metrics[f"{mode}_mAP"] = float(mAP)
-                for r in ranks:
-                    metrics[f"{mode}_rank{r}"] = float(cmc[min(r, len(cmc)) - 1])
-                lines.append(f"  {mode:8s} | {mAP:6.1%} | " + " | ".join(f"{cmc[min(r, len(cmc)) - 1]:5.1%}" for r in ranks))
-            logger.info("\n".join(lines))
-            if self.writer is not None:
-                for k, v in metrics.items():
-                    self.writer.add_scalar(f"Test/{name}/{k}", v, self.epoch)
-            results[name] = metrics
-            if visrank and self.is_main:
-                from clip3dreid_plugin.evaluation.visrank import visualize_ranked_results_protocol
+        name = dataset_name
+        protocols = self.protocols_for(name)
+        qf, q_pids, q_camids, q_clothes = self.extract_loader(query_loader, f"{name} query")
+        gf, g_pids, g_camids, g_clothes = self.extract_loader(gallery_loader, f"{name} gallery")
+        if normalize_feature:
+            qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
+        distmat = torchreid.metrics.compute_distance_matrix(qf, gf, dist_metric)
+        if rerank:
+            qq = torchreid.metrics.compute_distance_matrix(qf, qf, dist_metric)
+            gg = torchreid.metrics.compute_distance_matrix(gf, gf, dist_metric)
+            distmat = torch.as_tensor(torchreid.utils.re_ranking(distmat.numpy(), qq.numpy(), gg.numpy()))
+        dev = self.eval_settings.device
+        dev = ("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev
+        out = evaluate_all(distmat.to(dev), q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes,
+                           modes=protocols, max_rank=self.eval_settings.max_rank)
+        metrics: Dict[str, float] = {}
+        lines = [f"** {name} ** (camera rule: {getattr(self.datamanager, 'camera_rules', {}).get(name, 'camid')})",
+                 "  protocol |   mAP  | " + " | ".join(f"R{r:<4d}" for r in ranks)]
+        for mode, (cmc, mAP) in out.items():
+            metrics[f"{mode}_mAP"] = float(mAP)
+            for r in ranks:
+                metrics[f"{mode}_rank{r}"] = float(cmc[min(r, len(cmc)) - 1])
+            cells = " | ".join(f"{cmc[min(r, len(cmc)) - 1]:5.1%}" for r in ranks)
+            lines.append(f"  {mode:8s} | {mAP:6.1%} | {cells}")
+        logger.info("\n".join(lines))
+        if self.writer is not None:
+            for k, v in metrics.items():
+                self.writer.add_scalar(f"Test/{name}/{k}", v, self.epoch)
+        self.last_metrics[name] = metrics
+        if visrank and self.is_main:
+            from clip3dreid_plugin.evaluation.visrank import visualize_ranked_results_protocol
 
-                query, gallery = self.datamanager.fetch_test_loaders(name)
-                for mode in protocols:
-                    visualize_ranked_results_protocol(
-                        distmat.cpu().numpy(), query, gallery, mode,
-                        save_dir=osp.join(save_dir, f"visrank_{name}_{mode}"), data_type=self.datamanager.data_type,
-                        width=self.datamanager.width, height=self.datamanager.height, topk=visrank_topk)
-        self.last_metrics = results
-        return self.selection_score(results)
+            query, gallery = self.datamanager.fetch_test_loaders(name)
+            for mode in protocols:
+                visualize_ranked_results_protocol(
+                    distmat.cpu().numpy(), query, gallery, mode,
+                    save_dir=osp.join(save_dir, f"visrank_{name}_{mode}"), data_type=self.datamanager.data_type,
+                    width=self.datamanager.width, height=self.datamanager.height, topk=visrank_topk)
+        cmc, mAP = out["general"] if "general" in out else out[protocols[0]]
+        return float(cmc[0]), float(mAP)
