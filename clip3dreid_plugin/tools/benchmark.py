@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 import statistics
 import sys
@@ -24,6 +23,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+
+from clip3dreid_plugin.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -301,8 +302,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  args.torchreid_eval_repeats)
     print(_table(res))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(res, f, indent=2)
+        atomic_write_json(res, args.json)
     return 0
 
 

@@ -11,7 +11,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from typing import Dict, List, Optional, Sequence
@@ -19,6 +18,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from clip3dreid_plugin.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +81,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for r in rows:
         print(f"| {r['model']} | {r['params_M']:.2f} | {r['GMACs']:.2f} | {r['GFLOPs']:.2f} |")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(rows, f, indent=2)
+        atomic_write_json(rows, args.json)
     return 0
 
 

@@ -14,7 +14,6 @@ canonical pose with 10,000 area-weighted surface samples each; see
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from typing import Dict, Optional, Sequence
@@ -23,6 +22,7 @@ import numpy as np
 
 from clip3dreid_plugin.body.shape_eval import evaluate_shapes
 from clip3dreid_plugin.body.smpl_io import BodyModel, BodyModelError, load_body_model
+from clip3dreid_plugin.utils.io import atomic_write_json
 
 logger = logging.getLogger("eval_shape")
 
@@ -124,9 +124,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     mean = float(per_sample.mean()) if len(per_sample) else float("nan")
     logger.info("mean Chamfer distance over %d shapes: %.2f mm", len(per_sample), mean)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"mean_chamfer_mm": mean, "chamfer_mm": per_sample.tolist(), "num_points": args.num_points,
-                       "align": args.align, "pred_gender": args.gender}, fh, indent=2)
+        atomic_write_json({"mean_chamfer_mm": mean, "chamfer_mm": per_sample.tolist(), "num_points": args.num_points,
+                           "align": args.align, "pred_gender": args.gender}, args.json)
     return 0
 
 
