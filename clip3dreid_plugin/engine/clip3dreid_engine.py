@@ -97,7 +97,7 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
                  amp: str = "none", separate_synthetic_bn: bool = False, channels_last: bool = False,
                  pooling_method: str = "avg", **kwargs):
         super().__init__(datamanager, use_gpu, **kwargs)
-        switches = switches or LossSwitches()
+        switches = switches if switches is not None else LossSwitches()
         teacher = as_teacher_source(teacher, datamanager)
         self.model = model
         self.optimizer = optimizer
@@ -105,7 +105,7 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         self.register_model("model", model, optimizer, scheduler)
         self.teacher = teacher  # not registered: never checkpointed, never trained
         self.switches = switches
-        self.ot_loss = ot_loss or OTLoss()
+        self.ot_loss = ot_loss if ot_loss is not None else OTLoss()
         self.criterion_ce = torchreid.losses.CrossEntropyLoss(
             num_classes=datamanager.num_train_pids, use_gpu=self.use_gpu, label_smooth=label_smooth)
         self.criterion_tri = torchreid.losses.TripletLoss(margin=triplet_margin)

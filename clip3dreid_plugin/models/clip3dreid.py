@@ -176,8 +176,6 @@ class CLIP3DReID(nn.Module):
                 the network separately, so batch norm gives them their own batch statistics and they
                 leave the running statistics (used at test time, on real images only) untouched.
                 ``None`` treats the whole batch alike.
-
-        Returns:
             return_dict: train only; return every output (what ``CLIP3DReIDEngine`` asks for). Without it, train
                 mode returns what torchreid's engines expect for ``self.loss``.
 

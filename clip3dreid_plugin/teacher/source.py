@@ -148,9 +148,8 @@ def as_teacher_source(teacher, datamanager=None):
         return OnlineTeacherSource(teacher)
     if isinstance(teacher, (str, os.PathLike)):
         cache = TeacherCache.load(os.fspath(teacher))
-        items = getattr(getattr(getattr(datamanager, "train_loader", None), "dataset", None), "train", None)
-        if items is not None:
-            cache.rows(item_image_paths(items))
+        if datamanager is not None:
+            cache.rows(item_image_paths(datamanager.train_loader.dataset.train))
         logger.info("teacher cache %s: %d images", os.fspath(teacher), len(cache))
         return CacheTeacherSource(cache)
     raise TypeError(f"teacher must be a teacher-cache file, a CLIPTeacher or a teacher source, "
