@@ -335,6 +335,9 @@ def test_clip3dreid_engine_from_objects_trains_every_term(ltcc_root, tmp_path, c
     assert s["w_ot"] == pytest.approx(sw.alpha * s["ot"]) and s["w_global"] == pytest.approx(sw.beta * s["global"])
     assert s["w_3d"] == pytest.approx(sw.gamma * s["3d"]) and s["w_ot_syn"] == pytest.approx(sw.gamma * s["ot_syn"])
     assert s["loss"] == pytest.approx(sum(v for k, v in s.items() if k.startswith("w_")), rel=1e-5)
+    # Collapse diagnostics on the first step (then every 50): cosines in [-1, 1], an effective rank within the batch.
+    assert -1 <= s["diag_local_cos"] <= 1 and -1 <= s["diag_psi_cos"] <= 1 and 1 <= s["diag_fid_erank"] <= 8
+    assert "diag_fid_erank" not in summaries[1]
     end = _params(model)
     for part in ("backbone.", "aggregator.", "classifier.", "text_head.", "image_head.", "shape_head."):
         assert any(not torch.equal(seen["start"][k], v) for k, v in end.items() if k.startswith(part)), part

@@ -47,7 +47,8 @@ def _clip3dreid_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gp
                               label_smooth=cfg.loss.softmax.label_smooth, triplet_margin=cfg.loss.triplet.margin,
                               synthetic=synthetic, shape_loss=shape_loss, amp=cfg.runtime.amp,
                               separate_synthetic_bn=cfg.body.separate_bn, channels_last=cfg.runtime.channels_last,
-                              pooling_method=cfg.video.pooling_method, **common)
+                              pooling_method=cfg.video.pooling_method, diagnostics_every=cfg.runtime.diag_freq,
+                              **common)
     return engine
 
 

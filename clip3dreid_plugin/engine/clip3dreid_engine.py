@@ -29,6 +29,7 @@ import torchreid
 from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.data.frames import batch_frame_paths
 from clip3dreid_plugin.engine.base import ClothesAwareEngineMixin
+from clip3dreid_plugin.engine.diagnostics import CollapseMonitor
 from clip3dreid_plugin.losses import OTLoss, global_distill_loss
 from clip3dreid_plugin.teacher.source import as_teacher_source
 
@@ -86,6 +87,8 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
             batch statistics and the running statistics describe real images only (``cfg.body.separate_bn``).
         channels_last: feed the batches in NHWC layout (with a model converted to ``channels_last``).
         pooling_method: ``avg`` | ``max`` over a tracklet's frame features at test time (video data).
+        diagnostics_every: steps between the collapse diagnostics (``diag_*`` on the epoch line and in TensorBoard,
+            see :mod:`clip3dreid_plugin.engine.diagnostics`); 0 switches them off.
         **kwargs: the evaluation and checkpoint options of
             :class:`~clip3dreid_plugin.engine.base.ClothesAwareEngineMixin` (``eval_settings``, ``ckpt_freq``,
             ``is_main``, ``show_progress``).
@@ -95,7 +98,7 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
                  switches: Optional[LossSwitches] = None, ot_loss: Optional[OTLoss] = None,
                  label_smooth: bool = True, triplet_margin: float = 0.3, synthetic=None, shape_loss=None,
                  amp: str = "none", separate_synthetic_bn: bool = False, channels_last: bool = False,
-                 pooling_method: str = "avg", **kwargs):
+                 pooling_method: str = "avg", diagnostics_every: int = 50, **kwargs):
         super().__init__(datamanager, use_gpu, **kwargs)
         switches = switches if switches is not None else LossSwitches()
         teacher = as_teacher_source(teacher, datamanager)
@@ -124,6 +127,8 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         self.scaler = torch.amp.GradScaler("cuda", enabled=(amp == "fp16" and self.use_gpu))
         self.channels_last = channels_last
         self.pooling_method = pooling_method
+        self.monitor = CollapseMonitor(diagnostics_every)
+        self._diagnostics: Dict[str, float] = {}
 
     def _autocast(self):
         if self.amp == "none":
@@ -200,6 +205,8 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
             terms["3d"] = self.shape_loss(out["betas"][B:], syn["betas"].to(dev), syn["gender"].to(dev))
             total = total + s.gamma * (terms["ot_syn"] + terms["3d"])
         terms["loss"] = total
+        self._diagnostics = self.monitor(f_id[:B], local_real if s.use_ot else None,
+                                         out["text_proj"][:B] if s.use_ot else None)
         return terms
 
     def forward_backward(self, data: dict) -> Dict[str, float]:
@@ -210,4 +217,5 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         self.scaler.update()
         summary = {k: float(v.detach()) for k, v in terms.items()}
         summary.update(self.switches.weighted(summary))
+        summary.update(self._diagnostics)
         return summary
