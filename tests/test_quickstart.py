@@ -45,3 +45,12 @@ def test_quickstart_refuses_too_few_identities_for_the_sampler(tmp_path, capsys)
     assert quickstart.main(["--work-dir", str(tmp_path / "qs"), "--num-ids", "4"]) == 2
     assert "--num-ids must be at least 16" in capsys.readouterr().out
     assert not (tmp_path / "qs" / "data").exists()  # refused before building anything
+
+
+def test_quickstart_user_error_is_one_line(tmp_path, capsys):
+    from clip3dreid_plugin.tools import quickstart
+
+    missing = str(tmp_path / "no_body_model")
+    assert quickstart.main(["--work-dir", str(tmp_path / "qs"), "--body-model", missing]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("error: ") and missing in err[0], err

@@ -1,12 +1,13 @@
-"""What the command-line tools share: logging set-up, and for the inference tools the student and its transform."""
+"""What the command-line tools share: logging set-up, the one-line report of user errors, and for the inference
+tools the student and its transform."""
 from __future__ import annotations
 
-from typing import Callable, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 from yacs.config import CfgNode
 
-__all__ = ["start_cli", "load_student", "eval_transform"]
+__all__ = ["start_cli", "error_line", "user_error_types", "load_student", "eval_transform"]
 
 
 def start_cli(stream=None) -> None:
@@ -16,6 +17,48 @@ def start_cli(stream=None) -> None:
 
     quiet_torchreid_warnings()
     setup_logging(stream=stream)
+
+
+def user_error_types() -> tuple:
+    """The project's own error types: their message names the cause, so one line is all a user needs.
+
+    Anything else (a shape bug in model code, a failed assertion) keeps its traceback.
+    """
+    from clip3dreid_plugin.body.poses import PoseFileError
+    from clip3dreid_plugin.body.render import HeadlessGLError
+    from clip3dreid_plugin.body.smpl_io import BodyModelError
+    from clip3dreid_plugin.body.synthcc import SynthCCError
+    from clip3dreid_plugin.body.synthetic_set import SyntheticSetError
+    from clip3dreid_plugin.config import ConfigError
+    from clip3dreid_plugin.teacher.cache import TeacherCacheError, TeacherCacheMissError
+    from clip3dreid_plugin.teacher.weights import TeacherLoadError
+    from datasets_ext.base import DatasetLayoutError
+    from datasets_ext.image_io import ImageReadError
+
+    return (ConfigError, DatasetLayoutError, ImageReadError, TeacherCacheError, TeacherCacheMissError,
+            TeacherLoadError, BodyModelError, PoseFileError, HeadlessGLError, SyntheticSetError, SynthCCError,
+            FileNotFoundError)
+
+
+def error_line(err: BaseException) -> Optional[str]:
+    """The one-line message for a user error or a CUDA out-of-memory, else None (the traceback is kept)."""
+    import torch
+
+    if isinstance(err, torch.OutOfMemoryError):
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "out of memory"
+        return (f"{first}; lower train.batch_size (and test.batch_size), or train in mixed precision with "
+                "runtime.amp bf16|fp16 (--amp)")
+    if not isinstance(err, user_error_types()):
+        return None
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(err).__name__
+    # A DataLoader worker re-raises with its traceback in the message; the cause is its last line. Otherwise a
+    # message written over several lines (a missing body model and how to get one) is joined into one.
+    msg = lines[-1] if "Original Traceback" in str(err) else " ".join(lines)
+    return msg.strip("'\"") if isinstance(err, KeyError) else msg
+
+
 
 
 def load_student(config_file: str, opts: Sequence[str], weights: str) -> Tuple[CfgNode, torch.nn.Module]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import os.path as osp
 import sys
 import time
@@ -74,6 +75,20 @@ def _train(cfg_file: str, out_dir: str, device: str, opts: List[str]) -> Dict[st
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point: a user error ends in one line and exit code 2 (``CLIP3DREID_DEBUG=1`` for the traceback)."""
+    try:
+        return _main(argv)
+    except Exception as err:
+        from clip3dreid_plugin.tools.common import error_line
+
+        msg = error_line(err)
+        if msg is None or os.environ.get("CLIP3DREID_DEBUG") == "1":
+            raise
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     p = argparse.ArgumentParser(description="Run CLIP3DReID and the ResNet-50 baseline end to end on synthcc.")
     p.add_argument("--work-dir", default="work_dirs/quickstart", help="data, caches, logs and results go here")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -91,10 +106,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging(args.work_dir, "quickstart.log")
     t0 = time.time()
     from clip3dreid_plugin.body.procedural import write_procedural_smpl
+    from clip3dreid_plugin.body.synthcc import build_synthcc, synthcc_ground_truth
     from clip3dreid_plugin.body.synthetic_set import render_synthetic_set
     from clip3dreid_plugin.config import load_config
     from clip3dreid_plugin.data.build import build_train_split
-    from clip3dreid_plugin.body.synthcc import build_synthcc, synthcc_ground_truth
     from clip3dreid_plugin.evaluation.chance import chance_level
     from clip3dreid_plugin.utils.io import atomic_write_json
 
@@ -126,7 +141,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     b = cfg.body
     render_synthetic_set(body_dir, syn_dir, num_female=b.num_female, num_male=b.num_male,
                          poses_per_subject=b.poses_per_subject, height=cfg.data.height, width=cfg.data.width,
-                         seed=b.seed, sigma=b.beta_sigma, show_progress=cfg.runtime.progress)
+                         seed=b.seed, sigma=b.beta_sigma, show_progress=cfg.runtime.progress,
+                         # The work dir holds derived data: a set left by other arguments or another body model
+                         # is re-rendered, as build_synthcc rebuilds a stale synthcc.
+                         overwrite=True)
 
     logger.info("[3/5] labelling body-shape descriptors with the CLIP teacher (%s)", cfg.teacher.name)
     gt_paths, gt_labels = synthcc_ground_truth(data_root)

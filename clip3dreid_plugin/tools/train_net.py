@@ -20,7 +20,7 @@ from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings
 
 logger = logging.getLogger("clip3dreid")
 
-__all__ = ["main", "build_parser", "setup_cfg", "build", "run", "error_line", "user_error_types"]
+__all__ = ["main", "build_parser", "setup_cfg", "build", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,45 +58,6 @@ def setup_cfg(args: argparse.Namespace):
         cfg.runtime.amp = args.amp
     cfg.freeze()
     return cfg
-
-
-def user_error_types() -> tuple:
-    """The project's own error types: their message names the cause, so one line is all a user needs.
-
-    Anything else (a shape bug in model code, a failed assertion) keeps its traceback.
-    """
-    from clip3dreid_plugin.body.poses import PoseFileError
-    from clip3dreid_plugin.body.render import HeadlessGLError
-    from clip3dreid_plugin.body.smpl_io import BodyModelError
-    from clip3dreid_plugin.body.synthetic_set import SyntheticSetError
-    from clip3dreid_plugin.config import ConfigError
-    from clip3dreid_plugin.body.synthcc import SynthCCError
-    from clip3dreid_plugin.teacher.cache import TeacherCacheError, TeacherCacheMissError
-    from clip3dreid_plugin.teacher.weights import TeacherLoadError
-    from datasets_ext.base import DatasetLayoutError
-    from datasets_ext.image_io import ImageReadError
-
-    return (ConfigError, DatasetLayoutError, ImageReadError, TeacherCacheError, TeacherCacheMissError,
-            TeacherLoadError, BodyModelError, PoseFileError, HeadlessGLError, SyntheticSetError, SynthCCError,
-            FileNotFoundError)
-
-
-def error_line(err: BaseException) -> Optional[str]:
-    """The one-line message for a user error or a CUDA out-of-memory, else None (the traceback is kept)."""
-    import torch
-
-    if isinstance(err, torch.OutOfMemoryError):
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "out of memory"
-        return (f"{first}; lower train.batch_size (and test.batch_size), or train in mixed precision with "
-                "runtime.amp bf16|fp16 (--amp)")
-    if not isinstance(err, user_error_types()):
-        return None
-    # One line naming the cause; a DataLoader worker wraps the original message with its traceback.
-    lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
-    msg = lines[-1] if lines else type(err).__name__
-    return msg.strip("'\"") if isinstance(err, KeyError) else msg
-
-
 
 
 def build(cfg):
@@ -212,6 +173,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             logger.info("config written to %s", osp.join(save_dir, "config.yaml"))
         run(cfg)
     except Exception as err:
+        from clip3dreid_plugin.tools.common import error_line
+
         msg = error_line(err)
         if msg is None or os.environ.get("CLIP3DREID_DEBUG") == "1":
             raise
