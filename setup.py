@@ -27,6 +27,7 @@ RUNTIME = [
     "opencv-python-headless>=4.8,<5",  # 5.x drops CascadeClassifier and the Haar files
     "Pillow>=10",
     "tqdm>=4.66",
+    "matplotlib>=3.7",  # clip3dreid-compare's CMC plots
 ]
 
 # Every command-line tool, as <command> = clip3dreid_plugin.tools.<module>:main (scripts/ holds thin wrappers).
@@ -47,6 +48,7 @@ COMMANDS = {
     "clip3dreid-export-onnx": "export_onnx",
     "clip3dreid-extract-features": "extract_features",
     "clip3dreid-visualize-transport": "visualize_transport",
+    "clip3dreid-compare": "compare",
 }
 
 EXTRAS = {

@@ -9,7 +9,9 @@ logger = logging.getLogger(__name__)
 _lock = threading.Lock()
 _done = False
 
-__all__ = ["register", "is_registered"]
+__all__ = ["register", "is_registered", "register_manifest_dataset"]
+
+_manifests: dict = {}  # name -> the dataset class registered for it by register_manifest_dataset
 
 
 def is_registered() -> bool:
@@ -56,3 +58,30 @@ def register() -> None:
             "registered %d models, %d image and %d video datasets",
             len(MODEL_FACTORIES), len(IMAGE_DATASETS), len(VIDEO_DATASETS),
         )
+
+
+def register_manifest_dataset(name: str, csv_path: str) -> None:
+    """Registers the manifest ``csv_path`` (see ``datasets_ext.manifest``) as the image dataset ``name``.
+
+    Several manifests registered under their own names combine like any torchreid datasets
+    (``data.sources [mine_a, mine_b]``, ``data.targets [mine_b]``). Calls :func:`register` first; calling it again
+    with the same name and file is a no-op.
+
+    Raises:
+        ValueError: ``name`` is already taken by another dataset or another manifest.
+    """
+    import os.path as osp
+
+    from clip3dreid_plugin import compat
+    from datasets_ext.manifest import manifest_dataset_class
+
+    register()
+    path = osp.abspath(osp.expanduser(csv_path))
+    with _lock:
+        cls = _manifests.get(name)
+        if cls is not None and cls.csv_path == path:
+            return
+        cls = manifest_dataset_class(name, path)
+        _put(compat.image_dataset_registry(), name, cls, "image dataset")
+        _manifests[name] = cls
+        logger.debug("registered manifest dataset '%s' from %s", name, path)

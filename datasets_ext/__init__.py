@@ -13,6 +13,7 @@ from datasets_ext.celebreid import CelebReID, CelebReIDBlur, CelebReIDLight, Cel
 from datasets_ext.deepchange import DeepChange
 from datasets_ext.last import LaST
 from datasets_ext.ltcc import LTCC
+from datasets_ext.manifest import ManifestDataset
 from datasets_ext.prcc import PRCC
 from datasets_ext.synthcc import SynthCC
 from datasets_ext.vcclothes import VCClothes, VCClothesClothesChanging, VCClothesSameClothes
@@ -31,6 +32,7 @@ IMAGE_DATASETS: Dict[str, Type] = {
     "vcclothes_cc": VCClothesClothesChanging,
     "last": LaST,
     "synthcc": SynthCC,
+    "ccmanifest": ManifestDataset,
 }
 VIDEO_DATASETS: Dict[str, Type] = {
     "ccvid": CCVID,
@@ -48,6 +50,7 @@ __all__ = [
     "DeepChange",
     "LaST",
     "LTCC",
+    "ManifestDataset",
     "PRCC",
     "SynthCC",
     "VCClothes",

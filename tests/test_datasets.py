@@ -64,6 +64,12 @@ def find(data, suffix: str) -> tuple:
 
 # (split, path suffix, (pid, camid, dsetid, clothes_id)) written out from the fixture file lists.
 EXPECTED_ITEMS = {
+    "ccmanifest": [
+        ("train", "mine/train/b.png", (0, 1, 0, 1)),  # pids 40, 41 -> 0, 1; cameras 2, 5 -> 0, 1; clothes (40,2) 2nd
+        ("train", "mine/train/c.png", (1, 0, 0, 2)),
+        ("query", "mine/query/q2.png", (51, 0, 0, 2)),  # query+gallery keys (50,1),(50,2),(51,4),(51,5)
+        ("gallery", "mine/gallery/g3.png", (51, 1, 0, 3)),
+    ],
     "synthcc": [
         ("train", "train/0007_02_c3_001.png", (1, 2, 0, 3)),  # clothes key (7, 2) is the 4th of 4 sorted keys
         ("query", "query/0010_01_c1_000.png", (10, 0, 0, 1)),
@@ -135,7 +141,7 @@ def test_every_registered_name_has_a_fixture():
     assert set(EXPECTED_ITEMS) == set(ALL_NAMES)
     assert set(IMAGE_DATASETS) == {
         "ltcc", "prcc", "celebreid", "celebreid_light", "celebreid_blur", "celebreid_light_blur", "deepchange",
-        "ccda", "vcclothes", "vcclothes_sc", "vcclothes_cc", "last", "synthcc",
+        "ccda", "vcclothes", "vcclothes_sc", "vcclothes_cc", "last", "synthcc", "ccmanifest",
     }
     assert set(VIDEO_DATASETS) == {"ccvid"}
 

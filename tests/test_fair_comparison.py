@@ -36,7 +36,7 @@ CC_FAMILIES = ("ltcc", "prcc", "celebreid", "celebreid_light", "celebreid_blur",
 
 
 def _student_trunk(model: torch.nn.Module) -> dict:
-    """The student's trunk tensors under torchvision/torchreid names (``backbone.4.0.conv1.weight`` -> ``layer1...``)."""
+    """The student's trunk tensors under torchreid's names (``backbone.4.0.conv1.weight`` -> ``layer1.0...``)."""
     out = {}
     for k, v in model.backbone.state_dict().items():
         i, rest = k.split(".", 1)

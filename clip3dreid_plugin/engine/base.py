@@ -24,7 +24,7 @@ import logging
 import os.path as osp
 import re
 import time
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -110,6 +110,10 @@ class ClothesAwareEngineMixin:
         self.device = torch.device("cuda") if self.use_gpu else torch.device("cpu")
         self.best_metric = -float("inf")
         self.last_metrics: Dict[str, Dict[str, float]] = {}
+        # Full CMC curves of the last evaluation, {target: {protocol: [max_rank floats]}}.
+        self.last_cmc: Dict[str, Dict[str, List[float]]] = {}
+        # The last and the best evaluation: {"epoch", "metrics", "cmc"} each (what metrics.json records).
+        self.evaluations: Dict[str, dict] = {}
         # RNG state right after the last training epoch: what a resumed run must restore (evaluation draws too).
         self._rng_after_train: Optional[dict] = None
 
@@ -128,6 +132,7 @@ class ClothesAwareEngineMixin:
                 "rank1": float(rank1),
                 "metrics": metrics or {},
                 "best_metric": float(self.best_metric),
+                "evaluations": self.evaluations,
                 "optimizer": self._optims[name].state_dict() if self._optims[name] is not None else None,
                 "scheduler": sched.state_dict() if sched is not None else None,
                 "rng": self._rng_after_train or rng_state(),
@@ -146,6 +151,7 @@ class ClothesAwareEngineMixin:
         if ckpt.get("scheduler") is not None and self._scheds[name] is not None:
             self._scheds[name].load_state_dict(ckpt["scheduler"])
         self.best_metric = float(ckpt.get("best_metric", -float("inf")))
+        self.evaluations = dict(ckpt.get("evaluations") or {})
         if ckpt.get("rng") is not None:
             set_rng_state(ckpt["rng"])
         logger.info("resumed from %s (epoch %d)", fpath, ckpt["epoch"])
@@ -172,6 +178,8 @@ class ClothesAwareEngineMixin:
         try:
             if test_only:
                 self.test(**eval_kw)
+                self._record_evaluation("last", 0)
+                self._record_evaluation("best", 0)
                 return self.last_metrics
             if visrank:
                 raise ConfigError("test.visrank can be used only with test.evaluate True")
@@ -190,11 +198,13 @@ class ClothesAwareEngineMixin:
                 if do_eval:
                     self.test(**eval_kw)
                     metrics = self.last_metrics
+                    self._record_evaluation("last", self.epoch + 1)
                     score = self.selection_score(metrics)
                     rank1 = score
                     is_best = score > self.best_metric
                     if is_best:
                         self.best_metric = score
+                        self._record_evaluation("best", self.epoch + 1)
                 if last or do_eval or (self.ckpt_freq > 0 and (self.epoch + 1) % self.ckpt_freq == 0):
                     self.save_model(self.epoch, rank1, save_dir, is_best=is_best, metrics=metrics)
             logger.info("elapsed %s", datetime.timedelta(seconds=round(time.time() - t0)))
@@ -234,6 +244,10 @@ class ClothesAwareEngineMixin:
         return means
 
     # ------------------------------------------------------------------ evaluation
+    def _record_evaluation(self, which: str, epoch: int) -> None:
+        """Keeps the current evaluation as the ``last`` or ``best`` one, after ``epoch`` epochs (0: evaluation only)."""
+        self.evaluations[which] = {"epoch": epoch, "metrics": self.last_metrics, "cmc": self.last_cmc}
+
     def selection_score(self, metrics: Dict[str, Dict[str, float]]) -> float:
         """Score used to pick the best checkpoint: the first target's CC rank-1 when defined."""
         if not metrics:
@@ -302,7 +316,7 @@ class ClothesAwareEngineMixin:
         reads every protocol of the first target.
         """
         _refuse_cuhk03(use_metric_cuhk03)
-        self.last_metrics = {}
+        self.last_metrics, self.last_cmc = {}, {}
         super().test(dist_metric=dist_metric, normalize_feature=normalize_feature, visrank=visrank,
                      visrank_topk=visrank_topk, save_dir=save_dir, use_metric_cuhk03=use_metric_cuhk03,
                      ranks=list(ranks), rerank=rerank)
@@ -339,6 +353,7 @@ class ClothesAwareEngineMixin:
         metrics: Dict[str, float] = {}
         lines = [f"** {name} ** (camera rule: {getattr(self.datamanager, 'camera_rules', {}).get(name, 'camid')})",
                  "  protocol |   mAP  | " + " | ".join(f"R{r:<4d}" for r in ranks)]
+        self.last_cmc[name] = {mode: [float(v) for v in cmc] for mode, (cmc, _) in out.items()}
         for mode, (cmc, mAP) in out.items():
             metrics[f"{mode}_mAP"] = float(mAP)
             for r in ranks:

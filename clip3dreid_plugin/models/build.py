@@ -62,7 +62,8 @@ def build_model(cfg: CN, num_classes: int, use_gpu: bool) -> nn.Module:
         # OSNet and friends download from Google Drive with gdown (a requests.ConnectionError, an OSError).
         raise PretrainedWeightsError(
             f"model.pretrained True: torchreid's '{name}' could not fetch its ImageNet weights "
-            f"({str(err).splitlines()[0][:160]}); put its file in '{osp.join(osp.dirname(torch.hub.get_dir()), 'checkpoints')}' "
+            f"({str(err).splitlines()[0][:160]}); put its file in "
+            f"'{osp.join(osp.dirname(torch.hub.get_dir()), 'checkpoints')}' "
             "or set model.pretrained False") from None
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
     logger.info("model %s: %.2f M parameters (%d classes)", name, n_params, num_classes)

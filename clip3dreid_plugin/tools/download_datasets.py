@@ -111,6 +111,11 @@ SOURCES: Dict[str, Source] = {
         "(the quickstart does this).",
         "synthcc/\n  train/<pid:04d>_<outfit:02d>_c<cam>_<k:03d>.png\n  query/...png\n  gallery/...png\n  meta.json",
     ),
+    "ccmanifest": Source(
+        "your own data (a manifest CSV)", ".",
+        "Nothing to download: list your images in ROOT/manifest.csv (see the README, 'Your own data').",
+        "manifest.csv   (path,pid,camid,clothes_id,split; paths relative to ROOT)\n  <your images>",
+    ),
     "ccda": Source(
         "CCDA (Liu et al., ICCV 2023, 3DInvarReID)", "CCDA",
         "No public download is known: request it from the 3DInvarReID authors (Liu et al., ICCV 2023).",

@@ -24,23 +24,12 @@ from typing import Dict, List, Optional, Sequence
 
 logger = logging.getLogger("clip3dreid.quickstart")
 
-__all__ = ["main", "results_table", "label_descriptors_for_quickstart"]
+__all__ = ["main", "label_descriptors_for_quickstart"]
 
 CHANCE_DRAWS = 200  # random rankings averaged for the chance row (standard error well under a point)
 # Recipe names, found among the installed recipes (or a checkout's configs/) from any folder.
 BASELINE_CFG = "synthcc/resnet50_baseline_128x64"
 CLIP3DREID_CFG = "synthcc/clip3dreid_r50_vitb32_128x64"
-
-
-def results_table(results: Dict[str, Dict[str, Dict[str, float]]], dataset: str) -> str:
-    """Markdown table: one row per model, mAP and rank-1 of every protocol present."""
-    protos = [p for p in ("general", "sc", "cc") if any(f"{p}_mAP" in r.get(dataset, {}) for r in results.values())]
-    rows = ["| model | " + " | ".join(f"{p} mAP | {p} R1" for p in protos) + " |",
-            "|---" * (1 + 2 * len(protos)) + "|"]
-    for model, res in results.items():
-        m = res[dataset]
-        rows.append(f"| {model} | " + " | ".join(f"{m[p + '_mAP']:.1%} | {m[p + '_rank1']:.1%}" for p in protos) + " |")
-    return "\n".join(rows)
 
 
 def label_descriptors_for_quickstart(cfg, gt_paths: List[str], gt_labels) -> str:
@@ -71,7 +60,7 @@ def _train(cfg_file: str, out_dir: str, device: str, opts: List[str]) -> Dict[st
 
     args = train_net.build_parser().parse_args(
         ["--config-file", cfg_file, "--device", device, "--output-dir", out_dir, *opts])
-    return train_net.run(train_net.setup_cfg(args))
+    return train_net.run(train_net.setup_cfg(args), cfg_file)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -111,6 +100,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     from clip3dreid_plugin.config import load_config
     from clip3dreid_plugin.data.build import build_train_split
     from clip3dreid_plugin.evaluation.chance import chance_level
+    from clip3dreid_plugin.tools.compare import load_runs, write_comparison
     from clip3dreid_plugin.utils.io import atomic_write_json
 
     w = osp.abspath(args.work_dir)
@@ -163,10 +153,12 @@ def _main(argv: Optional[Sequence[str]]) -> int:
 
     ds, _ = build_train_split("synthcc", data_root)
     chance = chance_level(ds, ds.eval_protocols, CHANCE_DRAWS, seed=args.seed)
-    rows = dict(results)
-    rows[f"random ranking (chance, {CHANCE_DRAWS} draws)"] = {
-        "synthcc": {f"{p}_{k}": v[k] for p, v in chance.items() for k in ("mAP", "rank1")}}
-    table = results_table(rows, "synthcc")
+    runs = load_runs([osp.join(w, "resnet50"), osp.join(w, "clip3dreid")], labels=list(results))
+    chance_row = {"model": "-", "seed": "-", "last": {"epoch": "-", "metrics": {
+        "synthcc": {f"{p}_{k}": v[k] for p, v in chance.items() for k in ("mAP", "rank1")}}}}
+    # clip3dreid-compare's table and CMC plots (no curve for the chance row); written to WORK_DIR/compare.
+    table, _ = write_comparison(runs + [(f"random ranking (chance, {CHANCE_DRAWS} draws)", chance_row)],
+                                osp.join(w, "compare"))
     # Logged once: the console handler prints it, the log file keeps it.
     logger.info("[5/5] results on synthcc, seed %d (descriptors: %s, %.1f min in all):\n%s", args.seed, source,
                 (time.time() - t0) / 60, table)

@@ -122,8 +122,13 @@ def build(cfg):
     return engine
 
 
-def run(cfg) -> dict:
-    """Builds everything from ``cfg``, resumes if asked, and runs training/evaluation.
+def run(cfg, config_file: str = "") -> dict:
+    """Builds everything from ``cfg``, resumes if asked, runs training/evaluation, and writes the run's
+    ``metrics.json`` (last and best evaluation; see :mod:`clip3dreid_plugin.evaluation.records`).
+
+    Args:
+        cfg: the merged, frozen config.
+        config_file: the recipe it came from, recorded in ``metrics.json``.
 
     Returns:
         ``{dataset: {metric: value}}`` of the last evaluation.
@@ -146,9 +151,14 @@ def run(cfg) -> dict:
     elif resume:
         compat.load_pretrained_weights(unwrap(engine.model), resume)
     try:
-        return engine.run(**run_kw)
+        last = engine.run(**run_kw)
     finally:
         dist_utils.cleanup()
+    if engine.is_main and engine.evaluations:
+        from clip3dreid_plugin.evaluation.records import write_metrics
+
+        logger.info("metrics written to %s", write_metrics(cfg.data.save_dir, cfg, engine.evaluations, config_file))
+    return last
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -171,7 +181,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             with open(osp.join(save_dir, "config.yaml"), "w", encoding="utf-8") as f:
                 f.write(cfg.dump())
             logger.info("config written to %s", osp.join(save_dir, "config.yaml"))
-        run(cfg)
+        run(cfg, args.config_file)
     except Exception as err:
         from clip3dreid_plugin.tools.common import error_line
 

@@ -1,0 +1,135 @@
+"""Runs side by side (``clip3dreid-compare RUN_DIR [RUN_DIR ...]``): one markdown table, one CMC plot per target and
+protocol.
+
+Each run folder holds the ``metrics.json`` that ``clip3dreid-train`` writes. The table has one row per run and one
+column group (mAP, rank-1) per target and protocol; the plots put every run's CMC curve on the same axes.
+``--which last`` (default) compares the last evaluation, the one no test-set selection touched; ``--which best``
+compares the evaluation that picked ``model-best``.
+
+Example::
+
+    clip3dreid-compare log/ltcc/resnet50_baseline_384x192 log/ltcc/clip3dreid_r50_vitl14_384x192 --output cmp/
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import os.path as osp
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from clip3dreid_plugin.evaluation.records import read_metrics
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["comparison_table", "load_runs", "main", "plot_cmc", "write_comparison"]
+
+Run = Tuple[str, dict]  # (label, metrics.json record)
+PROTOCOL_ORDER = ("general", "sc", "cc")
+
+
+def load_runs(run_dirs: Sequence[str], labels: Optional[Sequence[str]] = None) -> List[Run]:
+    """``(label, record)`` per run folder; the label defaults to the folder's name."""
+    labels = list(labels) if labels else [osp.basename(osp.normpath(d)) for d in run_dirs]
+    return [(label, read_metrics(d)) for label, d in zip(labels, run_dirs)]
+
+
+def _groups(runs: Sequence[Run], which: str) -> List[Tuple[str, str]]:
+    """``(target, protocol)`` pairs present in any run, targets in first-seen order, protocols in the usual one."""
+    groups: List[Tuple[str, str]] = []
+    for _, rec in runs:
+        for target, metrics in rec.get(which, {}).get("metrics", {}).items():
+            for proto in PROTOCOL_ORDER:
+                if f"{proto}_mAP" in metrics and (target, proto) not in groups:
+                    groups.append((target, proto))
+    return groups
+
+
+def comparison_table(runs: Sequence[Run], which: str = "last") -> str:
+    """Markdown table: one row per run (model, seed, epoch), mAP and rank-1 in % per target and protocol."""
+    groups = _groups(runs, which)
+    head = "| run | model | seed | epoch | " + " | ".join(f"{t} {p} mAP | {t} {p} R1" for t, p in groups) + " |"
+    rows = [head, "|---" * (4 + 2 * len(groups)) + "|"]
+    for label, rec in runs:
+        ev = rec.get(which, {})
+        cells = []
+        for target, proto in groups:
+            m = ev.get("metrics", {}).get(target, {})
+            for key in (f"{proto}_mAP", f"{proto}_rank1"):
+                cells.append(f"{100 * m[key]:.1f}" if key in m else "-")
+        rows.append(f"| {label} | {rec.get('model', '-')} | {rec.get('seed', '-')} | {ev.get('epoch', '-')} | "
+                    + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def plot_cmc(runs: Sequence[Run], which: str, target: str, protocol: str, path: str):
+    """Writes the CMC curves of every run that has one for ``target``/``protocol`` to ``path`` (PNG).
+
+    Returns:
+        The matplotlib figure (closed); its axes hold one line per plotted run.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display is needed or wanted
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for label, rec in runs:
+        cmc = rec.get(which, {}).get("cmc", {}).get(target, {}).get(protocol)
+        if cmc:
+            ax.plot(range(1, len(cmc) + 1), [100 * v for v in cmc], label=label)
+    ax.set(xlabel="rank", ylabel="matching rate (%)", title=f"{target}, {protocol} protocol ({which} evaluation)",
+           ylim=(0, 100))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return fig
+
+
+def write_comparison(runs: Sequence[Run], output: str, which: str = "last") -> Tuple[str, Dict[str, str]]:
+    """Writes ``table.md`` and ``cmc_<target>_<protocol>.png`` into ``output``; returns the table and the plots."""
+    os.makedirs(output, exist_ok=True)
+    table = comparison_table(runs, which)
+    with open(osp.join(output, "table.md"), "w", encoding="utf-8") as f:
+        f.write(table + "\n")
+    plots = {}
+    for target, proto in _groups(runs, which):
+        path = osp.join(output, f"cmc_{target}_{proto}.png")
+        plot_cmc(runs, which, target, proto, path)
+        plots[f"{target}/{proto}"] = path
+    return table, plots
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description="Compare clip3dreid-train runs: a markdown table and CMC plots.")
+    p.add_argument("run_dirs", nargs="+", help="output folders of clip3dreid-train runs (each holds metrics.json)")
+    p.add_argument("--which", default="last", choices=["last", "best"],
+                   help="the last evaluation (default) or the one that picked model-best")
+    p.add_argument("--labels", nargs="+", default=None, help="row labels, one per run (default: folder names)")
+    p.add_argument("--output", default=".", help="folder for table.md and the CMC plots (default: here)")
+    args = p.parse_args(argv)
+    from clip3dreid_plugin.tools.common import error_line, start_cli
+
+    start_cli(stream=sys.stderr)  # stdout carries the table
+    try:
+        if args.labels and len(args.labels) != len(args.run_dirs):
+            raise ValueError(f"--labels needs one label per run ({len(args.run_dirs)}), got {len(args.labels)}")
+        runs = load_runs(args.run_dirs, args.labels)
+        table, plots = write_comparison(runs, args.output, args.which)
+    except Exception as err:
+        msg = error_line(err) or (str(err) if isinstance(err, ValueError) else None)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    print(table)
+    for name, path in plots.items():
+        logger.info("CMC %s -> %s", name, path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
