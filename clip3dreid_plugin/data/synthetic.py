@@ -16,12 +16,14 @@ from torch.utils.data import DataLoader, Dataset
 from yacs.config import CfgNode as CN
 
 from clip3dreid_plugin.body.synthetic import read_synthetic_meta
+from clip3dreid_plugin.utils.distributed import get_rank
 from clip3dreid_plugin.config.loader import ConfigError
 from datasets_ext.image_io import read_image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SyntheticMeshDataset", "build_synthetic_stream", "synthetic_batch_size", "synthetic_stream", "GENDER_IDS"]
+__all__ = ["SyntheticMeshDataset", "SyntheticStream", "build_synthetic_stream", "synthetic_batch_size",
+           "synthetic_stream", "GENDER_IDS"]
 
 GENDER_IDS = {"female": 0, "male": 1, "neutral": 2}
 
@@ -66,13 +68,48 @@ def synthetic_batch_size(real_batch: int, ratio: float) -> int:
     return max(1, int(round(real_batch * ratio / (1.0 - ratio))))
 
 
-def _forever(loader: DataLoader) -> Iterator[dict]:
-    while True:
-        yield from loader
+class SyntheticStream:
+    """Endless shuffled batches of a synthetic set, one stream per rank, re-seeded every training epoch.
+
+    The shuffle and the workers' augmentation seeds come from ``(seed, rank, epoch)``: under ``torchrun`` every rank
+    draws its own bodies (W ranks would otherwise average W copies of one batch), and a resumed run draws what an
+    uninterrupted one would from the epoch it resumes at.
+
+    Args:
+        dataset: the :class:`SyntheticMeshDataset`.
+        batch_size: synthetic images per step.
+        seed: the run's seed.
+        rank: this process's rank.
+        workers: data-loader workers.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, rank: int = 0, workers: int = 0):
+        self.seed, self.rank = int(seed), int(rank)
+        self._gen = torch.Generator()
+        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) >= batch_size,
+                                 num_workers=workers, generator=self._gen, persistent_workers=workers > 0)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Restarts the stream with the shuffle of ``(seed, rank, epoch)``."""
+        state = np.random.SeedSequence([self.seed, self.rank, int(epoch)]).generate_state(2, dtype=np.uint32)
+        self._gen.manual_seed(int(state[0]) << 32 | int(state[1]))
+        self._batches = self._forever()
+
+    def _forever(self) -> Iterator[dict]:
+        while True:
+            yield from self.loader
+
+    def __iter__(self) -> "SyntheticStream":
+        return self
+
+    def __next__(self) -> dict:
+        return next(self._batches)
 
 
-def synthetic_stream(folder: str, transform, batch_size: int, seed: int = 0, workers: int = 0) -> Iterator[dict]:
-    """Endless shuffled batches of the synthetic set in ``folder`` (the engine's ``synthetic`` argument).
+def synthetic_stream(folder: str, transform, batch_size: int, seed: int = 0, workers: int = 0,
+                     rank: int = 0) -> SyntheticStream:
+    """The :class:`SyntheticStream` of the set in ``folder`` (the engine's ``synthetic`` argument).
 
     Args:
         folder: a set written by ``clip3dreid-render-synthetic``.
@@ -80,16 +117,14 @@ def synthetic_stream(folder: str, transform, batch_size: int, seed: int = 0, wor
         batch_size: synthetic images per step (see :func:`synthetic_batch_size`).
         seed: shuffle seed.
         workers: data-loader workers.
+        rank: this process's rank under ``torch.distributed`` (each rank draws its own batches).
 
     Yields:
         ``{'img': [b,3,H,W], 'labels': [b,16], 'betas': [b,10], 'gender': [b]}``.
     """
     ds = SyntheticMeshDataset(folder, transform=transform)
-    gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=len(ds) >= batch_size,
-                        num_workers=workers, generator=gen, persistent_workers=workers > 0)
     logger.info("synthetic meshes: %d images from %s, %d per step", len(ds), folder, batch_size)
-    return _forever(loader)
+    return SyntheticStream(ds, batch_size, seed=seed, rank=rank, workers=workers)
 
 
 def build_synthetic_stream(cfg: CN, datamanager) -> Iterator[dict]:
@@ -102,4 +137,4 @@ def build_synthetic_stream(cfg: CN, datamanager) -> Iterator[dict]:
     bs = synthetic_batch_size(real, cfg.body.synthetic_ratio)
     logger.info("synthetic ratio %.2f of each step", cfg.body.synthetic_ratio)
     return synthetic_stream(cfg.body.synthetic_dir, datamanager.transform_tr, bs, seed=cfg.train.seed,
-                            workers=cfg.data.workers)
+                            workers=cfg.data.workers, rank=get_rank())

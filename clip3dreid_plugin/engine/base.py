@@ -34,7 +34,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from clip3dreid_plugin import compat
 from clip3dreid_plugin.config.loader import ConfigError
-from clip3dreid_plugin.utils.distributed import all_gather_ordered
+from clip3dreid_plugin.utils.distributed import all_gather_ordered, broadcast_buffers
 from clip3dreid_plugin.utils.progress import progress
 from clip3dreid_plugin.utils.rng import rng_state, set_rng_state
 
@@ -316,6 +316,8 @@ class ClothesAwareEngineMixin:
         reads every protocol of the first target.
         """
         _refuse_cuhk03(use_metric_cuhk03)
+        # Under DDP every rank has its own BN running statistics after the last step: evaluate rank 0's model.
+        broadcast_buffers(unwrap(self.model))
         self.last_metrics, self.last_cmc = {}, {}
         super().test(dist_metric=dist_metric, normalize_feature=normalize_feature, visrank=visrank,
                      visrank_topk=visrank_topk, save_dir=save_dir, use_metric_cuhk03=use_metric_cuhk03,
@@ -347,7 +349,7 @@ class ClothesAwareEngineMixin:
             gg = torchreid.metrics.compute_distance_matrix(gf, gf, dist_metric)
             distmat = torch.as_tensor(torchreid.utils.re_ranking(distmat.numpy(), qq.numpy(), gg.numpy()))
         dev = self.eval_settings.device
-        dev = ("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev
+        dev = self.device.type if dev == "auto" else dev  # auto follows the run's device (--device cpu means cpu)
         out = evaluate_all(distmat.to(dev), q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes,
                            modes=protocols, max_rank=self.eval_settings.max_rank)
         metrics: Dict[str, float] = {}

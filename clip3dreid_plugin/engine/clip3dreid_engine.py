@@ -136,6 +136,12 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
         return torch.autocast(device_type="cuda" if self.use_gpu else "cpu", dtype=dtype)
 
+    def train(self, *args, **kwargs) -> Dict[str, float]:
+        """One epoch (see the mixin), with the synthetic stream re-seeded for it when it can be."""
+        if hasattr(self.synthetic, "set_epoch"):
+            self.synthetic.set_epoch(self.epoch)
+        return super().train(*args, **kwargs)
+
     def compute_losses(self, data: dict) -> Dict[str, torch.Tensor]:
         """Forward pass and every enabled loss term (no backward).
 

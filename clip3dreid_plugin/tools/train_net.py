@@ -20,7 +20,7 @@ from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings
 
 logger = logging.getLogger("clip3dreid")
 
-__all__ = ["main", "build_parser", "setup_cfg", "build", "run"]
+__all__ = ["main", "build_parser", "setup_cfg", "build", "run", "wrap_for_training"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +58,25 @@ def setup_cfg(args: argparse.Namespace):
         cfg.runtime.amp = args.amp
     cfg.freeze()
     return cfg
+
+
+def wrap_for_training(model, distributed: bool, trainable: bool, device, compile_model: bool = False,
+                      find_unused_parameters: bool = False):
+    """The module the engine trains: DDP around a model that has something to train, then ``torch.compile``.
+
+    DDP refuses a model without trainable parameters (``clip_zeroshot``), and ``compile(DDP(model))`` is the order
+    torch documents. Plugin models compute heads a given ablation may not use, hence ``find_unused_parameters``.
+    """
+    import torch
+
+    out = model
+    if distributed and trainable:
+        out = torch.nn.parallel.DistributedDataParallel(
+            out, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=find_unused_parameters)
+    if compile_model:
+        out = torch.compile(out)
+    return out
 
 
 def build(cfg):
@@ -110,14 +129,9 @@ def build(cfg):
         scheduler = torchreid.optim.build_lr_scheduler(optimizer, **lr_scheduler_kwargs(cfg))
     elif not cfg.test.evaluate:
         raise ConfigError(f"model '{cfg.model.name}' has no trainable parameter: run it with --eval-only")
-    train_model = model
-    if cfg.runtime.compile:
-        train_model = torch.compile(model)
-    if distributed:
-        # Plugin models compute heads a given ablation may not use; torchreid's models use every parameter.
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            train_model, device_ids=[device.index] if use_gpu else None,
-            find_unused_parameters=cfg.model.name in MODEL_FACTORIES)
+    train_model = wrap_for_training(model, distributed=distributed, trainable=optimizer is not None,
+                                    device=device, compile_model=cfg.runtime.compile,
+                                    find_unused_parameters=cfg.model.name in MODEL_FACTORIES)
     engine = build_engine(cfg, datamanager, train_model, optimizer, scheduler, use_gpu, is_main=(rank == 0))
     return engine
 

@@ -85,3 +85,21 @@ def all_gather_ordered(t: torch.Tensor, total: int) -> torch.Tensor:
         n_r = len(range(r, total, world))
         out[r::world] = b[:n_r]
     return out
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> int:
+    """Copies rank ``src``'s buffers (batch-norm running statistics) into every rank's ``module``.
+
+    DDP broadcasts buffers only before a training forward, so after the last step each rank holds its own running
+    statistics. Evaluation must use one model: call this before extracting features.
+
+    Returns:
+        The number of buffers broadcast (0 outside ``torch.distributed`` or with one process).
+    """
+    if not is_distributed() or get_world_size() == 1:
+        return 0
+    n = 0
+    for buf in module.buffers():
+        dist.broadcast(buf.data, src)
+        n += 1
+    return n

@@ -3,8 +3,9 @@
 A fresh large CPU buffer is new anonymous memory, and the first write to each 4 KiB page of it traps into the
 kernel. For the OT loss's ``[B, N, d']`` feature gradient at the paper's settings those faults cost more than the
 matrix product that fills the buffer (``BENCHMARKS.md``). ``madvise(MADV_HUGEPAGE)`` before the first write lets
-the kernel back the buffer with 2 MiB pages, 512 times fewer faults. It is a hint on this one buffer: no value changes, nothing else in the
-process is affected, and where the platform or kernel does not take it the buffer is used as it is.
+the kernel back the buffer with 2 MiB pages, 512 times fewer faults. It is a hint on this one buffer: no value
+changes, nothing else in the process is affected, and where the platform or kernel does not take it the buffer is
+used as it is.
 
 The buffer is a mapping of its own (``mmap``), unmapped when the tensor is freed. A buffer from the C allocator
 would not do: glibc serves even a large request from free heap memory when it has enough, and a hint given there

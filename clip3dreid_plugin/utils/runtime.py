@@ -53,14 +53,24 @@ def setup_logging(save_dir: str = "", filename: str = "train.log", level: int = 
 
 
 def set_seed(seed: int, deterministic: bool = False) -> None:
-    """Seeds python, numpy and torch (all devices)."""
+    """Seeds python, numpy and torch (all devices); ``deterministic`` also asks torch for deterministic kernels,
+    otherwise cuDNN may benchmark its kernels (``runtime.deterministic``)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
     if deterministic:
+        # cuBLAS needs a fixed workspace for reproducible GEMMs; set before the first CUDA matmul.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+        # warn_only: an op without a deterministic kernel warns, naming itself, instead of stopping the run.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        # A process may seed twice (tests, the quickstart's two runs): undo an earlier deterministic request.
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
 
 
 def resolve_device(name: str) -> torch.device:
