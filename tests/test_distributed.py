@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from clip3dreid_plugin import compat
 from clip3dreid_plugin.data.samplers import DistributedIdentitySampler, ShardSampler
@@ -72,6 +73,20 @@ def test_kill_distributed_run_and_resume_with_other_world_size(toy_market_root, 
     first_ckpt = compat.load_checkpoint(first)
     assert resumed["epoch"] == 2
     assert resumed["optimizer"]["state"][0]["step"] > first_ckpt["optimizer"]["state"][0]["step"]
+
+
+def test_fixbase_epoch_trains_under_ddp(toy_market_root, tmp_path):
+    """train.fixbase_epoch 1 under torchrun: only the classifier trains in epoch 1 (torchreid finds it by name on the
+    unwrapped model), every layer in epoch 2, and DDP accepts the frozen layers."""
+    root, _ = toy_market_root
+    out = str(tmp_path / "ddp_fixbase")
+    _finish(_torchrun(2, root, out, "train.max_epoch", "2", "train.fixbase_epoch", "1", "model.name", "resnet18",
+                      port=29619))
+    first, second = (compat.load_checkpoint(osp.join(out, "model", f"model.pth.tar-{e}")) for e in (1, 2))
+    n_params = len(first["optimizer"]["param_groups"][0]["params"])
+    # Adam keeps state only for parameters that received a gradient: the classifier's weight and bias in epoch 1.
+    assert len(first["optimizer"]["state"]) == 2 and len(second["optimizer"]["state"]) == n_params > 2
+    assert not torch.equal(second["state_dict"]["conv1.weight"], first["state_dict"]["conv1.weight"])
 
 
 def test_distributed_identity_sampler_shards_balanced_batches():

@@ -219,7 +219,8 @@ class ClothesAwareEngineMixin:
         """One epoch over ``self.train_loader``; logs the mean of every loss term."""
         meters = torchreid.utils.MetricMeter()
         self.set_model_mode("train")
-        self.two_stepped_transfer_learning(self.epoch, fixbase_epoch, open_layers)
+        # The plain module: torchreid looks layers up by name, and DDP's "module." prefix would hide them.
+        self.two_stepped_transfer_learning(self.epoch, fixbase_epoch, open_layers, model=unwrap(self.model))
         self.num_batches = len(self.train_loader)
         sampler = getattr(self.train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):

@@ -129,9 +129,12 @@ def build(cfg):
         scheduler = torchreid.optim.build_lr_scheduler(optimizer, **lr_scheduler_kwargs(cfg))
     elif not cfg.test.evaluate:
         raise ConfigError(f"model '{cfg.model.name}' has no trainable parameter: run it with --eval-only")
+    # DDP must be told when some parameters get no gradient in a step: plugin models' unused heads, layers frozen
+    # by train.fixbase_epoch, or a torchreid loss term weighted 0 (e.g. the classifier with loss.triplet.weight_x 0).
+    unused = (cfg.model.name in MODEL_FACTORIES or cfg.train.fixbase_epoch > 0
+              or (cfg.loss.name == "triplet" and min(cfg.loss.triplet.weight_t, cfg.loss.triplet.weight_x) == 0))
     train_model = wrap_for_training(model, distributed=distributed, trainable=optimizer is not None,
-                                    device=device, compile_model=cfg.runtime.compile,
-                                    find_unused_parameters=cfg.model.name in MODEL_FACTORIES)
+                                    device=device, compile_model=cfg.runtime.compile, find_unused_parameters=unused)
     engine = build_engine(cfg, datamanager, train_model, optimizer, scheduler, use_gpu, is_main=(rank == 0))
     return engine
 
