@@ -3,20 +3,20 @@
 A fresh large CPU buffer is new anonymous memory, and the first write to each 4 KiB page of it traps into the
 kernel. For the OT loss's ``[B, N, d']`` feature gradient at the paper's settings those faults cost more than the
 matrix product that fills the buffer (``BENCHMARKS.md``). ``madvise(MADV_HUGEPAGE)`` before the first write lets
-the kernel back the buffer with 2 MiB pages, 512 times fewer faults. It is a hint on this one buffer: no value
-changes, nothing else in the process is affected, and where the platform or kernel does not take it the buffer is
-used as it is.
+the kernel back the buffer with 2 MiB pages, 512 times fewer faults. No value ever changes, and where the platform
+or kernel does not take the hint the buffer is used as it is.
 
-The buffer is a mapping of its own (``mmap``), unmapped when the tensor is freed. A buffer from the C allocator
-would not do: glibc serves even a large request from free heap memory when it has enough, and a hint given there
-stays on heap pages that later, unrelated allocations reuse.
+The hint is given on memory from the C allocator, not on a mapping of its own. glibc serves a large request from
+free heap memory when it has enough. A hint given there stays on those pages after the tensor is freed, so later
+allocations that reuse them get huge pages too. That reuse, with no new page faults at all, is also what makes this
+path fast. A private ``mmap`` per call would keep the hint to one buffer, but it faults and zeroes the whole buffer
+on every step and measured about 40 % slower (``BENCHMARKS.md``).
 """
 from __future__ import annotations
 
 import ctypes
 import functools
 import logging
-import mmap
 import sys
 from typing import Callable, Optional
 
@@ -24,10 +24,10 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HUGE_PAGE_BYTES", "MIN_ADVISED_BYTES", "empty_like_huge"]
+__all__ = ["HUGE_PAGE_BYTES", "MIN_ADVISED_BYTES", "advise_huge_pages", "empty_like_huge"]
 
 HUGE_PAGE_BYTES = 2 << 20
-# Below this a buffer's faults cost little next to a syscall pair per allocation (mmap + munmap).
+# Below this a buffer's faults cost little next to the madvise call.
 MIN_ADVISED_BYTES = 32 << 20
 _MADV_HUGEPAGE = 14  # <linux/mman.h>
 
@@ -46,16 +46,30 @@ def _madvise() -> Optional[Callable[..., int]]:
     return fn
 
 
-def _advise(tensor: torch.Tensor) -> bool:
-    """Gives the hint on the 2 MiB-aligned part of ``tensor``'s storage (a mapping of its own); True if taken."""
-    madvise = _madvise()
-    if madvise is None:
+def advise_huge_pages(tensor: torch.Tensor) -> bool:
+    """Asks the kernel to back ``tensor``'s memory with transparent huge pages.
+
+    Call it before the first write: pages already touched stay small. Only the 2 MiB-aligned part of the
+    storage is advised. CPU tensors under :data:`MIN_ADVISED_BYTES` are left alone.
+
+    Args:
+        tensor: a CPU tensor (any shape); other devices are ignored.
+
+    Returns:
+        ``True`` when the kernel accepted the hint, ``False`` when it was not given or refused.
+    """
+    if tensor.device.type != "cpu":
         return False
     storage = tensor.untyped_storage()
     start, nbytes = storage.data_ptr(), storage.nbytes()
+    if nbytes < MIN_ADVISED_BYTES:
+        return False
+    madvise = _madvise()
+    if madvise is None:
+        return False
     lo = -(-start // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES
     hi = (start + nbytes) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES
-    if hi <= lo or madvise(lo, hi - lo, _MADV_HUGEPAGE) != 0:
+    if madvise(lo, hi - lo, _MADV_HUGEPAGE) != 0:
         # A kernel without THP says EINVAL; the buffer works the same, only with 4 KiB pages.
         logger.debug("madvise(MADV_HUGEPAGE) refused (errno %d)", ctypes.get_errno())
         return False
@@ -63,25 +77,14 @@ def _advise(tensor: torch.Tensor) -> bool:
 
 
 def empty_like_huge(tensor: torch.Tensor) -> torch.Tensor:
-    """``torch.empty_like(tensor)``, in a mapping of its own advised for huge pages when it is a large CPU buffer.
-
-    Call it for a buffer about to be written whole: pages already touched stay small. CPU buffers under
-    :data:`MIN_ADVISED_BYTES`, other devices and non-Linux platforms get a plain ``torch.empty_like``.
+    """``torch.empty_like(tensor)``, advised for huge pages when it is a large CPU buffer.
 
     Args:
         tensor: the tensor whose shape, strides, dtype and device to copy.
 
     Returns:
-        An uninitialised tensor like ``tensor`` (same strides).
+        An uninitialised tensor like ``tensor``.
     """
-    layout = torch.empty_like(tensor, device="meta")  # empty_like's strides, without allocating
-    if tensor.device.type != "cpu" or _madvise() is None or layout.numel() == 0:
-        return torch.empty_like(tensor)
-    numel = 1 + sum((n - 1) * st for n, st in zip(layout.shape, layout.stride()))
-    if numel * tensor.element_size() < MIN_ADVISED_BYTES:
-        return torch.empty_like(tensor)
-    # Anonymous and page-aligned; the tensor holds the mmap object, so freeing the tensor unmaps it.
-    buf = mmap.mmap(-1, numel * tensor.element_size())
-    flat = torch.frombuffer(buf, dtype=tensor.dtype, count=numel)
-    _advise(flat)
-    return flat.as_strided(layout.shape, layout.stride())
+    out = torch.empty_like(tensor)
+    advise_huge_pages(out)
+    return out
