@@ -7,7 +7,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 from yacs.config import CfgNode
 
-__all__ = ["start_cli", "error_line", "user_error_types", "load_student", "eval_transform"]
+__all__ = ["start_cli", "error_line", "report_error", "user_error_types", "load_student", "eval_transform"]
 
 
 def start_cli(stream=None) -> None:
@@ -59,6 +59,23 @@ def error_line(err: BaseException) -> Optional[str]:
     return msg.strip("'\"") if isinstance(err, KeyError) else msg
 
 
+
+
+def report_error(err: BaseException) -> int:
+    """Prints a user error's one line (``error: ...``) and returns exit code 2; re-raises anything else.
+
+    ``CLIP3DREID_DEBUG=1`` re-raises user errors too, for their traceback. Under ``torchrun`` ranks other than 0
+    prefix their line with the rank, since every rank fails alike.
+    """
+    import os
+    import sys
+
+    msg = error_line(err)
+    if msg is None or os.environ.get("CLIP3DREID_DEBUG") == "1":
+        raise err
+    rank = int(os.environ.get("RANK", "0"))
+    print(f"error: {msg}" if rank == 0 else f"error (rank {rank}): {msg}", file=sys.stderr)
+    return 2
 
 
 def load_student(config_file: str, opts: Sequence[str], weights: str) -> Tuple[CfgNode, torch.nn.Module]:

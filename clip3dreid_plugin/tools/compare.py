@@ -111,20 +111,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--labels", nargs="+", default=None, help="row labels, one per run (default: folder names)")
     p.add_argument("--output", default=".", help="folder for table.md and the CMC plots (default: here)")
     args = p.parse_args(argv)
-    from clip3dreid_plugin.tools.common import error_line, start_cli
+    from clip3dreid_plugin.config.loader import ConfigError
+    from clip3dreid_plugin.tools.common import report_error, start_cli
 
     start_cli(stream=sys.stderr)  # stdout carries the table
     try:
         if args.labels and len(args.labels) != len(args.run_dirs):
-            raise ValueError(f"--labels needs one label per run ({len(args.run_dirs)}), got {len(args.labels)}")
+            raise ConfigError(f"--labels needs one label per run ({len(args.run_dirs)}), got {len(args.labels)}")
         runs = load_runs(args.run_dirs, args.labels)
         table, plots = write_comparison(runs, args.output, args.which)
     except Exception as err:
-        msg = error_line(err) or (str(err) if isinstance(err, ValueError) else None)
-        if msg is None:
-            raise
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+        return report_error(err)
     print(table)
     for name, path in plots.items():
         logger.info("CMC %s -> %s", name, path)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import os.path as osp
 import sys
 import time
@@ -68,13 +67,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return _main(argv)
     except Exception as err:
-        from clip3dreid_plugin.tools.common import error_line
+        from clip3dreid_plugin.tools.common import report_error
 
-        msg = error_line(err)
-        if msg is None or os.environ.get("CLIP3DREID_DEBUG") == "1":
-            raise
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+        return report_error(err)
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:

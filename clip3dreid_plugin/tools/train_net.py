@@ -200,14 +200,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             logger.info("config written to %s", osp.join(save_dir, "config.yaml"))
         run(cfg, args.config_file)
     except Exception as err:
-        from clip3dreid_plugin.tools.common import error_line
+        from clip3dreid_plugin.tools.common import report_error
 
-        msg = error_line(err)
-        if msg is None or os.environ.get("CLIP3DREID_DEBUG") == "1":
-            raise
-        rank = int(os.environ.get("RANK", "0"))  # under torchrun every rank fails alike: say which line is whose
-        print(f"error: {msg}" if rank == 0 else f"error (rank {rank}): {msg}", file=sys.stderr)
-        return 2
+        return report_error(err)
     return 0
 
 
