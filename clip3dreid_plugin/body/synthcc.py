@@ -58,7 +58,8 @@ from clip3dreid_plugin.utils.rng import spawn_rngs
 
 __all__ = [
     "DATASET_DIR", "META_NAME", "SPLITS", "SynthCCError", "build_synthcc", "read_synthcc_meta",
-    "synthcc_labels_by_path", "synthcc_ground_truth", "outfit_pool_size", "camera_background", "FILE_PATTERN",
+    "synthcc_labels_by_path", "synthcc_shapes_by_path", "synthcc_ground_truth", "outfit_pool_size",
+    "camera_background", "FILE_PATTERN",
 ]
 
 logger = logging.getLogger(__name__)
@@ -499,6 +500,18 @@ def _render(plan: Dict[str, Any], models: Dict[str, BodyModel], pose_pool: np.nd
 
 
 # ------------------------------------------------------------------------------------ ground truth
+def _per_image(root: str, splits: Sequence[str], field) -> Dict[str, Any]:
+    """absolute image path -> ``field(identity record)`` for the images of ``splits``."""
+    bad = [s for s in splits if s not in SPLITS]
+    if bad:
+        raise SynthCCError(f"unknown synthcc split(s) {bad}; choose among {list(SPLITS)}")
+    meta = read_synthcc_meta(root)
+    dataset_dir = _dataset_dir(root)
+    per_id = {int(r["pid"]): field(r) for r in meta["identities"]}
+    return {osp.join(dataset_dir, im["file"]): per_id[int(im["pid"])] for im in meta["images"]
+            if im["split"] in splits}
+
+
 def synthcc_labels_by_path(root: str, splits: Sequence[str] = ("train",)) -> Dict[str, List[int]]:
     """Ground-truth descriptor labels of every image: its identity's 16 labels (0 = first phrase of the pair).
 
@@ -512,14 +525,23 @@ def synthcc_labels_by_path(root: str, splits: Sequence[str] = ("train",)) -> Dic
     Raises:
         SynthCCError: missing metadata or an unknown split.
     """
-    bad = [s for s in splits if s not in SPLITS]
-    if bad:
-        raise SynthCCError(f"unknown synthcc split(s) {bad}; choose among {list(SPLITS)}")
-    meta = read_synthcc_meta(root)
-    dataset_dir = _dataset_dir(root)
-    labels = {int(r["pid"]): [int(x) for x in r["labels"]] for r in meta["identities"]}
-    return {osp.join(dataset_dir, im["file"]): labels[int(im["pid"])] for im in meta["images"]
-            if im["split"] in splits}
+    return _per_image(root, splits, lambda r: [int(x) for x in r["labels"]])
+
+
+def synthcc_shapes_by_path(root: str, splits: Sequence[str] = ("train",)) -> Dict[str, List[float]]:
+    """True shape coefficients of every image's identity (the betas it was rendered with).
+
+    Args:
+        root: data root holding ``synthcc/`` (or that folder itself).
+        splits: any of ``train``, ``query``, ``gallery``.
+
+    Returns:
+        absolute image path -> the identity's 10 betas.
+
+    Raises:
+        SynthCCError: missing metadata or an unknown split.
+    """
+    return _per_image(root, splits, lambda r: [float(x) for x in r["betas"]])
 
 
 def synthcc_ground_truth(root: str, split: str = "train") -> Tuple[List[str], torch.Tensor]:

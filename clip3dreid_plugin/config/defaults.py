@@ -147,6 +147,9 @@ def add_clip3dreid_config(cfg: CN) -> CN:
     cfg.clip3dreid.imagenet_weights = ""  # with model.pretrained: local ResNet state dict instead of torchreid's file
     cfg.clip3dreid.local_dim = 2048  # d': channels of the local features F and of f_id
     cfg.clip3dreid.agg_hidden_dim = 512  # hidden width of the MLP that aggregates F into f_id
+    cfg.clip3dreid.agg_residual = False  # f_id = pooled + MLP(pooled), last layer zero-initialised
+    cfg.clip3dreid.bnneck = False  # BatchNorm between f_id and the classifier; its output is the retrieval feature
+    cfg.clip3dreid.classifier_init = "torchreid"  # torchreid (Linear, bias, std 0.01) | small (bias-free, std 1e-3)
     cfg.clip3dreid.head_type = "mlp"  # mlp (main paper) | linear (supplement) for Psi, Phi and phi
     cfg.clip3dreid.head_hidden_dim = 512  # hidden width of the Psi/Phi/phi heads when head_type is mlp
     cfg.clip3dreid.num_shape_coeffs = NUM_BETAS  # SMPL betas predicted by phi
@@ -156,7 +159,8 @@ def add_clip3dreid_config(cfg: CN) -> CN:
     cfg.teacher = CN()
     cfg.teacher.name = "ViT-L-14-quickgelu"  # open_clip model name; QuickGELU matches OpenAI weights
     cfg.teacher.pretrained = ""  # local checkpoint path or open_clip hub tag (needs network)
-    cfg.teacher.mode = "cache"  # cache = read precomputed features | online = run CLIP every step | none
+    cfg.teacher.mode = "cache"  # cache = precomputed features | online = run CLIP every step | ideal (synthcc) | none
+    cfg.teacher.ideal_seed = 0  # teacher.mode ideal: seed of its orthonormal phrase features and shape projection
     cfg.teacher.cache_dir = "teacher_cache"  # folder of the per-(dataset, teacher, weights) cache files
     cfg.teacher.batch_size = 64  # images per teacher forward when building the cache
     cfg.teacher.prompt_template = ""  # empty = the paper's template; must contain '{}'

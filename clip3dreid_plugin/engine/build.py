@@ -52,9 +52,21 @@ def _clip3dreid_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gp
     return engine
 
 
+def _shape_probe_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: bool, **common):
+    from clip3dreid_plugin.body.synthcc import synthcc_shapes_by_path
+    from clip3dreid_plugin.engine.shape_probe import ShapeProbeEngine
+
+    others = [name for name in datamanager.sources if name != "synthcc"]
+    if others:
+        raise ConfigError(f"model.name shape_probe needs true body shapes, which only synthcc has; data.sources "
+                          f"has {others}")
+    return ShapeProbeEngine(datamanager, model, optimizer, synthcc_shapes_by_path(cfg.data.root),
+                            scheduler=scheduler, use_gpu=use_gpu, **common)
+
+
 # model name -> fn(cfg, datamanager, model, optimizer, scheduler, use_gpu, **common) -> engine, where common holds
 # the evaluation and checkpoint options every plugin engine takes (ClothesAwareEngineMixin).
-ENGINE_BUILDERS: Dict[str, Callable] = {"clip3dreid": _clip3dreid_engine}
+ENGINE_BUILDERS: Dict[str, Callable] = {"clip3dreid": _clip3dreid_engine, "shape_probe": _shape_probe_engine}
 
 
 def _standard_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: bool, **common):

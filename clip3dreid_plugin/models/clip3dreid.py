@@ -4,7 +4,7 @@ Data flow (paper Sec. 3.1)::
 
     x [B,3,H,W] -> ResNet-50 (last stride s) -> F [B, N, d']          (local features, N = h*w)
     F -> mean over N -> MLP (one hidden layer) -> f_id [B, d']         (identity feature)
-    f_id -> classifier -> logits [B, K]
+    f_id -> [BN-neck] -> classifier -> logits [B, K]                  (retrieval uses the BN-neck output when on)
     H [B, M, d] -> Psi -> [B, M, d']                                   (text features, OT target)
     g [B, d]    -> Phi -> [B, d']                                      (teacher image feature, MSE target)
     f_id        -> phi -> betas [B, 10]                                (SMPL shape coefficients)
@@ -22,15 +22,18 @@ from typing import Dict, Iterator, Optional
 
 import torch
 import torch.nn as nn
-import torchreid
 
 from clip3dreid_plugin import compat
 from clip3dreid_plugin.config.loader import ConfigError
-from clip3dreid_plugin.models.imagenet import ensure_pretrained_file, imagenet_resnet_url
+from clip3dreid_plugin.models.imagenet import torchreid_resnet
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CLIP3DReID", "build_head", "clip3dreid", "frozen_running_stats"]
+__all__ = ["CLIP3DReID", "Aggregator", "build_head", "clip3dreid", "frozen_running_stats", "CLASSIFIER_INITS"]
+
+#: ``classifier_init`` choices: torchreid's ``Linear`` (bias, weight std 0.01, as its ResNet-50's classifier), or the
+#: earlier bias-free std-1e-3 layer, kept for the ablation in BENCHMARKS.md (it learns slowly under Adam at 3e-4).
+CLASSIFIER_INITS = ("torchreid", "small")
 
 
 @contextmanager
@@ -50,17 +53,6 @@ def frozen_running_stats(module: nn.Module) -> Iterator[None]:
             m.momentum = mom
 
 
-def _torchreid_resnet(arch: str, num_classes: int, pretrained: bool) -> nn.Module:
-    """torchreid's ResNet factory ``arch``; ``pretrained`` loads its ImageNet file (cached first, or a clear error)."""
-    resnets = torchreid.models.resnet
-    if arch not in resnets.model_urls or not hasattr(resnets, arch):
-        raise ConfigError(f"clip3dreid.backbone must be one of torchreid's ResNets {sorted(resnets.model_urls)}, "
-                          f"got '{arch}'")
-    if pretrained:
-        ensure_pretrained_file(imagenet_resnet_url(arch), f"clip3dreid (trunk {arch})")
-    return getattr(resnets, arch)(num_classes=num_classes, loss="softmax", pretrained=pretrained)
-
-
 def build_head(in_dim: int, out_dim: int, head_type: str = "mlp", hidden_dim: int = 512) -> nn.Module:
     """Psi/Phi/phi head: an MLP with one hidden layer (main paper) or one linear layer (supplement).
 
@@ -75,6 +67,31 @@ def build_head(in_dim: int, out_dim: int, head_type: str = "mlp", hidden_dim: in
     if head_type == "mlp":
         return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
     raise ConfigError(f"clip3dreid.head_type must be 'mlp' or 'linear', got '{head_type}'")
+
+
+class Aggregator(nn.Sequential):
+    """The paper's aggregation MLP with one hidden layer: pooled local features -> ``f_id``.
+
+    Args:
+        dim: d', input and output width.
+        hidden_dim: hidden width (BatchNorm + ReLU after the first layer).
+        residual: ``f_id = x + MLP(x)`` with the last layer zero-initialised, so training starts from the pooled
+            features that torchreid's baseline classifies.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, residual: bool = False):
+        # A Sequential, so that checkpoints keep the keys aggregator.0.* .. aggregator.3.* of earlier versions.
+        super().__init__(nn.Linear(dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
+                         nn.Linear(hidden_dim, dim))
+        self.residual = residual
+        if residual:
+            nn.init.zeros_(self[-1].weight)
+            nn.init.zeros_(self[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, d']`` -> ``[B, d']``."""
+        y = super().forward(x)
+        return x + y if self.residual else y
 
 
 class CLIP3DReID(nn.Module):
@@ -93,17 +110,22 @@ class CLIP3DReID(nn.Module):
         num_shape_coeffs: number of SMPL betas predicted by phi.
         pretrained: load torchreid's ImageNet file for ``backbone`` into the trunk, from torch's model-zoo cache
             (downloaded when online; see :mod:`clip3dreid_plugin.models.imagenet`).
+        classifier_init: one of :data:`CLASSIFIER_INITS`.
+        bnneck: a BatchNorm (bias fixed at 0) between ``f_id`` and the classifier; its output is also the retrieval
+            feature. The distillation heads and losses keep using ``f_id`` itself.
+        agg_residual: residual aggregation MLP (see :class:`Aggregator`).
     """
 
     def __init__(self, num_classes: int, loss: str = "softmax", backbone: str = "resnet50", last_stride: int = 1,
                  local_dim: int = 2048, agg_hidden_dim: int = 512, head_type: str = "mlp",
                  head_hidden_dim: int = 512, teacher_dim: int = 768, num_shape_coeffs: int = 10,
-                 pretrained: bool = False):
+                 pretrained: bool = False, classifier_init: str = "torchreid", bnneck: bool = False,
+                 agg_residual: bool = False):
         super().__init__()
         self.loss = loss
         # torchreid's own ResNet, built first with the same arguments as its factory: under one seed the student's
         # trunk starts from exactly the baseline's random weights, and pretrained=True loads exactly its file.
-        trunk = _torchreid_resnet(backbone, num_classes, pretrained)
+        trunk = torchreid_resnet(backbone, num_classes, pretrained)
         if last_stride not in (1, 2):
             raise ConfigError(f"clip3dreid.last_stride must be 1 or 2, got {last_stride}")
         if last_stride == 1:
@@ -114,16 +136,24 @@ class CLIP3DReID(nn.Module):
                                       trunk.layer3, trunk.layer4)
         trunk_dim = trunk.feature_dim
         self.local_proj = nn.Identity() if local_dim == trunk_dim else nn.Conv2d(trunk_dim, local_dim, 1, bias=False)
-        self.aggregator = nn.Sequential(
-            nn.Linear(local_dim, agg_hidden_dim), nn.BatchNorm1d(agg_hidden_dim), nn.ReLU(inplace=True),
-            nn.Linear(agg_hidden_dim, local_dim),
-        )
-        self.classifier = nn.Linear(local_dim, num_classes, bias=False)
+        if classifier_init not in CLASSIFIER_INITS:
+            raise ConfigError(f"clip3dreid.classifier_init must be one of {list(CLASSIFIER_INITS)}, "
+                              f"got '{classifier_init}'")
+        self.aggregator = Aggregator(local_dim, agg_hidden_dim, residual=agg_residual)
+        self.bnneck: Optional[nn.BatchNorm1d] = None
+        if bnneck:
+            self.bnneck = nn.BatchNorm1d(local_dim)
+            self.bnneck.bias.requires_grad_(False)  # BNNeck (Luo et al. 2019): shift-free, so CE sees a centred feature
+        self.classifier = nn.Linear(local_dim, num_classes, bias=classifier_init == "torchreid")
         self.text_head = build_head(teacher_dim, local_dim, head_type, head_hidden_dim)  # Psi
         self.image_head = build_head(teacher_dim, local_dim, head_type, head_hidden_dim)  # Phi
         self.shape_head = build_head(local_dim, num_shape_coeffs, head_type, head_hidden_dim)  # phi
         self.feature_dim = local_dim
-        nn.init.normal_(self.classifier.weight, std=0.001)
+        if classifier_init == "torchreid":
+            nn.init.normal_(self.classifier.weight, std=0.01)  # torchreid's ResNet._init_params for nn.Linear
+            nn.init.zeros_(self.classifier.bias)
+        else:
+            nn.init.normal_(self.classifier.weight, std=0.001)
 
     def load_imagenet(self, path: str) -> None:
         """Loads a torchvision ResNet state dict (``conv1.*``, ``layer1.*``, ...) into the trunk.
@@ -163,6 +193,9 @@ class CLIP3DReID(nn.Module):
         local = self.local_features(x)
         return local, self.aggregator(local.mean(dim=1))
 
+    def _neck(self, f_id: torch.Tensor) -> torch.Tensor:
+        return f_id if self.bnneck is None else self.bnneck(f_id)
+
     def forward(self, x: torch.Tensor, text_feats: Optional[torch.Tensor] = None,
                 teacher_feats: Optional[torch.Tensor] = None, num_real: Optional[int] = None,
                 return_dict: bool = False):
@@ -180,28 +213,32 @@ class CLIP3DReID(nn.Module):
                 mode returns what torchreid's engines expect for ``self.loss``.
 
         Returns:
-            Eval mode: ``f_id`` ``[B, d']``. Train mode: ``logits [B,K]`` (loss ``softmax``) or
-            ``(logits, f_id)`` (loss ``triplet``), as torchreid's ``ImageSoftmaxEngine`` / ``ImageTripletEngine`` /
-            ``VideoSoftmaxEngine`` unpack them; with ``return_dict`` a dict with ``logits [B,K]``, ``f_id [B,d']``,
+            Eval mode: ``f_id`` ``[B, d']`` (after the BN-neck when it is on). Train mode: ``logits [B,K]`` (loss
+            ``softmax``) or ``(logits, f_id)`` (loss ``triplet``), as torchreid's ``ImageSoftmaxEngine`` /
+            ``ImageTripletEngine`` / ``VideoSoftmaxEngine`` unpack them; with ``return_dict`` a dict with
+            ``logits [B,K]``, ``f_id [B,d']``,
             ``local [B,N,d']``, ``betas [B,10]`` and, when given, ``text_proj [B,M,d']`` and ``teacher_proj [B,d']``.
         """
         if not self.training:
-            return self._identity(x)[1]
+            return self._neck(self._identity(x)[1])
         if not return_dict:
             if text_feats is not None or teacher_feats is not None or num_real is not None:
                 raise ValueError("text_feats, teacher_feats and num_real need return_dict=True")
             f_id = self._identity(x)[1]
-            logits = self.classifier(f_id)
+            logits = self.classifier(self._neck(f_id))
             return (logits, f_id) if self.loss == "triplet" else logits
         if num_real is not None and 0 < num_real < x.size(0):
             local, f_id = self._identity(x[:num_real])
+            neck = self._neck(f_id)
             with frozen_running_stats(self):
                 local_syn, f_id_syn = self._identity(x[num_real:])
-            local, f_id = torch.cat([local, local_syn]), torch.cat([f_id, f_id_syn])
+                neck_syn = self._neck(f_id_syn)
+            local, f_id, neck = torch.cat([local, local_syn]), torch.cat([f_id, f_id_syn]), torch.cat([neck, neck_syn])
         else:
             local, f_id = self._identity(x)
+            neck = self._neck(f_id)
         out: Dict[str, torch.Tensor] = {
-            "logits": self.classifier(f_id),
+            "logits": self.classifier(neck),
             "f_id": f_id,
             "local": local,
             "betas": self.shape_head(f_id),
@@ -234,7 +271,8 @@ def clip3dreid(num_classes: int, loss: str = "softmax", pretrained: bool = True,
     model = CLIP3DReID(num_classes, loss=loss, backbone=c.backbone, last_stride=c.last_stride,
                        local_dim=c.local_dim, agg_hidden_dim=c.agg_hidden_dim, head_type=c.head_type,
                        head_hidden_dim=c.head_hidden_dim, teacher_dim=c.teacher_dim,
-                       num_shape_coeffs=c.num_shape_coeffs, pretrained=pretrained and not override, **kwargs)
+                       num_shape_coeffs=c.num_shape_coeffs, pretrained=pretrained and not override,
+                       classifier_init=c.classifier_init, bnneck=c.bnneck, agg_residual=c.agg_residual, **kwargs)
     if override:
         model.load_imagenet(c.imagenet_weights)
     return model

@@ -25,7 +25,7 @@ from clip3dreid_plugin.config.loader import ConfigError
 logger = logging.getLogger(__name__)
 
 __all__ = ["PretrainedWeightsError", "ensure_pretrained_file", "hub_checkpoint_dir", "imagenet_resnet_url",
-           "torchreid_pretrained_url"]
+           "torchreid_pretrained_url", "torchreid_resnet"]
 
 # A reachable host answers in well under a second; an unreachable one must not hold up a run (or a test).
 _PROBE_TIMEOUT_S = 15.0
@@ -98,3 +98,13 @@ def ensure_pretrained_file(url: str, what: str) -> str:
             "False") from None
     return path
 
+
+def torchreid_resnet(arch: str, num_classes: int, pretrained: bool) -> torch.nn.Module:
+    """torchreid's ResNet factory ``arch``; ``pretrained`` loads its ImageNet file (cached first, or a clear error)."""
+    resnets = torchreid.models.resnet
+    if arch not in resnets.model_urls or not hasattr(resnets, arch):
+        raise ConfigError(f"clip3dreid.backbone must be one of torchreid's ResNets {sorted(resnets.model_urls)}, "
+                          f"got '{arch}'")
+    if pretrained:
+        ensure_pretrained_file(imagenet_resnet_url(arch), f"clip3dreid (trunk {arch})")
+    return getattr(resnets, arch)(num_classes=num_classes, loss="softmax", pretrained=pretrained)

@@ -94,7 +94,8 @@ def build_teacher(cfg: CN, device="cpu") -> CLIPTeacher:
 
 
 def build_teacher_source(cfg: CN, datasets: Sequence[Tuple[str, Sequence[str]]], device="cpu"):
-    """Source for ``cfg.teacher.mode``: ``cache`` | ``online`` | ``none`` (returns None).
+    """Source for ``cfg.teacher.mode``: ``cache`` | ``online`` | ``ideal`` (synthcc only, see
+    :mod:`clip3dreid_plugin.teacher.ideal`) | ``none`` (returns None).
 
     Args:
         cfg: full config.
@@ -111,8 +112,19 @@ def build_teacher_source(cfg: CN, datasets: Sequence[Tuple[str, Sequence[str]]],
         return None
     if mode == "online":
         return OnlineTeacherSource(build_teacher(cfg, device))
+    if mode == "ideal":
+        from clip3dreid_plugin.teacher.ideal import IdealTeacherSource
+
+        others = [name for name, _ in datasets if name != "synthcc"]
+        if others:
+            raise ConfigError(f"teacher.mode ideal knows body shape for synthcc only, not for {others}; "
+                              "use teacher.mode cache or online")
+        source = IdealTeacherSource.from_synthcc(cfg.data.root, cfg.clip3dreid.teacher_dim, cfg.teacher.ideal_seed)
+        logger.warning("teacher.mode ideal: an offline stand-in that knows synthcc's true shapes (orthonormal phrase "
+                       "features, ground-truth labels, g = projected betas), not CLIP")
+        return source
     if mode != "cache":
-        raise ConfigError(f"teacher.mode must be cache, online or none, got '{mode}'")
+        raise ConfigError(f"teacher.mode must be cache, online, ideal or none, got '{mode}'")
     t = cfg.teacher
     label = weights_label_for(t.pretrained or None, t.name)
     # The file name only carries the weights' stem; the hash catches a replaced file of the same name.

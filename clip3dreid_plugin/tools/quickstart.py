@@ -29,6 +29,7 @@ CHANCE_DRAWS = 200  # random rankings averaged for the chance row (standard erro
 # Recipe names, found among the installed recipes (or a checkout's configs/) from any folder.
 BASELINE_CFG = "synthcc/resnet50_baseline_128x64"
 CLIP3DREID_CFG = "synthcc/clip3dreid_r50_vitb32_128x64"
+SHAPE_PROBE_CFG = "synthcc/shape_probe_r50_128x64"
 
 
 def label_descriptors_for_quickstart(cfg, gt_paths: List[str], gt_labels) -> str:

@@ -1,0 +1,241 @@
+"""Method study on synthcc: each design of CLIP3DReID against torchreid's ResNet-50, over seeds, with paired CIs.
+
+Every row trains with the quickstart's budget (same data, init, recipe and epochs as the baseline) and is evaluated
+by the same evaluator. Rows:
+
+* ``baseline``: torchreid's ``resnet50`` under its ``ImageSoftmaxEngine``;
+* ``ce_only``: the student with cross-entropy only;
+* ``ot_ideal``: + L_OT with the ideal teacher (``teacher.mode ideal``: orthonormal phrase features, ground-truth
+  descriptor labels);
+* ``ot_global_ideal``: + L_global (g = a fixed projection of the true shape coefficients);
+* ``full_ideal``: + the 3D term (L_OT_syn + L_3D): the full model with the ideal teacher;
+* ``full_standin``: the full model as the quickstart runs it offline without CLIP weights (ground-truth labels, text
+  features from a randomly initialised text tower, no L_global);
+* ``shape_probe``: the baseline's ResNet-50 trained to regress true shape, ranking by predicted shape;
+* head ablation of the CE-only student: ``ce_only_small_init`` (the earlier bias-free std-1e-3 classifier),
+  ``ce_only_bnneck``, ``ce_only_residual``.
+
+Each run's metrics go to ``OUT/<row>_seed<k>.json`` as soon as it finishes; rows whose file exists are skipped, so a
+campaign cut short carries on where it stopped (also in a later session). ``--summary`` only prints the table.
+
+Usage (after ``python -m clip3dreid_plugin.tools.quickstart`` has built the data and the stand-in teacher cache)::
+
+    python benchmarks/method_study.py --work-dir work_dirs/quickstart --seeds 1 2 3 4 5 \\
+        --out benchmarks/results/method_study
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import math
+import os.path as osp
+import statistics
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+from clip3dreid_plugin.tools.quickstart import BASELINE_CFG, CLIP3DREID_CFG, SHAPE_PROBE_CFG
+from clip3dreid_plugin.utils.io import atomic_write_json
+from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings, setup_logging
+
+logger = logging.getLogger("clip3dreid.method_study")
+
+_OFF = ["loss.clip3dreid.use_ot", "False", "loss.clip3dreid.use_global", "False", "loss.clip3dreid.use_3d", "False"]
+_IDEAL = ["teacher.mode", "ideal"]
+#: row -> (recipe, options, what the table calls its teacher)
+ROWS: Dict[str, tuple] = {
+    "baseline": (BASELINE_CFG, [], "-"),
+    "ce_only": (CLIP3DREID_CFG, _OFF, "-"),
+    "ot_ideal": (CLIP3DREID_CFG, _IDEAL + ["loss.clip3dreid.use_global", "False", "loss.clip3dreid.use_3d", "False"],
+                 "ideal"),
+    "ot_global_ideal": (CLIP3DREID_CFG, _IDEAL + ["loss.clip3dreid.use_3d", "False"], "ideal"),
+    "full_ideal": (CLIP3DREID_CFG, _IDEAL, "ideal"),
+    "full_standin": (CLIP3DREID_CFG, ["loss.clip3dreid.use_global", "False"], "stand-in"),
+    "shape_probe": (SHAPE_PROBE_CFG, [], "(true shapes)"),
+    "ce_only_small_init": (CLIP3DREID_CFG, _OFF + ["clip3dreid.classifier_init", "small"], "-"),
+    "ce_only_bnneck": (CLIP3DREID_CFG, _OFF + ["clip3dreid.bnneck", "True"], "-"),
+    "ce_only_residual": (CLIP3DREID_CFG, _OFF + ["clip3dreid.agg_residual", "True"], "-"),
+}
+METRICS = ("general_mAP", "general_rank1", "cc_mAP", "cc_rank1")
+PAIRED = ("cc_mAP", "cc_rank1", "general_mAP")
+
+
+class _EpochLines(logging.Handler):
+    """Keeps the engine's ``epoch k/n done`` lines, to record the last epoch's loss terms."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines: List[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if " done in " in msg and " | " in msg:
+            self.lines.append(msg)
+
+
+def _terms(line: str) -> Dict[str, float]:
+    parts = line.split(" | ")[1].split()
+    return {k: float(v) for k, v in zip(parts[::2], parts[1::2])}
+
+
+def run_row(work: str, row: str, seed: int, device: str, epochs: Optional[int] = None) -> dict:
+    """Trains and evaluates one row under one seed; returns its record (metrics as fractions)."""
+    from clip3dreid_plugin.tools import train_net
+
+    cfg_name, opts, teacher = ROWS[row]
+    out_dir = osp.join(work, "method_study", f"{row}_seed{seed}")
+    opts = ["data.root", osp.join(work, "data"), "body.model_dir", osp.join(work, "body_model"),
+            "body.synthetic_dir", osp.join(work, "synthetic_meshes"), "teacher.cache_dir",
+            osp.join(work, "teacher_cache"), *opts]
+    if epochs is not None:
+        opts += ["train.max_epoch", str(epochs)]
+    args = train_net.build_parser().parse_args(
+        ["--config-file", cfg_name, "--device", device, "--output-dir", out_dir, "--seed", str(seed), *opts])
+    handler = _EpochLines()
+    logging.getLogger().addHandler(handler)
+    t0 = time.time()
+    try:
+        metrics = train_net.run(train_net.setup_cfg(args), cfg_name)["synthcc"]
+    finally:
+        logging.getLogger().removeHandler(handler)
+    return {"row": row, "seed": seed, "config": cfg_name, "opts": opts[8:], "teacher": teacher, "metrics": metrics,
+            "last_epoch_terms": _terms(handler.lines[-1]) if handler.lines else {},
+            "minutes": (time.time() - t0) / 60, "code": code_version()}
+
+
+def code_version() -> str:
+    """The checkout's commit (``+dirty`` with uncommitted changes), so that a result names the code it measured."""
+    here = osp.dirname(osp.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def t_quantile_975(dof: int) -> float:
+    """Two-sided 95% Student-t quantile."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, dof))
+
+
+def mean_ci(values: Sequence[float]) -> tuple:
+    """``(mean, half-width of the 95% t interval)``; the half-width is nan for fewer than two values."""
+    m = statistics.mean(values)
+    if len(values) < 2:
+        return m, float("nan")
+    return m, t_quantile_975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def load_runs(out: str) -> List[dict]:
+    return [json.load(open(p, encoding="utf-8")) for p in sorted(glob.glob(osp.join(out, "*_seed*.json")))]
+
+
+def summarise(runs: List[dict], chance: Optional[dict] = None) -> dict:
+    """Per row: seeds, mean ± sample sd of each metric (%), and the mean ± 95% CI of the paired difference from the
+    baseline (same seed) on :data:`PAIRED`."""
+    by_row: Dict[str, Dict[int, dict]] = {}
+    for r in runs:
+        by_row.setdefault(r["row"], {})[r["seed"]] = r
+    base = by_row.get("baseline", {})
+    table = {}
+    for row in ROWS:
+        rs = by_row.get(row)
+        if not rs:
+            continue
+        seeds = sorted(rs)
+        entry = {"seeds": seeds, "teacher": ROWS[row][2], "metrics": {}, "paired": {}}
+        for m in METRICS:
+            vals = [100 * rs[s]["metrics"][m] for s in seeds]
+            entry["metrics"][m] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else float("nan"))
+        common = [s for s in seeds if s in base]
+        if row != "baseline" and common:
+            for m in PAIRED:
+                diffs = [100 * (rs[s]["metrics"][m] - base[s]["metrics"][m]) for s in common]
+                entry["paired"][m] = (*mean_ci(diffs), len(diffs))
+        terms = [rs[s].get("last_epoch_terms", {}) for s in seeds]
+        entry["last_epoch_terms"] = {k: statistics.mean(t[k] for t in terms) for k in terms[0]
+                                     if all(k in t for t in terms)}
+        table[row] = entry
+    return {"rows": table, "chance": chance or {}}
+
+
+def _cell(mean_sd: tuple) -> str:
+    m, sd = mean_sd
+    return f"{m:.1f}" if math.isnan(sd) else f"{m:.1f} ± {sd:.1f}"
+
+
+def _diff(paired: dict, key: str) -> str:
+    if key not in paired:
+        return "-"
+    m, hw, n = paired[key]
+    return f"{m:+.1f}" if math.isnan(hw) else f"{m:+.1f} [{m - hw:+.1f}, {m + hw:+.1f}]"
+
+
+def markdown(summary: dict) -> str:
+    """The BENCHMARKS.md table: metrics (mean ± sd over seeds) and paired differences from the baseline [95% CI]."""
+    head = ("| row | teacher | seeds | general mAP | general R1 | CC mAP | CC R1 | Δ CC mAP [95% CI] "
+            "| Δ CC R1 [95% CI] | Δ general mAP [95% CI] |")
+    lines = [head, "|" + "---|" * 10]
+    for row, e in summary["rows"].items():
+        m = e["metrics"]
+        lines.append(f"| {row} | {e['teacher']} | {len(e['seeds'])} | " + " | ".join(_cell(m[k]) for k in METRICS)
+                     + " | " + " | ".join(_diff(e["paired"], k) for k in PAIRED) + " |")
+    chance = summary.get("chance") or {}
+    if chance:
+        lines.append(f"| chance (random ranking) | - | - | {100 * chance['general']['mAP']:.1f} | "
+                     f"{100 * chance['general']['rank1']:.1f} | {100 * chance['cc']['mAP']:.1f} | "
+                     f"{100 * chance['cc']['rank1']:.1f} | - | - | - |")
+    return "\n".join(lines)
+
+
+def _chance(work: str, seed: int = 1) -> dict:
+    from clip3dreid_plugin.data.build import build_train_split
+    from clip3dreid_plugin.evaluation.chance import chance_level
+    from clip3dreid_plugin.tools.quickstart import CHANCE_DRAWS
+
+    ds, _ = build_train_split("synthcc", osp.join(work, "data"))
+    return chance_level(ds, ds.eval_protocols, CHANCE_DRAWS, seed=seed)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work-dir", default="work_dirs/quickstart")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (smoke runs only)")
+    p.add_argument("--out", default="benchmarks/results/method_study")
+    p.add_argument("--summary", action="store_true", help="only summarise the runs already in --out")
+    args = p.parse_args(argv)
+    quiet_torchreid_warnings()
+    setup_logging(args.out, "method_study.log")
+    work = osp.abspath(args.work_dir)
+    if not osp.isdir(osp.join(work, "data", "synthcc")):
+        logger.error("no synthcc under %s: run python -m clip3dreid_plugin.tools.quickstart first", work)
+        return 2
+    if not args.summary:
+        for seed in args.seeds:
+            for row in args.rows:
+                path = osp.join(args.out, f"{row}_seed{seed}.json")
+                if osp.isfile(path):
+                    logger.info("skip %s (done)", path)
+                    continue
+                logger.info("=== %s, seed %d", row, seed)
+                atomic_write_json(run_row(work, row, seed, args.device, args.epochs), path)
+                logger.info("wrote %s", path)
+    summary = summarise(load_runs(args.out), _chance(work))
+    atomic_write_json(summary, osp.join(args.out, "summary.json"))
+    logger.info("\n%s", markdown(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""``ShapeProbeEngine``: trains :class:`~clip3dreid_plugin.models.shape_probe.ShapeProbe` to regress true shapes."""
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import torch
+import torch.nn.functional as F
+import torchreid
+
+from clip3dreid_plugin.engine.base import ClothesAwareEngineMixin
+
+__all__ = ["ShapeProbeEngine"]
+
+
+class ShapeProbeEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
+    """Mean squared error between the predicted and the true shape coefficients of each training image.
+
+    Args:
+        datamanager: torchreid data manager whose training images all have a known shape.
+        model: the probe (possibly DDP-wrapped).
+        optimizer: torchreid optimizer.
+        shapes_by_path: absolute image path -> the identity's shape coefficients.
+        scheduler: torchreid LR scheduler or None.
+        use_gpu: train on CUDA.
+        **kwargs: the evaluation and checkpoint options of :class:`ClothesAwareEngineMixin`.
+    """
+
+    def __init__(self, datamanager, model, optimizer, shapes_by_path: Dict[str, Sequence[float]], scheduler=None,
+                 use_gpu: bool = True, **kwargs):
+        super().__init__(datamanager, use_gpu, **kwargs)
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.register_model("model", model, optimizer, scheduler)
+        self.shapes = {k: torch.tensor(v, dtype=torch.float32) for k, v in shapes_by_path.items()}
+
+    def targets(self, paths: Sequence[str]) -> torch.Tensor:
+        """True shapes ``[B, num_coeffs]`` of the batch's images.
+
+        Raises:
+            KeyError: an image without a known shape (named).
+        """
+        missing = [p for p in paths if p not in self.shapes]
+        if missing:
+            raise KeyError(f"no true shape for '{missing[0]}' ({len(missing)} images of the batch); the shape probe "
+                           "trains on synthcc only")
+        return torch.stack([self.shapes[p] for p in paths])
+
+    def forward_backward(self, data: dict) -> Dict[str, float]:
+        imgs = data["img"].to(self.device, non_blocking=True)
+        target = self.targets(list(data["impath"])).to(self.device)
+        loss = F.mse_loss(self.model(imgs), target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"shape_mse": float(loss.detach())}
