@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os.path as osp
+import shutil
 import statistics
 import subprocess
 import sys
@@ -81,15 +82,21 @@ def _terms(line: str) -> Dict[str, float]:
     return {k: float(v) for k, v in zip(parts[::2], parts[1::2])}
 
 
-def run_row(work: str, row: str, seed: int, device: str, epochs: Optional[int] = None) -> dict:
-    """Trains and evaluates one row under one seed; returns its record (metrics as fractions)."""
+def run_row(work: str, row: str, seed: int, device: str, epochs: Optional[int] = None,
+            keep_checkpoints: bool = False) -> dict:
+    """Trains and evaluates one row under one seed; returns its record (metrics as fractions).
+
+    The run's folder keeps its ``metrics.json`` and TensorBoard events; its checkpoint is deleted unless
+    ``keep_checkpoints`` (fifty runs of 320 MB would fill the disk).
+    """
     from clip3dreid_plugin.tools import train_net
 
     cfg_name, opts, teacher = ROWS[row]
     out_dir = osp.join(work, "method_study", f"{row}_seed{seed}")
+    # A checkpoint of the student with its Adam state is about 320 MB: keep the last one only.
     opts = ["data.root", osp.join(work, "data"), "body.model_dir", osp.join(work, "body_model"),
             "body.synthetic_dir", osp.join(work, "synthetic_meshes"), "teacher.cache_dir",
-            osp.join(work, "teacher_cache"), *opts]
+            osp.join(work, "teacher_cache"), "runtime.ckpt_freq", "0", *opts]
     if epochs is not None:
         opts += ["train.max_epoch", str(epochs)]
     args = train_net.build_parser().parse_args(
@@ -101,7 +108,9 @@ def run_row(work: str, row: str, seed: int, device: str, epochs: Optional[int] =
         metrics = train_net.run(train_net.setup_cfg(args), cfg_name)["synthcc"]
     finally:
         logging.getLogger().removeHandler(handler)
-    return {"row": row, "seed": seed, "config": cfg_name, "opts": opts[8:], "teacher": teacher, "metrics": metrics,
+    if not keep_checkpoints:
+        shutil.rmtree(osp.join(out_dir, "model"), ignore_errors=True)
+    return {"row": row, "seed": seed, "config": cfg_name, "opts": opts[10:], "teacher": teacher, "metrics": metrics,
             "last_epoch_terms": _terms(handler.lines[-1]) if handler.lines else {},
             "minutes": (time.time() - t0) / 60, "code": code_version()}
 
@@ -214,6 +223,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (smoke runs only)")
     p.add_argument("--out", default="benchmarks/results/method_study")
     p.add_argument("--summary", action="store_true", help="only summarise the runs already in --out")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep each run's final checkpoint")
     args = p.parse_args(argv)
     quiet_torchreid_warnings()
     setup_logging(args.out, "method_study.log")
@@ -229,7 +239,7 @@ def main(argv=None) -> int:
                     logger.info("skip %s (done)", path)
                     continue
                 logger.info("=== %s, seed %d", row, seed)
-                atomic_write_json(run_row(work, row, seed, args.device, args.epochs), path)
+                atomic_write_json(run_row(work, row, seed, args.device, args.epochs, args.keep_checkpoints), path)
                 logger.info("wrote %s", path)
     summary = summarise(load_runs(args.out), _chance(work))
     atomic_write_json(summary, osp.join(args.out, "summary.json"))
