@@ -505,3 +505,18 @@ def test_clip_linear_from_cfg_via_plugin_build(tiny):
     model.eval()
     assert model(torch.randn(1, 3, 64, 32)).shape == (1, 64)
     assert model.teacher.weights_file == tiny[1]
+
+
+def test_random_teacher_is_seeded_and_leaves_the_callers_rng_alone(tiny):
+    """Without weights the teacher is one fixed network (its cache survives a rerun of the quickstart), and building
+    it does not move the global RNG that seeds the student."""
+    name, _, _ = tiny
+    torch.manual_seed(123)
+    expect_next = torch.rand(3)
+    torch.manual_seed(123)
+    a = CLIPTeacher(name, None)
+    assert torch.equal(torch.rand(3), expect_next)
+    torch.manual_seed(7)
+    b = CLIPTeacher(name, None)
+    assert a.weights_id().startswith("random:") and a.weights_id() == b.weights_id()
+    assert torch.equal(a.text_features, b.text_features)

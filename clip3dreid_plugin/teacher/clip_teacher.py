@@ -54,6 +54,9 @@ from clip3dreid_plugin.teacher.weights import (
 
 logger = logging.getLogger(__name__)
 
+#: Seed of a teacher's random initialisation (the only weights of a teacher without ``teacher.pretrained``).
+RANDOM_INIT_SEED = 0
+
 __all__ = [
     "CLIPTeacher",
     "TeacherLoadError",
@@ -175,7 +178,12 @@ class CLIPTeacher(nn.Module):
                 model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=self.pretrained,
                                                                              **kwargs)
             else:
-                with quiet_random_init_warning() if source else contextlib.nullcontext():
+                # A seeded draw in a forked RNG: a random teacher is the same network in every process (so its cache
+                # is reused on reruns), and building any teacher leaves the caller's RNG, hence the student's
+                # seeded initialisation, untouched.
+                with quiet_random_init_warning() if source else contextlib.nullcontext(), \
+                        torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(RANDOM_INIT_SEED)
                     model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None,
                                                                                  **kwargs)
         except TeacherLoadError:

@@ -5,12 +5,14 @@ Steps (``bash scripts/quickstart.sh`` runs them after installing):
 1. write the procedural SMPL-format body model (or use ``--body-model`` with real SMPL files);
 2. build ``synthcc`` (identity = body shape, shared outfits, several cameras) and render the
    synthetic mesh set for the 3D term;
-3. label the body-shape descriptors with the CLIP teacher. With ``--clip-weights`` the real teacher
-   labels every training image. Offline (no weights) the descriptor labels fall back to synthcc's
-   ground truth, the text features come from the teacher's randomly initialised text tower, and
-   ``L_global`` is switched off, because a random image encoder carries no knowledge to distil;
+3. choose the teacher (``--teacher``). With ``--clip-weights`` the real CLIP teacher labels every training image.
+   Offline the default is the *ideal* teacher (``teacher.mode ideal``): orthonormal phrase features, synthcc's
+   ground-truth descriptor labels and ``g`` = a fixed projection of the true shape, so that the distillation path
+   is tested with targets that carry shape. ``--teacher stand-in`` keeps the earlier offline mix (ground-truth
+   labels, text features of a randomly initialised text tower, no ``L_global``);
 4. train torchreid's ``resnet50`` baseline and ``clip3dreid`` with the same budget;
-5. print a side-by-side table of general / SC / CC mAP and rank-1.
+5. print one side-by-side table of general / SC / CC mAP and rank-1 with a chance row, the teacher of each row,
+   and a verdict: is the CC mAP difference larger than the seed spread measured in BENCHMARKS.md?
 """
 from __future__ import annotations
 
@@ -19,17 +21,22 @@ import logging
 import os.path as osp
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 logger = logging.getLogger("clip3dreid.quickstart")
 
-__all__ = ["main", "label_descriptors_for_quickstart"]
+__all__ = ["main", "label_descriptors_for_quickstart", "verdict", "SEED_SPREAD"]
 
 CHANCE_DRAWS = 200  # random rankings averaged for the chance row (standard error well under a point)
 # Recipe names, found among the installed recipes (or a checkout's configs/) from any folder.
 BASELINE_CFG = "synthcc/resnet50_baseline_128x64"
 CLIP3DREID_CFG = "synthcc/clip3dreid_r50_vitb32_128x64"
 SHAPE_PROBE_CFG = "synthcc/shape_probe_r50_128x64"
+TEACHERS = ("auto", "clip", "ideal", "stand-in")
+#: Per offline teacher: (sample sd of the paired CC-mAP difference clip3dreid - baseline over seeds, in points;
+#: the number of seeds), from the method study in BENCHMARKS.md (``benchmarks/results/method_study/summary.json``,
+#: rows ``full_ideal`` and ``full_standin``); tests/test_quickstart.py checks the two agree.
+SEED_SPREAD: Dict[str, Tuple[float, int]] = {}
 
 
 def label_descriptors_for_quickstart(cfg, gt_paths: List[str], gt_labels) -> str:
@@ -55,6 +62,23 @@ def label_descriptors_for_quickstart(cfg, gt_paths: List[str], gt_labels) -> str
     return "ground-truth"
 
 
+def verdict(diff_cc_map: float, teacher: str) -> str:
+    """One line: is this run's CC-mAP difference (clip3dreid - baseline, in points) outside the seed spread?
+
+    A difference within two standard deviations of the paired difference measured over seeds is not told apart
+    from seed noise by one run.
+    """
+    if teacher not in SEED_SPREAD:
+        return (f"verdict: CC mAP differs by {diff_cc_map:+.1f} points; BENCHMARKS.md has no seed spread for the "
+                f"{teacher} teacher, so one run cannot say whether that is more than seed noise")
+    sd, n = SEED_SPREAD[teacher]
+    outside = abs(diff_cc_map) > 2 * sd
+    return (f"verdict: CC mAP differs by {diff_cc_map:+.1f} points, {'more' if outside else 'less'} than twice the "
+            f"seed spread of the paired difference (sd {sd:.1f} over {n} seeds, BENCHMARKS.md): "
+            + ("clip3dreid is " + ("ahead" if diff_cc_map > 0 else "behind") if outside
+               else "one run does not tell them apart"))
+
+
 def _train(cfg_file: str, out_dir: str, device: str, opts: List[str]) -> Dict[str, Dict[str, float]]:
     from clip3dreid_plugin.tools import train_net
 
@@ -77,7 +101,10 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     p = argparse.ArgumentParser(description="Run CLIP3DReID and the ResNet-50 baseline end to end on synthcc.")
     p.add_argument("--work-dir", default="work_dirs/quickstart", help="data, caches, logs and results go here")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--clip-weights", default="", help="local CLIP ViT-B/32 (OpenAI) weights; offline fallback if empty")
+    p.add_argument("--clip-weights", default="", help="local CLIP ViT-B/32 (OpenAI) weights (for --teacher clip)")
+    p.add_argument("--teacher", default="auto", choices=TEACHERS,
+                   help="clip (needs --clip-weights) | ideal (offline stand-in that knows synthcc's shapes) | "
+                        "stand-in (ground-truth labels + a random text tower) | auto: clip with weights, else ideal")
     p.add_argument("--body-model", default="", help="folder with smpl/SMPL_*.pkl; default: the procedural body")
     p.add_argument("--epochs", type=int, default=None, help="training epochs of both models (same budget)")
     p.add_argument("--seed", type=int, default=1)
@@ -94,6 +121,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     from clip3dreid_plugin.body.synthcc import build_synthcc, synthcc_ground_truth
     from clip3dreid_plugin.body.synthetic_set import render_synthetic_set
     from clip3dreid_plugin.config import load_config
+    from clip3dreid_plugin.config.loader import ConfigError
     from clip3dreid_plugin.data.build import build_train_split
     from clip3dreid_plugin.evaluation.chance import chance_level
     from clip3dreid_plugin.tools.compare import load_runs, write_comparison
@@ -114,6 +142,11 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         logger.error("--num-ids must be at least %d (half of them train, %d per batch)", min_ids, min_ids // 2)
         return 2
 
+    teacher = args.teacher if args.teacher != "auto" else ("clip" if args.clip_weights else "ideal")
+    if teacher == "clip" and not args.clip_weights:
+        raise ConfigError("--teacher clip needs --clip-weights (a local CLIP ViT-B/32 OpenAI file)")
+    if teacher != "clip" and args.clip_weights:
+        raise ConfigError(f"--clip-weights is for --teacher clip; --teacher {teacher} uses no CLIP weights")
     if not args.body_model:
         logger.info("[1/5] procedural SMPL-format body model -> %s (use --body-model for real SMPL files)", body_dir)
         write_procedural_smpl(body_dir)
@@ -132,20 +165,24 @@ def _main(argv: Optional[Sequence[str]]) -> int:
                          # is re-rendered, as build_synthcc rebuilds a stale synthcc.
                          overwrite=True)
 
-    logger.info("[3/5] labelling body-shape descriptors with the CLIP teacher (%s)", cfg.teacher.name)
-    gt_paths, gt_labels = synthcc_ground_truth(data_root)
-    source = label_descriptors_for_quickstart(cfg, gt_paths, gt_labels)
-    if source == "ground-truth":
-        logger.warning("no CLIP weights given (--clip-weights): descriptor labels are synthcc's ground truth, "
-                       "text features come from the randomly initialised %s text tower, and L_global is off",
-                       cfg.teacher.name)
-        cc_opts += ["loss.clip3dreid.use_global", "False"]
+    if teacher == "ideal":
+        logger.info("[3/5] teacher: ideal (orthonormal phrase features, synthcc's ground-truth descriptor labels, "
+                    "g = projected true shape; not CLIP)")
+        cc_opts += ["teacher.mode", "ideal"]
+    else:
+        logger.info("[3/5] labelling body-shape descriptors with the CLIP teacher (%s)", cfg.teacher.name)
+        gt_paths, gt_labels = synthcc_ground_truth(data_root)
+        if label_descriptors_for_quickstart(cfg, gt_paths, gt_labels) == "ground-truth":
+            logger.warning("teacher stand-in: descriptor labels are synthcc's ground truth, text features come from "
+                           "the randomly initialised %s text tower, and L_global is off", cfg.teacher.name)
+            cc_opts += ["loss.clip3dreid.use_global", "False"]
 
     results: Dict[str, Dict[str, Dict[str, float]]] = {}
     logger.info("[4/5] training torchreid's resnet50 baseline")
     results["resnet50 (torchreid)"] = _train(BASELINE_CFG, osp.join(w, "resnet50"), args.device, common)
     logger.info("[4/5] training clip3dreid with the same budget")
-    results["clip3dreid"] = _train(CLIP3DREID_CFG, osp.join(w, "clip3dreid"), args.device, cc_opts)
+    results[f"clip3dreid (teacher: {teacher})"] = _train(CLIP3DREID_CFG, osp.join(w, "clip3dreid"), args.device,
+                                                         cc_opts)
 
     ds, _ = build_train_split("synthcc", data_root)
     chance = chance_level(ds, ds.eval_protocols, CHANCE_DRAWS, seed=args.seed)
@@ -155,11 +192,13 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     # clip3dreid-compare's table and CMC plots (no curve for the chance row); written to WORK_DIR/compare.
     table, _ = write_comparison(runs + [(f"random ranking (chance, {CHANCE_DRAWS} draws)", chance_row)],
                                 osp.join(w, "compare"))
+    base, student = (r["synthcc"] for r in results.values())
+    line = verdict(100 * (student["cc_mAP"] - base["cc_mAP"]), teacher)
     # Logged once: the console handler prints it, the log file keeps it.
-    logger.info("[5/5] results on synthcc, seed %d (descriptors: %s, %.1f min in all):\n%s", args.seed, source,
-                (time.time() - t0) / 60, table)
-    atomic_write_json({"descriptors": source, "seed": args.seed, "results": results, "chance": chance},
-                      args.json or osp.join(w, "results.json"))
+    logger.info("[5/5] results on synthcc, seed %d (teacher: %s, %.1f min in all):\n%s\n%s", args.seed, teacher,
+                (time.time() - t0) / 60, table, line)
+    atomic_write_json({"teacher": teacher, "seed": args.seed, "results": results, "chance": chance,
+                       "verdict": line}, args.json or osp.join(w, "results.json"))
     return 0
 
 

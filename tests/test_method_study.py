@@ -1,0 +1,235 @@
+"""Issue 16's instruments: the student's head options, the ideal teacher, the shape probe and the study's statistics."""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import logging
+import math
+import os.path as osp
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchreid
+
+from clip3dreid_plugin.body import procedural
+from clip3dreid_plugin.body.synthcc import build_synthcc, synthcc_ground_truth
+from clip3dreid_plugin.config import get_cfg
+from clip3dreid_plugin.config.loader import ConfigError
+from clip3dreid_plugin.models.clip3dreid import CLIP3DReID
+from clip3dreid_plugin.models.shape_probe import ShapeProbe
+from clip3dreid_plugin.teacher.ideal import IdealTeacherSource, orthonormal_phrase_features, shape_projection
+from clip3dreid_plugin.teacher.source import build_teacher_source
+from clip3dreid_plugin.tools import train_net
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+logger = logging.getLogger(__name__)
+
+
+def _load_study():
+    spec = importlib.util.spec_from_file_location("method_study", osp.join(REPO, "benchmarks", "method_study.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def synthcc_root(tmp_path_factory):
+    """8 identities (4 train), 2 outfits, 2 cameras: enough for an identity sampler of 2 x 4 images."""
+    body = str(tmp_path_factory.mktemp("ideal_body"))
+    procedural.write_procedural_smpl(body, num_vertices=400)
+    root = str(tmp_path_factory.mktemp("ideal_data"))
+    build_synthcc(root, body, num_ids=8, outfits_per_id=2, num_cameras=2, poses_per_view=1, height=64, width=32,
+                  seed=0, progress=False)
+    return root, body
+
+
+# ----------------------------------------------------------------------------------------------- ideal teacher
+def test_ideal_phrase_features_are_deterministic_and_orthonormal():
+    t = orthonormal_phrase_features(16, 64, seed=0)
+    assert torch.equal(t, orthonormal_phrase_features(16, 64, seed=0))
+    assert not torch.allclose(t, orthonormal_phrase_features(16, 64, seed=1))
+    flat = t.reshape(32, 64).double()
+    gram = flat @ flat.T
+    max_cos = (gram - torch.eye(32, dtype=torch.float64)).abs().max().item()
+    logger.info("ideal teacher: max |cosine| between distinct phrases = %.2e", max_cos)
+    print(f"ideal teacher: max |cosine| between distinct phrases = {max_cos:.2e}")
+    assert max_cos < 1e-6
+    assert torch.allclose(flat.norm(dim=1), torch.ones(32, dtype=torch.float64), atol=1e-6)
+    with pytest.raises(ConfigError, match="teacher_dim >= 32"):
+        orthonormal_phrase_features(16, 31)
+
+
+def test_ideal_teacher_reads_synthcc_ground_truth(synthcc_root):
+    root, _ = synthcc_root
+    src = IdealTeacherSource.from_synthcc(root, 64, seed=0)
+    paths, labels = synthcc_ground_truth(root)
+    # The true shapes, read from meta.json by hand.
+    meta = json.load(open(osp.join(root, "synthcc", "meta.json")))
+    betas = {r["pid"]: torch.tensor(r["betas"]) for r in meta["identities"]}
+    pid_of = {osp.join(root, "synthcc", im["file"]): im["pid"] for im in meta["images"]}
+    g, got = src.lookup(paths)
+    assert torch.equal(got, labels)
+    expect = F.normalize(torch.stack([betas[pid_of[p]] for p in paths]) @ shape_projection(10, 64, 0).T, dim=-1)
+    assert torch.allclose(g, expect, atol=1e-6)
+    assert torch.allclose(src.shapes(paths), torch.stack([betas[pid_of[p]] for p in paths]))
+    # One g per identity, and distinct identities are told apart.
+    pids = torch.tensor([pid_of[p] for p in paths])
+    same = pids[:, None] == pids[None]
+    cos = g @ g.T
+    assert torch.allclose(cos[same], torch.ones(int(same.sum())), atol=1e-5)
+    assert cos[~same].max() < 0.999
+    # Text features: phrase labels[b, m] of pair m.
+    h = src.gather_text(labels[:3])
+    t = src.text_features()
+    for b in range(3):
+        for m in range(16):
+            assert torch.equal(h[b, m], t[m, labels[b, m]])
+    with pytest.raises(KeyError, match="nope.png"):
+        src.lookup(["/nope.png"])
+
+
+def test_teacher_mode_ideal_is_for_synthcc_only():
+    cfg = get_cfg()
+    cfg.teacher.mode = "ideal"
+    with pytest.raises(ConfigError, match="synthcc only.*ltcc"):
+        build_teacher_source(cfg, [("ltcc", [])])
+
+
+# ------------------------------------------------------------------------------------------------- head options
+def _student(**kw) -> CLIP3DReID:
+    torch.manual_seed(0)
+    return CLIP3DReID(30, backbone="resnet18", local_dim=512, agg_hidden_dim=64, teacher_dim=64, **kw)
+
+
+def test_classifier_init_matches_torchreid_by_default():
+    torch.manual_seed(0)
+    ref = torchreid.models.build_model("resnet18", 30, pretrained=False).classifier
+    head = _student().classifier
+    assert head.bias is not None and torch.equal(head.bias, torch.zeros(30)) and torch.equal(ref.bias, head.bias)
+    # Same distribution as torchreid's (std 0.01); 15360 draws put the estimate within a few per cent.
+    assert head.weight.std().item() == pytest.approx(ref.weight.std().item(), rel=0.05)
+    assert head.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    small = _student(classifier_init="small").classifier
+    assert small.bias is None and small.weight.std().item() == pytest.approx(0.001, rel=0.05)
+    with pytest.raises(ConfigError, match="classifier_init"):
+        _student(classifier_init="xavier")
+
+
+def test_residual_aggregator_starts_at_the_pooled_feature():
+    model = _student(agg_residual=True).eval()
+    x = torch.randn(2, 3, 64, 32)
+    pooled = model.local_features(x).mean(dim=1)
+    assert torch.equal(model(x), pooled)
+    with torch.no_grad():
+        model.aggregator[3].weight.normal_()
+    mlp = torch.nn.Sequential(*list(model.aggregator))
+    assert torch.allclose(model(x), pooled + mlp(pooled), atol=1e-5)
+    # Same parameter names as the plain aggregator: earlier checkpoints load.
+    assert set(_student().state_dict()) == set(model.state_dict())
+
+
+def test_bnneck_feeds_the_classifier_and_retrieval():
+    model = _student(bnneck=True)
+    x = torch.randn(6, 3, 64, 32)
+    model.train()
+    out = model(x, return_dict=True)
+    f = out["f_id"]
+    bn = model.bnneck
+    by_hand = (f - f.mean(0)) / torch.sqrt(f.var(0, unbiased=False) + bn.eps) * bn.weight + bn.bias
+    assert torch.allclose(out["logits"], model.classifier(by_hand), atol=1e-4)
+    assert not bn.bias.requires_grad and torch.equal(bn.bias, torch.zeros(512))
+    model.eval()
+    f_eval = model._identity(x)[1]
+    expect = (f_eval - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight
+    assert torch.allclose(model(x), expect, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------- the probe
+def test_shape_probe_ranks_by_the_regressor_output():
+    torch.manual_seed(0)
+    probe = ShapeProbe(10, backbone="resnet18").eval()
+    x = torch.randn(3, 3, 64, 32)
+    net = probe.net
+    pooled = net.global_avgpool(net.featuremaps(x)).flatten(1)
+    assert torch.allclose(probe(x), net.classifier(pooled), atol=1e-5)
+    assert probe(x).shape == (3, 10)
+
+
+def _run(root: str, body: str, out: str, cfg_name: str, *opts: str) -> dict:
+    args = train_net.build_parser().parse_args(
+        ["--config-file", cfg_name, "--device", "cpu", "--output-dir", out, "--seed", "1",
+         "data.root", root, "body.model_dir", body, "train.max_epoch", "1", "train.batch_size", "8",
+         "sampler.num_instances", "2", "clip3dreid.backbone", "resnet18", "data.height", "64", "data.width", "32",
+         "runtime.ckpt_freq", "0", "runtime.progress", "False", *opts])
+    return train_net.run(train_net.setup_cfg(args))
+
+
+def test_shape_probe_engine_regresses_true_shapes(synthcc_root, tmp_path):
+    from clip3dreid_plugin.engine.shape_probe import ShapeProbeEngine
+    from clip3dreid_plugin.body.synthcc import synthcc_shapes_by_path
+
+    root, _ = synthcc_root
+    shapes = synthcc_shapes_by_path(root)
+    paths = sorted(shapes)[:4]
+    torch.manual_seed(0)
+    model = ShapeProbe(10, backbone="resnet18")
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+
+    class _DM:  # the engine reads only these from a datamanager
+        train_loader = test_loader = None
+        num_train_pids = 4
+        sources = targets = ["synthcc"]
+
+    engine = ShapeProbeEngine(_DM(), model, opt, shapes, use_gpu=False)
+    imgs = torch.randn(4, 3, 64, 32)
+    with torch.no_grad():
+        expect = F.mse_loss(copy.deepcopy(model).train()(imgs), torch.tensor([shapes[p] for p in paths]))
+    got = engine.forward_backward({"img": imgs, "impath": paths, "pid": torch.zeros(4)})["shape_mse"]
+    assert got == pytest.approx(float(expect), rel=1e-5)
+    with pytest.raises(KeyError, match="elsewhere.png"):
+        engine.targets(["/elsewhere.png"])
+
+
+def test_probe_and_ideal_teacher_train_through_the_cli(synthcc_root, tmp_path, caplog):
+    root, body = synthcc_root
+    with caplog.at_level(logging.INFO):
+        probe = _run(root, body, str(tmp_path / "probe"), "synthcc/shape_probe_r50_128x64",
+                     "model.name", "shape_probe")
+        ideal = _run(root, body, str(tmp_path / "ideal"), "synthcc/clip3dreid_r50_vitb32_128x64",
+                     "teacher.mode", "ideal", "loss.clip3dreid.use_3d", "False", "clip3dreid.local_dim", "512",
+                     "clip3dreid.teacher_dim", "64")
+    assert {"general_mAP", "cc_mAP", "sc_mAP"} <= set(probe["synthcc"]) and set(probe) == set(ideal)
+    epochs = [r.getMessage() for r in caplog.records if " done in " in r.getMessage()]
+    assert len(epochs) == 2 and "shape_mse" in epochs[0]
+    assert all(f" {k} " in epochs[1] for k in ("ce", "ot", "global")) and "diag_psi_cos" in epochs[1]
+    assert any("teacher.mode ideal" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+# --------------------------------------------------------------------------------------------------- statistics
+def test_study_confidence_interval_by_hand():
+    study = _load_study()
+    mean, hw = study.mean_ci([1.0, 2.0, 3.0])
+    # t(0.975, 2) = 4.303 from a printed table; sd = 1.
+    assert mean == 2.0 and hw == pytest.approx(4.303 / math.sqrt(3), rel=1e-3)
+    assert math.isnan(study.mean_ci([5.0])[1])
+
+
+def test_study_summary_pairs_rows_with_the_baseline_by_seed():
+    study = _load_study()
+
+    def rec(row, seed, cc):
+        return {"row": row, "seed": seed, "metrics": {"general_mAP": 0.2, "general_rank1": 0.5, "cc_mAP": cc,
+                                                      "cc_rank1": cc}}
+
+    runs = [rec("baseline", 1, 0.10), rec("baseline", 2, 0.20), rec("baseline", 3, 0.12),
+            rec("ce_only", 1, 0.12), rec("ce_only", 2, 0.23), rec("ce_only", 4, 0.50)]
+    s = study.summarise(runs)["rows"]
+    m, hw, n = s["ce_only"]["paired"]["cc_mAP"]
+    # Seeds 1 and 2 only (seed 4 has no baseline): differences 2 and 3 points, sd sqrt(0.5), t(0.975, 1) = 12.706.
+    assert n == 2 and m == pytest.approx(2.5) and hw == pytest.approx(12.706 * math.sqrt(0.5) / math.sqrt(2), rel=1e-3)
+    assert s["ce_only"]["metrics"]["cc_mAP"][0] == pytest.approx((12 + 23 + 50) / 3)
+    assert s["baseline"]["paired"] == {}
+    table = study.markdown({"rows": s, "chance": {}})
+    assert "| ce_only | - | 3 |" in table and "+2.5 [" in table
