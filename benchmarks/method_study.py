@@ -83,11 +83,12 @@ def _terms(line: str) -> Dict[str, float]:
 
 
 def run_row(work: str, row: str, seed: int, device: str, epochs: Optional[int] = None,
-            keep_checkpoints: bool = False) -> dict:
+            keep_checkpoints: bool = False, code: str = "unknown") -> dict:
     """Trains and evaluates one row under one seed; returns its record (metrics as fractions).
 
     The run's folder keeps its ``metrics.json`` and TensorBoard events; its checkpoint is deleted unless
-    ``keep_checkpoints`` (fifty runs of 320 MB would fill the disk).
+    ``keep_checkpoints`` (fifty runs of 320 MB would fill the disk). ``code`` names the code the process loaded
+    (:func:`code_version` at its start: a commit made while a campaign runs must not be credited with its results).
     """
     from clip3dreid_plugin.tools import train_net
 
@@ -112,7 +113,7 @@ def run_row(work: str, row: str, seed: int, device: str, epochs: Optional[int] =
         shutil.rmtree(osp.join(out_dir, "model"), ignore_errors=True)
     return {"row": row, "seed": seed, "config": cfg_name, "opts": opts[10:], "teacher": teacher, "metrics": metrics,
             "last_epoch_terms": _terms(handler.lines[-1]) if handler.lines else {},
-            "minutes": (time.time() - t0) / 60, "code": code_version()}
+            "minutes": (time.time() - t0) / 60, "code": code}
 
 
 def code_version() -> str:
@@ -232,6 +233,7 @@ def main(argv=None) -> int:
         logger.error("no synthcc under %s: run python -m clip3dreid_plugin.tools.quickstart first", work)
         return 2
     if not args.summary:
+        code = code_version()
         for seed in args.seeds:
             for row in args.rows:
                 path = osp.join(args.out, f"{row}_seed{seed}.json")
@@ -239,7 +241,7 @@ def main(argv=None) -> int:
                     logger.info("skip %s (done)", path)
                     continue
                 logger.info("=== %s, seed %d", row, seed)
-                atomic_write_json(run_row(work, row, seed, args.device, args.epochs, args.keep_checkpoints), path)
+                atomic_write_json(run_row(work, row, seed, args.device, args.epochs, args.keep_checkpoints, code), path)
                 logger.info("wrote %s", path)
     summary = summarise(load_runs(args.out), _chance(work))
     atomic_write_json(summary, osp.join(args.out, "summary.json"))
