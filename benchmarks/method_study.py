@@ -18,8 +18,9 @@ by the same evaluator. Rows:
 Each run's metrics go to ``OUT/<row>_seed<k>.json`` as soon as it finishes; rows whose file exists are skipped, so a
 campaign cut short carries on where it stopped (also in a later session). ``--summary`` only prints the table.
 
-Usage (after ``python -m clip3dreid_plugin.tools.quickstart`` has built the data and the stand-in teacher cache)::
+Usage (the first command builds the data and the stand-in teacher's cache)::
 
+    python -m clip3dreid_plugin.tools.quickstart --teacher stand-in --epochs 1
     python benchmarks/method_study.py --work-dir work_dirs/quickstart --seeds 1 2 3 4 5 \\
         --out benchmarks/results/method_study
 """
@@ -230,7 +231,8 @@ def main(argv=None) -> int:
     setup_logging(args.out, "method_study.log")
     work = osp.abspath(args.work_dir)
     if not osp.isdir(osp.join(work, "data", "synthcc")):
-        logger.error("no synthcc under %s: run python -m clip3dreid_plugin.tools.quickstart first", work)
+        logger.error("no synthcc under %s: run python -m clip3dreid_plugin.tools.quickstart --teacher stand-in "
+                     "--epochs 1 first", work)
         return 2
     if not args.summary:
         code = code_version()
