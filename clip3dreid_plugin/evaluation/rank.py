@@ -38,7 +38,11 @@ then costs ``O(Q*K)``.  Two exact ways to get ``C``:
   infinite distances, or with bins too crowded for that fix-up to be cheap (e.g. many equal distances),
   fall back to ``'sort'``.
 
-Rows are processed in chunks so memory stays ``O(chunk * G)`` for any number of queries.
+Rows are processed in chunks so memory stays ``O(chunk * G)`` for any number of queries: the evaluator never needs
+the whole ``[Q, G]`` matrix at once.  Given a :class:`~clip3dreid_plugin.evaluation.distance.FeatureDistances`
+instead of a matrix, it computes each chunk's distances from the features when it ranks them, so the matrix is
+never built.  Under ``torch.distributed`` (``shard``) each rank ranks its own block of queries and the per-query
+sums are added over the ranks: every rank works, none waits alone, and all get the same metrics.
 """
 from __future__ import annotations
 
@@ -47,6 +51,8 @@ from typing import Any, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+
+from clip3dreid_plugin.evaluation.distance import FeatureDistances
 
 logger = logging.getLogger(__name__)
 
@@ -249,96 +255,15 @@ def _counts_by_bins(d: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor,
     return out
 
 
-# ------------------------------------------------------------------------------------------- the metric
-def _mode_good(mode: str, p_idx: torch.Tensor, valid: torch.Tensor, qcam: torch.Tensor, gcam: torch.Tensor,
-               qclo: Optional[torch.Tensor], gclo: Optional[torch.Tensor]) -> torch.Tensor:
-    """Which same-identity slots are good matches (the rest of them are junk)."""
-    idx = p_idx.clamp(max=gcam.numel() - 1)
-    good = valid & (gcam[idx] != qcam[:, None])
-    if mode == "cc":
-        good &= gclo[idx] != qclo[:, None]
-    elif mode == "sc":
-        good &= gclo[idx] == qclo[:, None]
-    return good
-
-
-def evaluate_all(
-    distmat: ArrayLike,
-    q_pids: ArrayLike,
-    g_pids: ArrayLike,
-    q_camids: ArrayLike,
-    g_camids: ArrayLike,
-    q_clothes: Optional[ArrayLike] = None,
-    g_clothes: Optional[ArrayLike] = None,
-    modes: Iterable[str] = ("general", "cc"),
-    max_rank: int = 50,
-    device: Optional[Union[str, torch.device]] = None,
-    method: str = "auto",
-    chunk_size: Optional[int] = None,
-) -> Dict[str, Tuple[np.ndarray, float]]:
-    """CMC and mAP for several protocols, ranking the gallery once for all of them.
-
-    Args:
-        distmat: ``[Q, G]`` distances (smaller = more similar); numpy array or tensor of any real dtype.
-        q_pids: ``[Q]`` query identities.
-        g_pids: ``[G]`` gallery identities.
-        q_camids: ``[Q]`` query camera ids.
-        g_camids: ``[G]`` gallery camera ids.
-        q_clothes: ``[Q]`` query clothes labels (ints or strings); required by ``'cc'`` and ``'sc'``.
-        g_clothes: ``[G]`` gallery clothes labels, on the same scale as ``q_clothes``.
-        modes: protocols among ``'general'``, ``'cc'``, ``'sc'``.
-        max_rank: length of the returned CMC curves.
-        device: where to compute; ``None`` = the distmat's device if it is a tensor, else CPU.
-        method: ``'bins'``, ``'sort'`` or ``'auto'`` (``'bins'`` on CPU, ``'sort'`` elsewhere); both are
-            exact and give identical results.
-        chunk_size: query rows per chunk; ``None`` picks about 1M distances per chunk on CPU and 16M on
-            other devices.
-
-    Returns:
-        ``{mode: (cmc, mAP)}`` with ``cmc`` a float64 numpy array of shape ``[max_rank]`` and ``mAP`` a
-        Python float, both fractions in ``[0, 1]``.
-
-    Raises:
-        ValueError: bad shapes or lengths, a missing clothes array, an unknown mode or method, NaN
-            distances, or a mode in which no query has a good match.
-    """
-    modes = _check_modes(modes)
-    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
-        raise ValueError(f"max_rank must be a positive int, got {max_rank!r}")
-    max_rank = int(max_rank)
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-    dev = _resolve_device(distmat, device)
-    d = _as_distmat(distmat, dev)
-    num_q, num_g = d.shape
-    qp, gp = _as_labels(q_pids, g_pids, "q_pids", "g_pids", num_q, num_g, dev)
-    qc, gc = _as_labels(q_camids, g_camids, "q_camids", "g_camids", num_q, num_g, dev)
-    qclo = gclo = None
-    needs_clothes = [m for m in modes if m != "general"]
-    if needs_clothes or q_clothes is not None or g_clothes is not None:
-        # Given clothes are validated even in general mode: a wrong length there is still a caller bug.
-        why = f"for mode {needs_clothes[0]!r}" if needs_clothes else "when the other clothes array is given"
-        if q_clothes is None:
-            raise ValueError(f"q_clothes is required {why}")
-        if g_clothes is None:
-            raise ValueError(f"g_clothes is required {why}")
-        qclo, gclo = _as_labels(q_clothes, g_clothes, "q_clothes", "g_clothes", num_q, num_g, dev)
-    if method == "auto":
-        method = "bins" if dev.type == "cpu" else "sort"
-    if chunk_size is None:
-        chunk_size = max(1, (_CHUNK_ELEMS_CPU if dev.type == "cpu" else _CHUNK_ELEMS_OTHER) // num_g)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-
-    ap_sum = {m: torch.zeros((), dtype=torch.float64, device=dev) for m in modes}
-    n_valid = {m: torch.zeros((), dtype=torch.long, device=dev) for m in modes}
-    # first_hits[m][k]: valid queries whose first good match is at position k (k = max_rank: later).
-    first_hits = {m: torch.zeros(max_rank + 1, dtype=torch.long, device=dev) for m in modes}
-    index = _PidIndex(gp)
-    q_start, q_count = index.lookup(qp)
+def _rank_rows(d, lo: int, hi: int, chunk_size: int, method: str, modes: Tuple[str, ...], max_rank: int,
+               dev: torch.device, index: _PidIndex, q_start: torch.Tensor, q_count: torch.Tensor, qp: torch.Tensor,
+               gp: torch.Tensor, qc: torch.Tensor, gc: torch.Tensor, qclo: Optional[torch.Tensor],
+               gclo: Optional[torch.Tensor], ap_sum: Dict[str, torch.Tensor], n_valid: Dict[str, torch.Tensor],
+               first_hits: Dict[str, torch.Tensor]) -> None:
+    """Adds the AP sums, valid-query counts and first-hit histograms of query rows ``[lo, hi)`` into the dicts."""
     fallbacks = 0
-    for r0 in range(0, num_q, chunk_size):
-        r1 = min(num_q, r0 + chunk_size)
+    for r0 in range(lo, hi, chunk_size):
+        r1 = min(hi, r0 + chunk_size)
         count = q_count[r0:r1]
         dc = d[r0:r1]
         if not bool((count > 0).any()):
@@ -373,6 +298,137 @@ def evaluate_all(
             first_hits[m] += torch.bincount(first, minlength=max_rank + 1)
     if fallbacks:
         logger.debug("evaluate: %d chunk(s) ranked by sorting instead of bins", fallbacks)
+
+
+def _reduce_sums(modes: Tuple[str, ...], ap_sum: Dict[str, torch.Tensor], n_valid: Dict[str, torch.Tensor],
+                 first_hits: Dict[str, torch.Tensor], error: str) -> None:
+    """Sums every rank's partial results in place (one all-reduce); raises on every rank if one rank failed."""
+    from clip3dreid_plugin.utils.distributed import all_reduce_sum
+
+    # float64 holds the counts exactly (< 2**53); one flat tensor keeps it to one collective.
+    dev = ap_sum[modes[0]].device
+    flat = all_reduce_sum(torch.cat([torch.stack([ap_sum[m] for m in modes]).double(),
+                                     torch.stack([n_valid[m] for m in modes]).double(),
+                                     torch.cat([first_hits[m] for m in modes]).double(),
+                                     torch.tensor([1.0 if error else 0.0], dtype=torch.float64, device=dev)]))
+    if flat[-1] > 0:
+        raise ValueError(error or "evaluation failed on another rank (see its log)")
+    k = len(modes)
+    hits = flat[2 * k:-1].view(k, -1)
+    for i, m in enumerate(modes):
+        ap_sum[m] = flat[i]
+        n_valid[m] = flat[k + i].long()
+        first_hits[m] = hits[i].long()
+
+
+# ------------------------------------------------------------------------------------------- the metric
+def _mode_good(mode: str, p_idx: torch.Tensor, valid: torch.Tensor, qcam: torch.Tensor, gcam: torch.Tensor,
+               qclo: Optional[torch.Tensor], gclo: Optional[torch.Tensor]) -> torch.Tensor:
+    """Which same-identity slots are good matches (the rest of them are junk)."""
+    idx = p_idx.clamp(max=gcam.numel() - 1)
+    good = valid & (gcam[idx] != qcam[:, None])
+    if mode == "cc":
+        good &= gclo[idx] != qclo[:, None]
+    elif mode == "sc":
+        good &= gclo[idx] == qclo[:, None]
+    return good
+
+
+def evaluate_all(
+    distmat: ArrayLike,
+    q_pids: ArrayLike,
+    g_pids: ArrayLike,
+    q_camids: ArrayLike,
+    g_camids: ArrayLike,
+    q_clothes: Optional[ArrayLike] = None,
+    g_clothes: Optional[ArrayLike] = None,
+    modes: Iterable[str] = ("general", "cc"),
+    max_rank: int = 50,
+    device: Optional[Union[str, torch.device]] = None,
+    method: str = "auto",
+    chunk_size: Optional[int] = None,
+    shard: Optional[Tuple[int, int]] = None,
+) -> Dict[str, Tuple[np.ndarray, float]]:
+    """CMC and mAP for several protocols, ranking the gallery once for all of them.
+
+    Args:
+        distmat: ``[Q, G]`` distances (smaller = more similar); numpy array or tensor of any real dtype, or a
+            :class:`~clip3dreid_plugin.evaluation.distance.FeatureDistances` (distances computed per chunk).
+        q_pids: ``[Q]`` query identities.
+        g_pids: ``[G]`` gallery identities.
+        q_camids: ``[Q]`` query camera ids.
+        g_camids: ``[G]`` gallery camera ids.
+        q_clothes: ``[Q]`` query clothes labels (ints or strings); required by ``'cc'`` and ``'sc'``.
+        g_clothes: ``[G]`` gallery clothes labels, on the same scale as ``q_clothes``.
+        modes: protocols among ``'general'``, ``'cc'``, ``'sc'``.
+        max_rank: length of the returned CMC curves.
+        device: where to compute; ``None`` = the distmat's device if it is a tensor, else CPU.
+        method: ``'bins'``, ``'sort'`` or ``'auto'`` (``'bins'`` on CPU, ``'sort'`` elsewhere); both are
+            exact and give identical results.
+        chunk_size: query rows per chunk; ``None`` picks about 1M distances per chunk on CPU and 16M on
+            other devices.
+        shard: ``(rank, world)`` under ``torch.distributed``: this rank ranks the ``rank``-th of ``world`` equal
+            blocks of queries and the sums are all-reduced, so every rank must call with the same arguments and
+            gets the same result. ``None`` or a world of 1: every query here.
+
+    Returns:
+        ``{mode: (cmc, mAP)}`` with ``cmc`` a float64 numpy array of shape ``[max_rank]`` and ``mAP`` a
+        Python float, both fractions in ``[0, 1]``.
+
+    Raises:
+        ValueError: bad shapes or lengths, a missing clothes array, an unknown mode or method, NaN
+            distances, or a mode in which no query has a good match.
+    """
+    modes = _check_modes(modes)
+    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
+        raise ValueError(f"max_rank must be a positive int, got {max_rank!r}")
+    max_rank = int(max_rank)
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    dev = _resolve_device(distmat, device)
+    d = distmat.to(dev) if isinstance(distmat, FeatureDistances) else _as_distmat(distmat, dev)
+    num_q, num_g = d.shape
+    if num_q == 0 or num_g == 0:
+        raise ValueError(f"distmat must have at least one query and one gallery item, got {(num_q, num_g)}")
+    qp, gp = _as_labels(q_pids, g_pids, "q_pids", "g_pids", num_q, num_g, dev)
+    qc, gc = _as_labels(q_camids, g_camids, "q_camids", "g_camids", num_q, num_g, dev)
+    qclo = gclo = None
+    needs_clothes = [m for m in modes if m != "general"]
+    if needs_clothes or q_clothes is not None or g_clothes is not None:
+        # Given clothes are validated even in general mode: a wrong length there is still a caller bug.
+        why = f"for mode {needs_clothes[0]!r}" if needs_clothes else "when the other clothes array is given"
+        if q_clothes is None:
+            raise ValueError(f"q_clothes is required {why}")
+        if g_clothes is None:
+            raise ValueError(f"g_clothes is required {why}")
+        qclo, gclo = _as_labels(q_clothes, g_clothes, "q_clothes", "g_clothes", num_q, num_g, dev)
+    if method == "auto":
+        method = "bins" if dev.type == "cpu" else "sort"
+    if chunk_size is None:
+        chunk_size = max(1, (_CHUNK_ELEMS_CPU if dev.type == "cpu" else _CHUNK_ELEMS_OTHER) // num_g)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+    ap_sum = {m: torch.zeros((), dtype=torch.float64, device=dev) for m in modes}
+    n_valid = {m: torch.zeros((), dtype=torch.long, device=dev) for m in modes}
+    # first_hits[m][k]: valid queries whose first good match is at position k (k = max_rank: later).
+    first_hits = {m: torch.zeros(max_rank + 1, dtype=torch.long, device=dev) for m in modes}
+    index = _PidIndex(gp)
+    q_start, q_count = index.lookup(qp)
+    rank, world = shard if shard is not None else (0, 1)
+    lo, hi = rank * num_q // world, (rank + 1) * num_q // world
+    error = ""
+    try:
+        _rank_rows(d, lo, hi, chunk_size, method, modes, max_rank, dev, index, q_start, q_count, qp, gp, qc, gc,
+                   qclo, gclo, ap_sum, n_valid, first_hits)
+    except ValueError as err:
+        if world == 1:
+            raise
+        # Raised on every rank after the reduction: raising here would leave the others waiting in it.
+        error = str(err)
+        logger.error("evaluation failed on rank %d: %s", rank, error)
+    if world > 1:
+        _reduce_sums(modes, ap_sum, n_valid, first_hits, error)
 
     out: Dict[str, Tuple[np.ndarray, float]] = {}
     for m in modes:
