@@ -34,7 +34,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from clip3dreid_plugin import compat
 from clip3dreid_plugin.config.loader import ConfigError
-from clip3dreid_plugin.utils.distributed import all_gather_ordered, broadcast_buffers
+from clip3dreid_plugin.utils.distributed import (all_gather_objects, all_gather_ordered, broadcast_buffers,
+                                                 get_rank, get_world_size)
 from clip3dreid_plugin.utils.progress import progress
 from clip3dreid_plugin.utils.rng import rng_state, set_rng_state
 
@@ -125,9 +126,17 @@ class ClothesAwareEngineMixin:
     # ------------------------------------------------------------------ checkpoints
     def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False,
                    metrics: Optional[dict] = None) -> None:
-        """Writes ``save_dir/<name>/model.pth.tar-<epoch+1>`` for every registered model."""
+        """Writes ``save_dir/<name>/model.pth.tar-<epoch+1>`` for every registered model.
+
+        Every rank must call it: each one's RNG state goes into the checkpoint (``rng_per_rank``), with the
+        ``GradScaler`` state of an fp16 engine (stored even when the scaler is disabled, e.g. on CPU).
+        """
+        # Collective: each rank draws its own augmentations and dropout masks, so a faithful resume needs them all.
+        own = self._rng_after_train or rng_state()
+        per_rank = all_gather_objects(own)
         if not self.is_main:
             return
+        scaler = getattr(self, "scaler", None)
         for name in self.get_model_names():
             model = unwrap(self._models[name])
             sched = self._scheds[name]
@@ -140,7 +149,9 @@ class ClothesAwareEngineMixin:
                 "evaluations": self.evaluations,
                 "optimizer": self._optims[name].state_dict() if self._optims[name] is not None else None,
                 "scheduler": sched.state_dict() if sched is not None else None,
-                "rng": self._rng_after_train or rng_state(),
+                "rng": own,  # rank 0's, what checkpoints without rng_per_rank hold
+                "rng_per_rank": per_rank,
+                "scaler": scaler.state_dict() if scaler is not None else None,
             }
             path = compat.save_checkpoint(state, osp.join(save_dir, name, f"model.pth.tar-{epoch + 1}"))
             if is_best:
@@ -157,10 +168,28 @@ class ClothesAwareEngineMixin:
             self._scheds[name].load_state_dict(ckpt["scheduler"])
         self.best_metric = float(ckpt.get("best_metric", -float("inf")))
         self.evaluations = dict(ckpt.get("evaluations") or {})
-        if ckpt.get("rng") is not None:
-            set_rng_state(ckpt["rng"])
+        self._restore_rng(ckpt)
+        scaler = getattr(self, "scaler", None)
+        # A disabled scaler (CPU, bf16) saves {} and ignores a load: only an enabled one with a state is restored.
+        if scaler is not None and scaler.is_enabled() and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
         logger.info("resumed from %s (epoch %d)", fpath, ckpt["epoch"])
         return int(ckpt["epoch"])
+
+    def _restore_rng(self, ckpt: dict) -> None:
+        """Gives this rank the RNG state it had when ``ckpt`` was written (its own, not rank 0's)."""
+        rank, world = get_rank(), get_world_size()
+        per_rank = ckpt.get("rng_per_rank")
+        if per_rank and rank < len(per_rank):
+            if len(per_rank) != world:
+                logger.warning("resuming a %d-process checkpoint with %d processes: the batches differ from an "
+                               "uninterrupted run", len(per_rank), world)
+            set_rng_state(per_rank[rank])
+        elif ckpt.get("rng") is not None and not per_rank and world == 1:
+            set_rng_state(ckpt["rng"])  # an older single-process checkpoint
+        else:
+            # rank 0's state on every rank would give every rank the same augmentations: keep this rank's seed.
+            logger.warning("rank %d: no RNG state of its own in the checkpoint; it keeps its seeded state", rank)
 
     # ------------------------------------------------------------------ main loop
     def run(self, save_dir: str = "log", max_epoch: int = 0, start_epoch: int = 0, print_freq: int = 10,
@@ -371,7 +400,6 @@ class ClothesAwareEngineMixin:
         """
         from clip3dreid_plugin.evaluation import evaluate_all
         from clip3dreid_plugin.evaluation.distance import FeatureDistances, chunked_distmat
-        from clip3dreid_plugin.utils.distributed import get_rank, get_world_size
 
         name = dataset_name
         protocols = self.protocols_for(name)

@@ -10,7 +10,7 @@ import torch.distributed as dist
 logger = logging.getLogger(__name__)
 
 __all__ = ["init_distributed", "is_distributed", "get_rank", "get_world_size", "is_main_process",
-           "all_gather_ordered", "all_reduce_sum", "broadcast_buffers", "barrier", "cleanup"]
+           "all_gather_ordered", "all_gather_objects", "all_reduce_sum", "broadcast_buffers", "barrier", "cleanup"]
 
 
 def is_distributed() -> bool:
@@ -119,3 +119,12 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
         comm = t.clone()
     dist.all_reduce(comm, op=dist.ReduceOp.SUM)
     return comm.to(t.device)
+
+
+def all_gather_objects(obj) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` outside ``torch.distributed``)."""
+    if not is_distributed() or get_world_size() == 1:
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)  # under NCCL it uses the current GPU, which the run has set
+    return out
