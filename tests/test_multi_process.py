@@ -148,7 +148,7 @@ def test_bf16_on_a_gpu_without_bfloat16_is_refused(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_explicit_gpu_index_becomes_the_current_device():
+def test_explicit_cuda_index_becomes_the_current_device():
     from clip3dreid_plugin.utils.runtime import activate_device, resolve_device
 
     last = torch.cuda.device_count() - 1
@@ -214,3 +214,24 @@ def test_a_failure_in_one_ranks_shard_is_raised_on_every_rank(tmp_path):
     got = _spawn_two(_sharded_eval_worker, tmp_path, 30)
     assert [g[1] for g in got] == ["error", "error"], got
     assert "another rank" in got[0][2] and "NaN" in got[1][2], got
+
+
+def test_quickstart_labels_on_the_device_it_is_given(monkeypatch):
+    """The quickstart's teacher runs on the resolved device (a GPU when present), not always on the CPU."""
+    from clip3dreid_plugin.config import load_config
+    from clip3dreid_plugin.teacher import source
+    from clip3dreid_plugin.tools.quickstart import label_descriptors_for_quickstart
+
+    class Built(Exception):
+        pass
+
+    seen = []
+
+    def fake_build_teacher(cfg, device="cpu"):
+        seen.append(device)
+        raise Built
+
+    monkeypatch.setattr(source, "build_teacher", fake_build_teacher)
+    with pytest.raises(Built):
+        label_descriptors_for_quickstart(load_config(None, []), [], None, device=torch.device("cuda", 1))
+    assert seen == [torch.device("cuda", 1)]

@@ -31,8 +31,11 @@ BASELINE_CFG = "synthcc/resnet50_baseline_128x64"
 CLIP3DREID_CFG = "synthcc/clip3dreid_r50_vitb32_128x64"
 
 
-def label_descriptors_for_quickstart(cfg, gt_paths: List[str], gt_labels) -> str:
+def label_descriptors_for_quickstart(cfg, gt_paths: List[str], gt_labels, device="cpu") -> str:
     """Builds the synthcc teacher cache; replaces labels by ground truth when the teacher has no weights.
+
+    Args:
+        device: where the teacher labels (the run's resolved device).
 
     Returns:
         ``"clip"`` or ``"ground-truth"``: where the descriptor labels came from.
@@ -40,7 +43,7 @@ def label_descriptors_for_quickstart(cfg, gt_paths: List[str], gt_labels) -> str
     from clip3dreid_plugin.teacher.cache import TeacherCache, build_teacher_cache, cache_file_path
     from clip3dreid_plugin.teacher.source import build_teacher
 
-    teacher = build_teacher(cfg)
+    teacher = build_teacher(cfg, device)
     path = cache_file_path(cfg.teacher.cache_dir, "synthcc", cfg.teacher.name, teacher.weights_label())
     cache = build_teacher_cache(teacher, gt_paths, path, batch_size=cfg.teacher.batch_size, dataset="synthcc",
                                 progress=cfg.runtime.progress)
@@ -133,7 +136,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
 
     logger.info("[3/5] labelling body-shape descriptors with the CLIP teacher (%s)", cfg.teacher.name)
     gt_paths, gt_labels = synthcc_ground_truth(data_root)
-    source = label_descriptors_for_quickstart(cfg, gt_paths, gt_labels)
+    from clip3dreid_plugin.utils.runtime import resolve_device
+
+    source = label_descriptors_for_quickstart(cfg, gt_paths, gt_labels, device=resolve_device(args.device))
     if source == "ground-truth":
         logger.warning("no CLIP weights given (--clip-weights): descriptor labels are synthcc's ground truth, "
                        "text features come from the randomly initialised %s text tower, and L_global is off",

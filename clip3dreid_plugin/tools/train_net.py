@@ -115,7 +115,12 @@ def build(cfg):
         return DistributedIdentitySampler(data_source, batch_size, cfg.sampler.num_instances, rank, world,
                                           seed=cfg.train.seed)
 
-    sampler_fn = distributed_sampler if distributed else None
+    def unused_sampler(data_source, batch_size):
+        return torch.utils.data.SequentialSampler(data_source)
+
+    # An evaluation-only run never draws a training batch, so its sampler must not refuse a training set smaller
+    # than one (global) batch, as the identity samplers do.
+    sampler_fn = unused_sampler if cfg.test.evaluate else (distributed_sampler if distributed else None)
     datamanager = build_datamanager(cfg, use_gpu, train_sampler_fn=sampler_fn, eval_shard=(rank, world))
     model = build_model(cfg, datamanager.num_train_pids, use_gpu)
     if cfg.model.load_weights:
