@@ -55,8 +55,9 @@ def _student_args(tiny) -> list:
     """A small clip3dreid student taught online by the tiny CLIP, in bf16 autocast (fp16 does not run on CPU)."""
     name, weights, _ = tiny
     return ["model.name", "clip3dreid", "clip3dreid.backbone", "resnet18", "clip3dreid.local_dim", "64",
-            "clip3dreid.agg_hidden_dim", "32", "clip3dreid.head_hidden_dim", "32", "clip3dreid.teacher_dim", "64", "teacher.name", name,
-            "teacher.pretrained", weights, "teacher.mode", "online", "train.lr", "0.001", "runtime.amp", "bf16"]
+            "clip3dreid.agg_hidden_dim", "32", "clip3dreid.head_hidden_dim", "32", "clip3dreid.teacher_dim", "64",
+            "teacher.name", name, "teacher.pretrained", weights, "teacher.mode", "online", "train.lr", "0.001",
+            "runtime.amp", "bf16"]
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ sums are added over the ranks: every rank works, none waits alone, and all get t
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Iterable, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -255,15 +255,55 @@ def _counts_by_bins(d: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor,
     return out
 
 
-def _rank_rows(d, lo: int, hi: int, chunk_size: int, method: str, modes: Tuple[str, ...], max_rank: int,
-               dev: torch.device, index: _PidIndex, q_start: torch.Tensor, q_count: torch.Tensor, qp: torch.Tensor,
-               gp: torch.Tensor, qc: torch.Tensor, gc: torch.Tensor, qclo: Optional[torch.Tensor],
-               gclo: Optional[torch.Tensor], ap_sum: Dict[str, torch.Tensor], n_valid: Dict[str, torch.Tensor],
-               first_hits: Dict[str, torch.Tensor]) -> None:
-    """Adds the AP sums, valid-query counts and first-hit histograms of query rows ``[lo, hi)`` into the dicts."""
+class _Labels(NamedTuple):
+    """Query / gallery labels as tensors on the evaluation device (clothes None in general mode)."""
+
+    qp: torch.Tensor
+    gp: torch.Tensor
+    qc: torch.Tensor
+    gc: torch.Tensor
+    qclo: Optional[torch.Tensor]
+    gclo: Optional[torch.Tensor]
+
+
+class _Sums:
+    """Per-protocol sums over the ranked queries, from which CMC and mAP follow: the AP sum, the number of valid
+    queries and the histogram of first-hit positions (index ``max_rank``: later)."""
+
+    def __init__(self, modes: Tuple[str, ...], max_rank: int, dev: torch.device):
+        self.modes = modes
+        self.ap = {m: torch.zeros((), dtype=torch.float64, device=dev) for m in modes}
+        self.valid = {m: torch.zeros((), dtype=torch.long, device=dev) for m in modes}
+        self.first_hits = {m: torch.zeros(max_rank + 1, dtype=torch.long, device=dev) for m in modes}
+
+    def all_reduce(self, error: str) -> None:
+        """Sums every rank's partial results in place (one all-reduce); raises on every rank if one rank failed."""
+        from clip3dreid_plugin.utils.distributed import all_reduce_sum
+
+        modes = self.modes
+        dev = self.ap[modes[0]].device
+        # float64 holds the counts exactly (< 2**53); one flat tensor keeps it to one collective.
+        flat = all_reduce_sum(torch.cat([torch.stack([self.ap[m] for m in modes]).double(),
+                                         torch.stack([self.valid[m] for m in modes]).double(),
+                                         torch.cat([self.first_hits[m] for m in modes]).double(),
+                                         torch.tensor([1.0 if error else 0.0], dtype=torch.float64, device=dev)]))
+        if flat[-1] > 0:
+            raise ValueError(error or "evaluation failed on another rank (see its log)")
+        k = len(modes)
+        hits = flat[2 * k:-1].view(k, -1)
+        for i, m in enumerate(modes):
+            self.ap[m], self.valid[m], self.first_hits[m] = flat[i], flat[k + i].long(), hits[i].long()
+
+
+def _rank_rows(d, rows: range, chunk_size: int, method: str, max_rank: int, lab: _Labels, index: _PidIndex,
+               q_start: torch.Tensor, q_count: torch.Tensor, sums: _Sums) -> None:
+    """Ranks the query rows ``rows`` of ``d`` (a tensor or FeatureDistances), ``chunk_size`` at a time, into
+    ``sums``."""
+    qp, gp, qc, gc, qclo, gclo = lab
+    dev = q_count.device
     fallbacks = 0
-    for r0 in range(lo, hi, chunk_size):
-        r1 = min(hi, r0 + chunk_size)
+    for r0 in range(rows.start, rows.stop, chunk_size):
+        r1 = min(rows.stop, r0 + chunk_size)
         count = q_count[r0:r1]
         dc = d[r0:r1]
         if not bool((count > 0).any()):
@@ -279,7 +319,7 @@ def _rank_rows(d, lo: int, hi: int, chunk_size: int, method: str, modes: Tuple[s
             # chunks ranked here need the check.
             _check_no_nan(dc)
             before = _counts_by_sort(dc, qp[r0:r1], gp, count, p_d.shape[1])
-        for m in modes:
+        for m in sums.modes:
             good = _mode_good(m, p_idx, valid, qc[r0:r1], gc,
                               None if qclo is None else qclo[r0:r1], gclo)
             n_good = good.sum(1)
@@ -290,35 +330,14 @@ def _rank_rows(d, lo: int, hi: int, chunk_size: int, method: str, modes: Tuple[s
             rank = before + j  # its position after junk removal
             prec = torch.where(good, (j + 1).double() / (rank + 1).double(), torch.zeros((), dtype=torch.float64,
                                                                                         device=dev))
-            ap_sum[m] += (prec.sum(1)[ok] / n_good[ok].double()).sum()
-            n_valid[m] += ok.sum()
+            sums.ap[m] += (prec.sum(1)[ok] / n_good[ok].double()).sum()
+            sums.valid[m] += ok.sum()
             # `before` is non-decreasing along the slots, so the first good match has the smallest.
             big = torch.full_like(before, max_rank)
             first = torch.where(good, before, big).amin(1)[ok].clamp(max=max_rank)
-            first_hits[m] += torch.bincount(first, minlength=max_rank + 1)
+            sums.first_hits[m] += torch.bincount(first, minlength=max_rank + 1)
     if fallbacks:
         logger.debug("evaluate: %d chunk(s) ranked by sorting instead of bins", fallbacks)
-
-
-def _reduce_sums(modes: Tuple[str, ...], ap_sum: Dict[str, torch.Tensor], n_valid: Dict[str, torch.Tensor],
-                 first_hits: Dict[str, torch.Tensor], error: str) -> None:
-    """Sums every rank's partial results in place (one all-reduce); raises on every rank if one rank failed."""
-    from clip3dreid_plugin.utils.distributed import all_reduce_sum
-
-    # float64 holds the counts exactly (< 2**53); one flat tensor keeps it to one collective.
-    dev = ap_sum[modes[0]].device
-    flat = all_reduce_sum(torch.cat([torch.stack([ap_sum[m] for m in modes]).double(),
-                                     torch.stack([n_valid[m] for m in modes]).double(),
-                                     torch.cat([first_hits[m] for m in modes]).double(),
-                                     torch.tensor([1.0 if error else 0.0], dtype=torch.float64, device=dev)]))
-    if flat[-1] > 0:
-        raise ValueError(error or "evaluation failed on another rank (see its log)")
-    k = len(modes)
-    hits = flat[2 * k:-1].view(k, -1)
-    for i, m in enumerate(modes):
-        ap_sum[m] = flat[i]
-        n_valid[m] = flat[k + i].long()
-        first_hits[m] = hits[i].long()
 
 
 # ------------------------------------------------------------------------------------------- the metric
@@ -409,18 +428,14 @@ def evaluate_all(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
-    ap_sum = {m: torch.zeros((), dtype=torch.float64, device=dev) for m in modes}
-    n_valid = {m: torch.zeros((), dtype=torch.long, device=dev) for m in modes}
-    # first_hits[m][k]: valid queries whose first good match is at position k (k = max_rank: later).
-    first_hits = {m: torch.zeros(max_rank + 1, dtype=torch.long, device=dev) for m in modes}
+    sums = _Sums(modes, max_rank, dev)
     index = _PidIndex(gp)
     q_start, q_count = index.lookup(qp)
     rank, world = shard if shard is not None else (0, 1)
-    lo, hi = rank * num_q // world, (rank + 1) * num_q // world
     error = ""
     try:
-        _rank_rows(d, lo, hi, chunk_size, method, modes, max_rank, dev, index, q_start, q_count, qp, gp, qc, gc,
-                   qclo, gclo, ap_sum, n_valid, first_hits)
+        _rank_rows(d, range(rank * num_q // world, (rank + 1) * num_q // world), chunk_size, method, max_rank,
+                   _Labels(qp, gp, qc, gc, qclo, gclo), index, q_start, q_count, sums)
     except ValueError as err:
         if world == 1:
             raise
@@ -428,16 +443,16 @@ def evaluate_all(
         error = str(err)
         logger.error("evaluation failed on rank %d: %s", rank, error)
     if world > 1:
-        _reduce_sums(modes, ap_sum, n_valid, first_hits, error)
+        sums.all_reduce(error)
 
     out: Dict[str, Tuple[np.ndarray, float]] = {}
     for m in modes:
-        nv = int(n_valid[m])
+        nv = int(sums.valid[m])
         if nv == 0:
             raise ValueError(f"no valid query in mode {m!r}: no query has a good match in the gallery "
                              "(check pids, camids and clothes labels)")
-        cmc = first_hits[m][:max_rank].double().cumsum(0) / nv
-        out[m] = (cmc.cpu().numpy(), float(ap_sum[m]) / nv)
+        cmc = sums.first_hits[m][:max_rank].double().cumsum(0) / nv
+        out[m] = (cmc.cpu().numpy(), float(sums.ap[m]) / nv)
     return out
 
 

@@ -15,7 +15,8 @@ import torch
 
 from clip3dreid_plugin.config.loader import ConfigError
 
-__all__ = ["setup_logging", "set_seed", "resolve_device", "activate_device", "check_amp_support", "quiet_torchreid_warnings"]
+__all__ = ["setup_logging", "set_seed", "resolve_device", "activate_device", "check_amp_support",
+           "quiet_torchreid_warnings"]
 
 
 def quiet_torchreid_warnings() -> None:
