@@ -235,3 +235,51 @@ def test_quickstart_labels_on_the_device_it_is_given(monkeypatch):
     with pytest.raises(Built):
         label_descriptors_for_quickstart(load_config(None, []), [], None, device=torch.device("cuda", 1))
     assert seen == [torch.device("cuda", 1)]
+
+
+class _BareEngine:
+    """Just what the mixin's save_model / resume read, so a checkpoint round trip needs no dataset or model build."""
+
+    def __init__(self, scaler):
+        from clip3dreid_plugin.engine.base import ClothesAwareEngineMixin
+
+        self._mixin = ClothesAwareEngineMixin
+        self._models = {"model": torch.nn.Linear(2, 2)}
+        self._optims, self._scheds = {"model": None}, {"model": None}
+        self.best_metric, self.evaluations, self._rng_after_train, self.is_main = 0.0, {}, None, True
+        self.scaler = scaler
+
+    def get_model_names(self):
+        return ["model"]
+
+    def save(self, save_dir: str) -> None:
+        self._mixin.save_model(self, 0, 0.0, save_dir)
+
+    def resume(self, path: str) -> int:
+        return self._mixin.resume(self, path)
+
+    def _restore_rng(self, ckpt):
+        return self._mixin._restore_rng(self, ckpt)
+
+
+def test_checkpoint_round_trip_restores_the_scaler_and_the_random_streams(tmp_path):
+    import random
+
+    import numpy as np
+
+    saved = _BareEngine(torch.amp.GradScaler("cpu", init_scale=64.0, growth_interval=7))
+    saved.save(str(tmp_path))
+    path = str(tmp_path / "model" / "model.pth.tar-1")
+    after_save = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)
+    fresh = _BareEngine(torch.amp.GradScaler("cpu", init_scale=2.0 ** 16))
+    assert fresh.resume(path) == 1
+    assert fresh.scaler.get_scale() == 64.0 and fresh.scaler.get_growth_interval() == 7
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(after_save[0], again[0]) and np.array_equal(after_save[1], again[1])
+    assert after_save[2] == again[2]
+    # A disabled scaler (CPU, bf16) stores its empty state; resuming it into an enabled one keeps that one's state.
+    _BareEngine(torch.amp.GradScaler("cpu", enabled=False)).save(str(tmp_path / "off"))
+    enabled = _BareEngine(torch.amp.GradScaler("cpu", init_scale=8.0))
+    enabled.resume(str(tmp_path / "off" / "model" / "model.pth.tar-1"))
+    assert enabled.scaler.get_scale() == 8.0
