@@ -13,8 +13,10 @@ and crashes on a ``None`` scheduler).
 * the best checkpoint is chosen by CC rank-1 where the dataset defines CC;
 * checkpoints hold plain Python numbers (reloadable under torch >= 2.6), tolerate a ``None``
   scheduler, are written atomically, and are saved every ``ckpt_freq`` epochs so a killed run
-  can resume from the last finished epoch with its optimizer and scheduler state;
-* only the main process writes (ready for ``torch.distributed``).
+  can resume from the last finished epoch with its optimizer and scheduler state, every rank's RNG state and the
+  ``GradScaler`` state;
+* only the main process writes (ready for ``torch.distributed``); under it, each rank ranks its share of the queries
+  with distances computed a block at a time (no query x gallery matrix) and all get the same metrics.
 """
 from __future__ import annotations
 
