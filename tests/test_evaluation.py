@@ -341,18 +341,22 @@ class _FreshAllocations(torch.utils._python_dispatch.TorchDispatchMode):
         return out
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU"))])
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
-def test_chunked_distances_equal_the_full_matrix(metric):
+def test_chunked_distances_equal_the_full_matrix(metric, device):
+    """Blocks of rows computed on ``device`` equal torchreid's full matrix computed on the CPU."""
     from clip3dreid_plugin.evaluation.distance import FeatureDistances, chunked_distmat
 
     g = torch.Generator().manual_seed(3)
     qf, gf = torch.randn(37, 16, generator=g) * 3, torch.randn(53, 16, generator=g) * 3
     full = torchreid.metrics.compute_distance_matrix(qf, gf, metric)
     for chunk in (1, 5, 36, 37, 100):
-        got = chunked_distmat(qf, gf, metric, chunk)
-        assert got.shape == full.shape and got.dtype == full.dtype
-        torch.testing.assert_close(got, full, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(FeatureDistances(qf, gf, metric)[4:11], full[4:11], rtol=1e-5, atol=1e-4)
+        got = chunked_distmat(qf.to(device), gf.to(device), metric, chunk)
+        assert got.shape == full.shape and got.dtype == full.dtype and got.device.type == device
+        torch.testing.assert_close(got.cpu(), full, rtol=1e-5, atol=1e-4)
+    block = FeatureDistances(qf.to(device), gf.to(device), metric)[4:11]
+    torch.testing.assert_close(block.cpu(), full[4:11], rtol=1e-5, atol=1e-4)
     # Not a tautology: the two metrics order this gallery differently.
     other = torchreid.metrics.compute_distance_matrix(qf, gf, "cosine" if metric == "euclidean" else "euclidean")
     assert not torch.equal(full.argsort(1), other.argsort(1))
