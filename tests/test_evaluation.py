@@ -321,3 +321,68 @@ def test_cuda_ranking_equals_cpu_ranking():
                        device="cuda")
     for m in modes:
         _assert_same(out[m], ref[m], atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- distances in blocks
+class _FreshAllocations(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the element count of every tensor an op allocates (outputs that share no input's storage)."""
+
+    def __init__(self):
+        super().__init__()
+        self.numels = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+        used = {a.untyped_storage().data_ptr() for a in inputs}
+        for o in torch.utils._pytree.tree_leaves(out):
+            if isinstance(o, torch.Tensor) and o.untyped_storage().data_ptr() not in used:
+                self.numels.append(o.numel())
+        return out
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU"))])
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_chunked_distances_equal_the_full_matrix(metric, device):
+    """Blocks of rows computed on ``device`` equal torchreid's full matrix computed on the CPU."""
+    from clip3dreid_plugin.evaluation.distance import FeatureDistances, chunked_distmat
+
+    g = torch.Generator().manual_seed(3)
+    qf, gf = torch.randn(37, 16, generator=g) * 3, torch.randn(53, 16, generator=g) * 3
+    full = torchreid.metrics.compute_distance_matrix(qf, gf, metric)
+    for chunk in (1, 5, 36, 37, 100):
+        got = chunked_distmat(qf.to(device), gf.to(device), metric, chunk)
+        assert got.shape == full.shape and got.dtype == full.dtype and got.device.type == device
+        torch.testing.assert_close(got.cpu(), full, rtol=1e-5, atol=1e-4)
+    block = FeatureDistances(qf.to(device), gf.to(device), metric)[4:11]
+    torch.testing.assert_close(block.cpu(), full[4:11], rtol=1e-5, atol=1e-4)
+    # Not a tautology: the two metrics order this gallery differently.
+    other = torchreid.metrics.compute_distance_matrix(qf, gf, "cosine" if metric == "euclidean" else "euclidean")
+    assert not torch.equal(full.argsort(1), other.argsort(1))
+
+
+def test_chunked_distances_allocate_one_block_at_a_time():
+    """Besides the [Q, G] result, no op allocates more than one block of rows or the gallery terms; ranking a
+    FeatureDistances never allocates a [Q, G] matrix at all, and gives the metrics of the full matrix."""
+    from clip3dreid_plugin.evaluation.distance import FeatureDistances, chunked_distmat
+
+    n_q, n_g, dim, chunk = 400, 60, 8, 5
+    g = torch.Generator().manual_seed(0)
+    qf, gf = torch.randn(n_q, dim, generator=g), torch.randn(n_g, dim, generator=g)
+    bound = max(chunk * (n_g + 1), n_g * dim)  # one block (the bins ranker adds a column) or the gallery terms
+    with _FreshAllocations() as rec:
+        full = chunked_distmat(qf, gf, "euclidean", chunk)
+    sizes = sorted(rec.numels)
+    assert sizes[-1] == n_q * n_g and sizes[-2] <= bound, sizes[-3:]
+
+    q_pids, g_pids = torch.arange(n_q) % 20, torch.arange(n_g) % 20
+    q_cams, g_cams = torch.zeros(n_q, dtype=torch.long), torch.ones(n_g, dtype=torch.long)
+    expected = evaluate_all(full, q_pids, g_pids, q_cams, g_cams, modes=("general",), chunk_size=chunk)
+    with _FreshAllocations() as rec:
+        got = evaluate_all(FeatureDistances(qf, gf, "euclidean"), q_pids, g_pids, q_cams, g_cams,
+                           modes=("general",), chunk_size=chunk)
+    assert max(rec.numels) <= bound < n_q * n_g // 10
+    np.testing.assert_allclose(got["general"][0], expected["general"][0], rtol=0, atol=1e-12)
+    assert got["general"][1] == pytest.approx(expected["general"][1], abs=1e-12)
+    assert 0.0 < got["general"][1] < 1.0  # a real ranking, not a degenerate one

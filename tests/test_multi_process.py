@@ -2,6 +2,7 @@
 synthetic stream per rank re-seeded every epoch, DDP only around a model that trains."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -78,3 +79,207 @@ def test_runtime_deterministic_asks_torch_for_deterministic_kernels():
     finally:
         set_seed(0, deterministic=False)
     assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+
+
+def _fake_cuda(monkeypatch, count: int, current: int = 0) -> None:
+    """Makes torch report ``count`` CUDA devices, so the device parsing runs on a CPU-only machine."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current)
+
+
+def test_device_resolves_to_an_explicit_index(monkeypatch):
+    from clip3dreid_plugin.utils.runtime import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    _fake_cuda(monkeypatch, 2, current=1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    assert resolve_device(" CUDA:1 ") == torch.device("cuda", 1)
+    assert resolve_device("cuda") == torch.device("cuda", 1)  # the current device, named
+    assert resolve_device("auto") == torch.device("cuda", 1)
+    assert resolve_device("cuda", local_rank=0) == torch.device("cuda", 0)  # torchrun: cuda:LOCAL_RANK
+    _fake_cuda(monkeypatch, 0)
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("name, count, local_rank, match", [
+    ("cuda:2", 2, None, r"cuda:2 does not exist, torch sees 2 CUDA device"),
+    ("cuda:0", 0, None, r"torch sees no CUDA device"),
+    ("cuda", 0, None, r"torch sees no CUDA device"),
+    ("gpu1", 2, None, r"is not a device"),
+    ("cuda:x", 2, None, r"is not a device"),
+    ("cuda:1", 2, 0, r"names one GPU, but torchrun"),
+    ("cuda", 2, 3, r"cuda:3 does not exist"),
+])
+def test_bad_device_is_a_one_line_config_error(monkeypatch, name, count, local_rank, match):
+    from clip3dreid_plugin.config import ConfigError
+    from clip3dreid_plugin.utils.runtime import resolve_device
+
+    _fake_cuda(monkeypatch, count)
+    with pytest.raises(ConfigError, match=match) as err:
+        resolve_device(name, local_rank)
+    msg = str(err.value)
+    assert "--device / runtime.device" in msg and "\n" not in msg
+
+
+def test_train_cli_reports_a_missing_gpu_index_in_one_line(capsys, tmp_path):
+    from clip3dreid_plugin.tools import train_net
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine where cuda:64 does not exist; true wherever CUDA is absent")
+    rc = train_net.main(["--device", "cuda:64", "--output-dir", str(tmp_path), "data.root", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert "--device / runtime.device 'cuda:64'" in captured.err + captured.out
+
+
+def test_bf16_on_a_gpu_without_bfloat16_is_refused(monkeypatch):
+    from clip3dreid_plugin.config import ConfigError
+    from clip3dreid_plugin.utils.runtime import check_amp_support
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100")
+    with pytest.raises(ConfigError, match=r"runtime.amp bf16 \(--amp\): Tesla V100 does not support bfloat16"):
+        check_amp_support("bf16", torch.device("cuda", 0))
+    check_amp_support("bf16", torch.device("cpu"))  # CPU autocast has bfloat16
+    check_amp_support("fp16", torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    check_amp_support("bf16", torch.device("cuda", 0))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_explicit_cuda_index_becomes_the_current_device():
+    from clip3dreid_plugin.utils.runtime import activate_device, resolve_device
+
+    last = torch.cuda.device_count() - 1
+    before = torch.cuda.current_device()
+    try:
+        dev = activate_device(resolve_device(f"cuda:{last}"))
+        assert torch.cuda.current_device() == last and torch.zeros(1).cuda().device == dev
+    finally:
+        torch.cuda.set_device(before)
+
+
+def _sharded_eval_worker(rank: int, store: str, out, poison_row: int):
+    from clip3dreid_plugin.evaluation import evaluate_all
+    from clip3dreid_plugin.evaluation.distance import FeatureDistances
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        g = torch.Generator().manual_seed(1)
+        qf, gf = torch.randn(41, 6, generator=g), torch.randn(70, 6, generator=g)
+        if poison_row >= 0:
+            qf[poison_row] = float("nan")
+        q_pids, g_pids = torch.arange(41) % 9, torch.arange(70) % 9
+        q_cams, g_cams = torch.arange(41) % 3, torch.arange(70) % 2
+        q_clo, g_clo = torch.arange(41) % 4, torch.arange(70) % 5
+        try:
+            res = evaluate_all(FeatureDistances(qf, gf), q_pids, g_pids, q_cams, g_cams, q_clo, g_clo,
+                               modes=("general", "cc"), chunk_size=4, shard=(rank, 2))
+            alone = evaluate_all(FeatureDistances(qf, gf), q_pids, g_pids, q_cams, g_cams, q_clo, g_clo,
+                                 modes=("general", "cc"), chunk_size=4)
+            out.put((rank, {m: (c.tolist(), a) for m, (c, a) in res.items()},
+                     {m: (c.tolist(), a) for m, (c, a) in alone.items()}))
+        except ValueError as err:
+            out.put((rank, "error", str(err)))
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn_two(target, tmp_path, *args):
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(r, str(tmp_path / "store"), out, *args)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = sorted((out.get(timeout=120) for _ in procs), key=lambda g: g[0])
+    for p in procs:
+        p.join(timeout=60)
+    return got
+
+
+def test_sharded_ranking_gives_every_rank_the_single_process_metrics(tmp_path):
+    """Each rank ranks half of the queries; after the all-reduce both hold the metrics of ranking all of them."""
+    got = _spawn_two(_sharded_eval_worker, tmp_path, -1)
+    (_, res0, alone0), (_, res1, _) = got
+    assert res0 == res1
+    for m in ("general", "cc"):
+        assert res0[m][0] == pytest.approx(alone0[m][0], abs=1e-12)
+        assert res0[m][1] == pytest.approx(alone0[m][1], abs=1e-12)
+        assert 0.0 < res0[m][1] < 1.0
+
+
+def test_a_failure_in_one_ranks_shard_is_raised_on_every_rank(tmp_path):
+    """NaN distances in rank 1's queries only (row 30 of 41): rank 0 must raise too instead of hanging."""
+    got = _spawn_two(_sharded_eval_worker, tmp_path, 30)
+    assert [g[1] for g in got] == ["error", "error"], got
+    assert "another rank" in got[0][2] and "NaN" in got[1][2], got
+
+
+def test_quickstart_labels_on_the_device_it_is_given(monkeypatch):
+    """The quickstart's teacher runs on the resolved device (a GPU when present), not always on the CPU."""
+    from clip3dreid_plugin.config import load_config
+    from clip3dreid_plugin.teacher import source
+    from clip3dreid_plugin.tools.quickstart import label_descriptors_for_quickstart
+
+    class Built(Exception):
+        pass
+
+    seen = []
+
+    def fake_build_teacher(cfg, device="cpu"):
+        seen.append(device)
+        raise Built
+
+    monkeypatch.setattr(source, "build_teacher", fake_build_teacher)
+    with pytest.raises(Built):
+        label_descriptors_for_quickstart(load_config(None, []), [], None, device=torch.device("cuda", 1))
+    assert seen == [torch.device("cuda", 1)]
+
+
+class _BareEngine:
+    """Just what the mixin's save_model / resume read, so a checkpoint round trip needs no dataset or model build."""
+
+    def __init__(self, scaler):
+        from clip3dreid_plugin.engine.base import ClothesAwareEngineMixin
+
+        self._mixin = ClothesAwareEngineMixin
+        self._models = {"model": torch.nn.Linear(2, 2)}
+        self._optims, self._scheds = {"model": None}, {"model": None}
+        self.best_metric, self.evaluations, self._rng_after_train, self.is_main = 0.0, {}, None, True
+        self.scaler = scaler
+
+    def get_model_names(self):
+        return ["model"]
+
+    def save(self, save_dir: str) -> None:
+        self._mixin.save_model(self, 0, 0.0, save_dir)
+
+    def resume(self, path: str) -> int:
+        return self._mixin.resume(self, path)
+
+    def _restore_rng(self, ckpt):
+        return self._mixin._restore_rng(self, ckpt)
+
+
+def test_checkpoint_round_trip_restores_the_scaler_and_the_random_streams(tmp_path):
+    import random
+
+    import numpy as np
+
+    saved = _BareEngine(torch.amp.GradScaler("cpu", init_scale=64.0, growth_interval=7))
+    saved.save(str(tmp_path))
+    path = str(tmp_path / "model" / "model.pth.tar-1")
+    after_save = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)
+    fresh = _BareEngine(torch.amp.GradScaler("cpu", init_scale=2.0 ** 16))
+    assert fresh.resume(path) == 1
+    assert fresh.scaler.get_scale() == 64.0 and fresh.scaler.get_growth_interval() == 7
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(after_save[0], again[0]) and np.array_equal(after_save[1], again[1])
+    assert after_save[2] == again[2]
+    # A disabled scaler (CPU, bf16) stores its empty state; resuming it into an enabled one keeps that one's state.
+    _BareEngine(torch.amp.GradScaler("cpu", enabled=False)).save(str(tmp_path / "off"))
+    enabled = _BareEngine(torch.amp.GradScaler("cpu", init_scale=8.0))
+    enabled.resume(str(tmp_path / "off" / "model" / "model.pth.tar-1"))
+    assert enabled.scaler.get_scale() == 8.0

@@ -49,7 +49,8 @@ class DistributedIdentitySampler(Sampler[int]):
         per_epoch = sum(max(len(v), num_instances) // num_instances * num_instances for v in self.index_dic.values())
         self.num_global_batches = per_epoch // global_batch
         if self.num_global_batches == 0:
-            raise ValueError(f"the training set is too small for a global batch of {global_batch} images")
+            raise ConfigError(f"the training set is too small for a global batch of {global_batch} images "
+                              f"(train.batch_size {batch_size} x {world_size} processes): lower train.batch_size")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -13,8 +13,10 @@ and crashes on a ``None`` scheduler).
 * the best checkpoint is chosen by CC rank-1 where the dataset defines CC;
 * checkpoints hold plain Python numbers (reloadable under torch >= 2.6), tolerate a ``None``
   scheduler, are written atomically, and are saved every ``ckpt_freq`` epochs so a killed run
-  can resume from the last finished epoch with its optimizer and scheduler state;
-* only the main process writes (ready for ``torch.distributed``).
+  can resume from the last finished epoch with its optimizer and scheduler state, every rank's RNG state and the
+  ``GradScaler`` state;
+* only the main process writes (ready for ``torch.distributed``); under it, each rank ranks its share of the queries
+  with distances computed a block at a time (no query x gallery matrix) and all get the same metrics.
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from clip3dreid_plugin import compat
 from clip3dreid_plugin.config.loader import ConfigError
-from clip3dreid_plugin.utils.distributed import all_gather_ordered, broadcast_buffers
+from clip3dreid_plugin.utils.distributed import (all_gather_objects, all_gather_ordered, broadcast_buffers,
+                                                 get_rank, get_world_size)
 from clip3dreid_plugin.utils.progress import progress
 from clip3dreid_plugin.utils.rng import rng_state, set_rng_state
 
@@ -95,34 +98,47 @@ class ClothesAwareEngineMixin:
         ckpt_freq: save a checkpoint every this many epochs (0: only at evaluations and the last epoch).
         is_main: this process writes checkpoints and logs (rank 0 under ``torch.distributed``).
         show_progress: progress bars on training and feature extraction.
+        device: the run's device, e.g. ``cuda:1``; None: ``cuda`` (the current device) if ``use_gpu`` else ``cpu``.
     """
 
     #: How tracklet features pool their frames at test time; torchreid's ``VideoSoftmaxEngine`` sets its own.
     pooling_method: str = "avg"
 
     def __init__(self, *args, eval_settings: Optional[EvalSettings] = None, ckpt_freq: int = 1, is_main: bool = True,
-                 show_progress: bool = True, **kwargs):
+                 show_progress: bool = True, device: Optional[torch.device] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_settings = eval_settings or EvalSettings()
         self.ckpt_freq = ckpt_freq
         self.is_main = is_main
         self.show_progress = show_progress
-        self.device = torch.device("cuda") if self.use_gpu else torch.device("cpu")
+        if device is None:
+            device = torch.device("cuda") if self.use_gpu else torch.device("cpu")
+        self.device = torch.device(device)
         self.best_metric = -float("inf")
         self.last_metrics: Dict[str, Dict[str, float]] = {}
         # Full CMC curves of the last evaluation, {target: {protocol: [max_rank floats]}}.
         self.last_cmc: Dict[str, Dict[str, List[float]]] = {}
         # The last and the best evaluation: {"epoch", "metrics", "cmc"} each (what metrics.json records).
         self.evaluations: Dict[str, dict] = {}
+        # (target, protocols, distmat, save_dir, topk) of each target whose ranked results test() draws at its end.
+        self._visrank_jobs: List[tuple] = []
         # RNG state right after the last training epoch: what a resumed run must restore (evaluation draws too).
         self._rng_after_train: Optional[dict] = None
 
     # ------------------------------------------------------------------ checkpoints
     def save_model(self, epoch: int, rank1: float, save_dir: str, is_best: bool = False,
                    metrics: Optional[dict] = None) -> None:
-        """Writes ``save_dir/<name>/model.pth.tar-<epoch+1>`` for every registered model."""
+        """Writes ``save_dir/<name>/model.pth.tar-<epoch+1>`` for every registered model.
+
+        Every rank must call it: each one's RNG state goes into the checkpoint (``rng_per_rank``), with the
+        ``GradScaler`` state of an fp16 engine (stored even when the scaler is disabled, e.g. on CPU).
+        """
+        # Collective: each rank draws its own augmentations and dropout masks, so a faithful resume needs them all.
+        own = self._rng_after_train or rng_state()
+        per_rank = all_gather_objects(own)
         if not self.is_main:
             return
+        scaler = getattr(self, "scaler", None)
         for name in self.get_model_names():
             model = unwrap(self._models[name])
             sched = self._scheds[name]
@@ -135,7 +151,9 @@ class ClothesAwareEngineMixin:
                 "evaluations": self.evaluations,
                 "optimizer": self._optims[name].state_dict() if self._optims[name] is not None else None,
                 "scheduler": sched.state_dict() if sched is not None else None,
-                "rng": self._rng_after_train or rng_state(),
+                "rng": own,  # rank 0's, what checkpoints without rng_per_rank hold
+                "rng_per_rank": per_rank,
+                "scaler": scaler.state_dict() if scaler is not None else None,
             }
             path = compat.save_checkpoint(state, osp.join(save_dir, name, f"model.pth.tar-{epoch + 1}"))
             if is_best:
@@ -152,10 +170,28 @@ class ClothesAwareEngineMixin:
             self._scheds[name].load_state_dict(ckpt["scheduler"])
         self.best_metric = float(ckpt.get("best_metric", -float("inf")))
         self.evaluations = dict(ckpt.get("evaluations") or {})
-        if ckpt.get("rng") is not None:
-            set_rng_state(ckpt["rng"])
+        self._restore_rng(ckpt)
+        scaler = getattr(self, "scaler", None)
+        # A disabled scaler (CPU, bf16) saves {} and ignores a load: only an enabled one with a state is restored.
+        if scaler is not None and scaler.is_enabled() and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
         logger.info("resumed from %s (epoch %d)", fpath, ckpt["epoch"])
         return int(ckpt["epoch"])
+
+    def _restore_rng(self, ckpt: dict) -> None:
+        """Gives this rank the RNG state it had when ``ckpt`` was written (its own, not rank 0's)."""
+        rank, world = get_rank(), get_world_size()
+        per_rank = ckpt.get("rng_per_rank")
+        if per_rank and rank < len(per_rank):
+            if len(per_rank) != world:
+                logger.warning("resuming a %d-process checkpoint with %d processes: the batches differ from an "
+                               "uninterrupted run", len(per_rank), world)
+            set_rng_state(per_rank[rank])
+        elif ckpt.get("rng") is not None and not per_rank and world == 1:
+            set_rng_state(ckpt["rng"])  # an older single-process checkpoint
+        else:
+            # rank 0's state on every rank would give every rank the same augmentations: keep this rank's seed.
+            logger.warning("rank %d: no RNG state of its own in the checkpoint; it keeps its seeded state", rank)
 
     # ------------------------------------------------------------------ main loop
     def run(self, save_dir: str = "log", max_epoch: int = 0, start_epoch: int = 0, print_freq: int = 10,
@@ -290,7 +326,8 @@ class ClothesAwareEngineMixin:
 
     @torch.no_grad()
     def extract_loader(self, loader, desc: str = "") -> Tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
-        """Features ``[n, D]`` (flip-averaged when ``eval.flip``) plus pids, camids, clothes ids."""
+        """Features ``[n, D]`` on the engine's device (flip-averaged when ``eval.flip``) plus pids, camids and
+        clothes ids as numpy arrays ``[n]``; under ``torch.distributed`` every rank gets all ``n`` items."""
         feats, pids, camids, clothes = [], [], [], []
         for data in progress(loader, total=len(loader), desc=desc, enabled=self.show_progress and self.is_main):
             imgs, p, c, cl = self.parse_data_for_eval(data)
@@ -304,9 +341,9 @@ class ClothesAwareEngineMixin:
             clothes.append(torch.as_tensor(cl))
         # Under torch.distributed each rank holds items rank::world; gather them back in dataset order.
         total = len(loader.dataset)
-        gathered = [all_gather_ordered(torch.cat(x).to(self.device), total).cpu()
-                    for x in (feats, pids, camids, clothes)]
-        return gathered[0], gathered[1].numpy(), gathered[2].numpy(), gathered[3].numpy()
+        gathered = [all_gather_ordered(torch.cat(x).to(self.device), total) for x in (feats, pids, camids, clothes)]
+        # Features stay on the device: the distances are computed there, a block of queries at a time.
+        return gathered[0], gathered[1].cpu().numpy(), gathered[2].cpu().numpy(), gathered[3].cpu().numpy()
 
     def test(self, dist_metric: str = "euclidean", normalize_feature: bool = False, visrank: bool = False,
              visrank_topk: int = 10, save_dir: str = "", use_metric_cuhk03: bool = False,
@@ -320,10 +357,37 @@ class ClothesAwareEngineMixin:
         # Under DDP every rank has its own BN running statistics after the last step: evaluate rank 0's model.
         broadcast_buffers(unwrap(self.model))
         self.last_metrics, self.last_cmc = {}, {}
+        self._visrank_jobs = []
         super().test(dist_metric=dist_metric, normalize_feature=normalize_feature, visrank=visrank,
                      visrank_topk=visrank_topk, save_dir=save_dir, use_metric_cuhk03=use_metric_cuhk03,
                      ranks=list(ranks), rerank=rerank)
+        # Rank 0 draws the ranked results alone, so only after every target: drawn between two targets, the other
+        # ranks would wait for it inside the next target's all-gather and could reach the process group's timeout.
+        # visrank runs only with test.evaluate, after which no collective follows.
+        for job in self._visrank_jobs:
+            self._draw_ranked_results(*job)
+        self._visrank_jobs = []
         return self.selection_score(self.last_metrics)
+
+    def _eval_device(self) -> torch.device:
+        """``eval.device``: ``auto`` (and ``cuda`` on a CUDA run) is the run's own device, index included."""
+        want = self.eval_settings.device
+        if want == "auto" or (want == "cuda" and self.device.type == "cuda"):
+            return self.device
+        return torch.device(want)
+
+    def _draw_ranked_results(self, name: str, protocols: Sequence[str], distmat: torch.Tensor, save_dir: str,
+                             topk: int) -> None:
+        """Writes the ranked-result images of every protocol of target ``name`` (``test.visrank``)."""
+        from clip3dreid_plugin.evaluation.visrank import visualize_ranked_results_protocol
+
+        query, gallery = self.datamanager.fetch_test_loaders(name)
+        dm = distmat.cpu().numpy()
+        for mode in protocols:
+            visualize_ranked_results_protocol(
+                dm, query, gallery, mode, save_dir=osp.join(save_dir, f"visrank_{name}_{mode}"),
+                data_type=self.datamanager.data_type, width=self.datamanager.width, height=self.datamanager.height,
+                topk=topk)
 
     @torch.no_grad()
     def _evaluate(self, dataset_name: str = "", query_loader=None, gallery_loader=None, dist_metric: str = "euclidean",
@@ -337,22 +401,29 @@ class ClothesAwareEngineMixin:
             as ``Test/<name>/rank1|mAP``.
         """
         from clip3dreid_plugin.evaluation import evaluate_all
+        from clip3dreid_plugin.evaluation.distance import FeatureDistances, chunked_distmat
 
         name = dataset_name
         protocols = self.protocols_for(name)
         qf, q_pids, q_camids, q_clothes = self.extract_loader(query_loader, f"{name} query")
         gf, g_pids, g_camids, g_clothes = self.extract_loader(gallery_loader, f"{name} gallery")
+        dev = self._eval_device()
+        qf, gf = qf.to(dev), gf.to(dev)
         if normalize_feature:
             qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
-        distmat = torchreid.metrics.compute_distance_matrix(qf, gf, dist_metric)
         if rerank:
-            qq = torchreid.metrics.compute_distance_matrix(qf, qf, dist_metric)
-            gg = torchreid.metrics.compute_distance_matrix(gf, gf, dist_metric)
-            distmat = torch.as_tensor(torchreid.utils.re_ranking(distmat.numpy(), qq.numpy(), gg.numpy()))
-        dev = self.eval_settings.device
-        dev = self.device.type if dev == "auto" else dev  # auto follows the run's device (--device cpu means cpu)
-        out = evaluate_all(distmat.to(dev), q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes,
-                           modes=protocols, max_rank=self.eval_settings.max_rank)
+            # k-reciprocal re-ranking needs the whole query-gallery, query-query and gallery-gallery matrices (on
+            # the CPU, in numpy); every rank computes them, so none waits alone.
+            qq, gg, qg = (chunked_distmat(a, b, dist_metric).cpu().numpy() for a, b in ((qf, qf), (gf, gf), (qf, gf)))
+            distances = torch.as_tensor(torchreid.utils.re_ranking(qg, qq, gg))
+        else:
+            # Distances of one block of queries at a time, computed when ranked: no [Q, G] matrix.
+            distances = FeatureDistances(qf, gf, dist_metric)
+        # Each rank ranks its share of the queries and the sums are all-reduced: every rank gets the same metrics
+        # while none idles in a collective (so none can reach the NCCL timeout waiting for rank 0).
+        out = evaluate_all(distances, q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes,
+                           modes=protocols, max_rank=self.eval_settings.max_rank, device=dev,
+                           shard=(get_rank(), get_world_size()))
         metrics: Dict[str, float] = {}
         lines = [f"** {name} ** (camera rule: {getattr(self.datamanager, 'camera_rules', {}).get(name, 'camid')})",
                  "  protocol |   mAP  | " + " | ".join(f"R{r:<4d}" for r in ranks)]
@@ -369,13 +440,7 @@ class ClothesAwareEngineMixin:
                 self.writer.add_scalar(f"Test/{name}/{k}", v, self.epoch)
         self.last_metrics[name] = metrics
         if visrank and self.is_main:
-            from clip3dreid_plugin.evaluation.visrank import visualize_ranked_results_protocol
-
-            query, gallery = self.datamanager.fetch_test_loaders(name)
-            for mode in protocols:
-                visualize_ranked_results_protocol(
-                    distmat.cpu().numpy(), query, gallery, mode,
-                    save_dir=osp.join(save_dir, f"visrank_{name}_{mode}"), data_type=self.datamanager.data_type,
-                    width=self.datamanager.width, height=self.datamanager.height, topk=visrank_topk)
+            distmat = distances if rerank else chunked_distmat(qf, gf, dist_metric)
+            self._visrank_jobs.append((name, protocols, distmat.cpu(), save_dir, visrank_topk))
         cmc, mAP = out["general"] if "general" in out else out[protocols[0]]
         return float(cmc[0]), float(mAP)

@@ -1,8 +1,9 @@
 """Config -> engine. Plugin models that need their own engine register a builder here."""
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
+import torch
 from yacs.config import CfgNode as CN
 
 from clip3dreid_plugin.config.loader import ConfigError
@@ -26,8 +27,7 @@ def _clip3dreid_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gp
     switches = LossSwitches.from_cfg(cfg)
     teacher = None
     if switches.use_ot or switches.use_global or switches.use_3d:
-        teacher = build_teacher_source(cfg, _train_paths_per_source(datamanager),
-                                       device="cuda" if use_gpu else "cpu")
+        teacher = build_teacher_source(cfg, _train_paths_per_source(datamanager), device=common["device"])
         if teacher is None:
             raise ConfigError("teacher.mode none leaves L_OT/L_global/L_3D without targets: switch them off "
                               "(loss.clip3dreid.use_ot/use_global/use_3d False) or set teacher.mode cache|online")
@@ -40,7 +40,7 @@ def _clip3dreid_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gp
         from clip3dreid_plugin.losses.shape3d import ShapeLoss
 
         shape_loss = ShapeLoss.from_body_dir(cfg.body.model_dir, cfg.body.gender,
-                                             cfg.loss.clip3dreid.shape_reduction, device="cuda" if use_gpu else "cpu")
+                                             cfg.loss.clip3dreid.shape_reduction, device=common["device"])
         synthetic = build_synthetic_stream(cfg, datamanager)
     engine = CLIP3DReIDEngine(datamanager, model, optimizer, teacher=teacher, switches=switches,
                               ot_loss=OTLoss.from_cfg(cfg), scheduler=scheduler, use_gpu=use_gpu,
@@ -65,7 +65,8 @@ def _shape_probe_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_g
 
 
 # model name -> fn(cfg, datamanager, model, optimizer, scheduler, use_gpu, **common) -> engine, where common holds
-# the evaluation and checkpoint options every plugin engine takes (ClothesAwareEngineMixin).
+# the evaluation and checkpoint options every plugin engine takes (ClothesAwareEngineMixin) and the run's resolved
+# ``device`` (a torch.device: pass it to whatever the builder places on the GPU).
 ENGINE_BUILDERS: Dict[str, Callable] = {"clip3dreid": _clip3dreid_engine, "shape_probe": _shape_probe_engine}
 
 
@@ -92,8 +93,16 @@ def _standard_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu:
     raise ConfigError(f"loss.name must be softmax or triplet, got '{cfg.loss.name}'")
 
 
-def build_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: bool, is_main: bool = True):
-    """Builds the engine for ``cfg.model.name`` with the plugin's evaluation and checkpoint settings."""
+def build_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: bool, is_main: bool = True,
+                 device: Optional[torch.device] = None):
+    """Builds the engine for ``cfg.model.name`` with the plugin's evaluation and checkpoint settings.
+
+    Args:
+        device: the run's resolved device (``cuda:N`` or ``cpu``); None: current CUDA device if ``use_gpu``.
+    """
     builder = ENGINE_BUILDERS.get(cfg.model.name, _standard_engine)
+    if device is None:
+        device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
     return builder(cfg, datamanager, model, optimizer, scheduler, use_gpu, eval_settings=EvalSettings.from_cfg(cfg),
-                   ckpt_freq=cfg.runtime.ckpt_freq, is_main=is_main, show_progress=cfg.runtime.progress)
+                   ckpt_freq=cfg.runtime.ckpt_freq, is_main=is_main, show_progress=cfg.runtime.progress,
+                   device=device)

@@ -38,15 +38,21 @@ then costs ``O(Q*K)``.  Two exact ways to get ``C``:
   infinite distances, or with bins too crowded for that fix-up to be cheap (e.g. many equal distances),
   fall back to ``'sort'``.
 
-Rows are processed in chunks so memory stays ``O(chunk * G)`` for any number of queries.
+Rows are processed in chunks so memory stays ``O(chunk * G)`` for any number of queries: the evaluator never needs
+the whole ``[Q, G]`` matrix at once.  Given a :class:`~clip3dreid_plugin.evaluation.distance.FeatureDistances`
+instead of a matrix, it computes each chunk's distances from the features when it ranks them, so the matrix is
+never built.  Under ``torch.distributed`` (``shard``) each rank ranks its own block of queries and the per-query
+sums are added over the ranks: every rank works, none waits alone, and all get the same metrics.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Iterable, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+
+from clip3dreid_plugin.evaluation.distance import FeatureDistances
 
 logger = logging.getLogger(__name__)
 
@@ -249,6 +255,91 @@ def _counts_by_bins(d: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor,
     return out
 
 
+class _Labels(NamedTuple):
+    """Query / gallery labels as tensors on the evaluation device (clothes None in general mode)."""
+
+    qp: torch.Tensor
+    gp: torch.Tensor
+    qc: torch.Tensor
+    gc: torch.Tensor
+    qclo: Optional[torch.Tensor]
+    gclo: Optional[torch.Tensor]
+
+
+class _Sums:
+    """Per-protocol sums over the ranked queries, from which CMC and mAP follow: the AP sum, the number of valid
+    queries and the histogram of first-hit positions (index ``max_rank``: later)."""
+
+    def __init__(self, modes: Tuple[str, ...], max_rank: int, dev: torch.device):
+        self.modes = modes
+        self.ap = {m: torch.zeros((), dtype=torch.float64, device=dev) for m in modes}
+        self.valid = {m: torch.zeros((), dtype=torch.long, device=dev) for m in modes}
+        self.first_hits = {m: torch.zeros(max_rank + 1, dtype=torch.long, device=dev) for m in modes}
+
+    def all_reduce(self, error: str) -> None:
+        """Sums every rank's partial results in place (one all-reduce); raises on every rank if one rank failed."""
+        from clip3dreid_plugin.utils.distributed import all_reduce_sum
+
+        modes = self.modes
+        dev = self.ap[modes[0]].device
+        # float64 holds the counts exactly (< 2**53); one flat tensor keeps it to one collective.
+        flat = all_reduce_sum(torch.cat([torch.stack([self.ap[m] for m in modes]).double(),
+                                         torch.stack([self.valid[m] for m in modes]).double(),
+                                         torch.cat([self.first_hits[m] for m in modes]).double(),
+                                         torch.tensor([1.0 if error else 0.0], dtype=torch.float64, device=dev)]))
+        if flat[-1] > 0:
+            raise ValueError(error or "evaluation failed on another rank (see its log)")
+        k = len(modes)
+        hits = flat[2 * k:-1].view(k, -1)
+        for i, m in enumerate(modes):
+            self.ap[m], self.valid[m], self.first_hits[m] = flat[i], flat[k + i].long(), hits[i].long()
+
+
+def _rank_rows(d, rows: range, chunk_size: int, method: str, max_rank: int, lab: _Labels, index: _PidIndex,
+               q_start: torch.Tensor, q_count: torch.Tensor, sums: _Sums) -> None:
+    """Ranks the query rows ``rows`` of ``d`` (a tensor or FeatureDistances), ``chunk_size`` at a time, into
+    ``sums``."""
+    qp, gp, qc, gc, qclo, gclo = lab
+    dev = q_count.device
+    fallbacks = 0
+    for r0 in range(rows.start, rows.stop, chunk_size):
+        r1 = min(rows.stop, r0 + chunk_size)
+        count = q_count[r0:r1]
+        dc = d[r0:r1]
+        if not bool((count > 0).any()):
+            _check_no_nan(dc)  # same contract for every row, ranked or not
+            continue  # no query of this chunk has its identity in the gallery: none is valid
+        p_d, p_idx, valid = _same_pid_lists(dc, q_start[r0:r1], count, index)
+        before = None
+        if method == "bins":
+            before = _counts_by_bins(dc, qp[r0:r1], gp, p_d, p_idx, valid)
+            fallbacks += before is None
+        if before is None:
+            # The bins path has no NaN (aminmax propagates it and it then returns None), so only
+            # chunks ranked here need the check.
+            _check_no_nan(dc)
+            before = _counts_by_sort(dc, qp[r0:r1], gp, count, p_d.shape[1])
+        for m in sums.modes:
+            good = _mode_good(m, p_idx, valid, qc[r0:r1], gc,
+                              None if qclo is None else qclo[r0:r1], gclo)
+            n_good = good.sum(1)
+            ok = n_good > 0
+            if not bool(ok.any()):
+                continue
+            j = good.cumsum(1) - 1  # j-th good match (0-based) in the slots where good is True
+            rank = before + j  # its position after junk removal
+            prec = torch.where(good, (j + 1).double() / (rank + 1).double(), torch.zeros((), dtype=torch.float64,
+                                                                                        device=dev))
+            sums.ap[m] += (prec.sum(1)[ok] / n_good[ok].double()).sum()
+            sums.valid[m] += ok.sum()
+            # `before` is non-decreasing along the slots, so the first good match has the smallest.
+            big = torch.full_like(before, max_rank)
+            first = torch.where(good, before, big).amin(1)[ok].clamp(max=max_rank)
+            sums.first_hits[m] += torch.bincount(first, minlength=max_rank + 1)
+    if fallbacks:
+        logger.debug("evaluate: %d chunk(s) ranked by sorting instead of bins", fallbacks)
+
+
 # ------------------------------------------------------------------------------------------- the metric
 def _mode_good(mode: str, p_idx: torch.Tensor, valid: torch.Tensor, qcam: torch.Tensor, gcam: torch.Tensor,
                qclo: Optional[torch.Tensor], gclo: Optional[torch.Tensor]) -> torch.Tensor:
@@ -275,11 +366,13 @@ def evaluate_all(
     device: Optional[Union[str, torch.device]] = None,
     method: str = "auto",
     chunk_size: Optional[int] = None,
+    shard: Optional[Tuple[int, int]] = None,
 ) -> Dict[str, Tuple[np.ndarray, float]]:
     """CMC and mAP for several protocols, ranking the gallery once for all of them.
 
     Args:
-        distmat: ``[Q, G]`` distances (smaller = more similar); numpy array or tensor of any real dtype.
+        distmat: ``[Q, G]`` distances (smaller = more similar); numpy array or tensor of any real dtype, or a
+            :class:`~clip3dreid_plugin.evaluation.distance.FeatureDistances` (distances computed per chunk).
         q_pids: ``[Q]`` query identities.
         g_pids: ``[G]`` gallery identities.
         q_camids: ``[Q]`` query camera ids.
@@ -293,6 +386,9 @@ def evaluate_all(
             exact and give identical results.
         chunk_size: query rows per chunk; ``None`` picks about 1M distances per chunk on CPU and 16M on
             other devices.
+        shard: ``(rank, world)`` under ``torch.distributed``: this rank ranks the ``rank``-th of ``world`` equal
+            blocks of queries and the sums are all-reduced, so every rank must call with the same arguments and
+            gets the same result. ``None`` or a world of 1: every query here.
 
     Returns:
         ``{mode: (cmc, mAP)}`` with ``cmc`` a float64 numpy array of shape ``[max_rank]`` and ``mAP`` a
@@ -309,8 +405,10 @@ def evaluate_all(
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     dev = _resolve_device(distmat, device)
-    d = _as_distmat(distmat, dev)
+    d = distmat.to(dev) if isinstance(distmat, FeatureDistances) else _as_distmat(distmat, dev)
     num_q, num_g = d.shape
+    if num_q == 0 or num_g == 0:
+        raise ValueError(f"distmat must have at least one query and one gallery item, got {(num_q, num_g)}")
     qp, gp = _as_labels(q_pids, g_pids, "q_pids", "g_pids", num_q, num_g, dev)
     qc, gc = _as_labels(q_camids, g_camids, "q_camids", "g_camids", num_q, num_g, dev)
     qclo = gclo = None
@@ -330,58 +428,31 @@ def evaluate_all(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
-    ap_sum = {m: torch.zeros((), dtype=torch.float64, device=dev) for m in modes}
-    n_valid = {m: torch.zeros((), dtype=torch.long, device=dev) for m in modes}
-    # first_hits[m][k]: valid queries whose first good match is at position k (k = max_rank: later).
-    first_hits = {m: torch.zeros(max_rank + 1, dtype=torch.long, device=dev) for m in modes}
+    sums = _Sums(modes, max_rank, dev)
     index = _PidIndex(gp)
     q_start, q_count = index.lookup(qp)
-    fallbacks = 0
-    for r0 in range(0, num_q, chunk_size):
-        r1 = min(num_q, r0 + chunk_size)
-        count = q_count[r0:r1]
-        dc = d[r0:r1]
-        if not bool((count > 0).any()):
-            _check_no_nan(dc)  # same contract for every row, ranked or not
-            continue  # no query of this chunk has its identity in the gallery: none is valid
-        p_d, p_idx, valid = _same_pid_lists(dc, q_start[r0:r1], count, index)
-        before = None
-        if method == "bins":
-            before = _counts_by_bins(dc, qp[r0:r1], gp, p_d, p_idx, valid)
-            fallbacks += before is None
-        if before is None:
-            # The bins path has no NaN (aminmax propagates it and it then returns None), so only
-            # chunks ranked here need the check.
-            _check_no_nan(dc)
-            before = _counts_by_sort(dc, qp[r0:r1], gp, count, p_d.shape[1])
-        for m in modes:
-            good = _mode_good(m, p_idx, valid, qc[r0:r1], gc,
-                              None if qclo is None else qclo[r0:r1], gclo)
-            n_good = good.sum(1)
-            ok = n_good > 0
-            if not bool(ok.any()):
-                continue
-            j = good.cumsum(1) - 1  # j-th good match (0-based) in the slots where good is True
-            rank = before + j  # its position after junk removal
-            prec = torch.where(good, (j + 1).double() / (rank + 1).double(), torch.zeros((), dtype=torch.float64,
-                                                                                        device=dev))
-            ap_sum[m] += (prec.sum(1)[ok] / n_good[ok].double()).sum()
-            n_valid[m] += ok.sum()
-            # `before` is non-decreasing along the slots, so the first good match has the smallest.
-            big = torch.full_like(before, max_rank)
-            first = torch.where(good, before, big).amin(1)[ok].clamp(max=max_rank)
-            first_hits[m] += torch.bincount(first, minlength=max_rank + 1)
-    if fallbacks:
-        logger.debug("evaluate: %d chunk(s) ranked by sorting instead of bins", fallbacks)
+    rank, world = shard if shard is not None else (0, 1)
+    error = ""
+    try:
+        _rank_rows(d, range(rank * num_q // world, (rank + 1) * num_q // world), chunk_size, method, max_rank,
+                   _Labels(qp, gp, qc, gc, qclo, gclo), index, q_start, q_count, sums)
+    except ValueError as err:
+        if world == 1:
+            raise
+        # Raised on every rank after the reduction: raising here would leave the others waiting in it.
+        error = str(err)
+        logger.error("evaluation failed on rank %d: %s", rank, error)
+    if world > 1:
+        sums.all_reduce(error)
 
     out: Dict[str, Tuple[np.ndarray, float]] = {}
     for m in modes:
-        nv = int(n_valid[m])
+        nv = int(sums.valid[m])
         if nv == 0:
             raise ValueError(f"no valid query in mode {m!r}: no query has a good match in the gallery "
                              "(check pids, camids and clothes labels)")
-        cmc = first_hits[m][:max_rank].double().cumsum(0) / nv
-        out[m] = (cmc.cpu().numpy(), float(ap_sum[m]) / nv)
+        cmc = sums.first_hits[m][:max_rank].double().cumsum(0) / nv
+        out[m] = (cmc.cpu().numpy(), float(sums.ap[m]) / nv)
     return out
 
 

@@ -39,8 +39,11 @@ TEACHERS = ("auto", "clip", "ideal", "stand-in")
 SEED_SPREAD: Dict[str, Tuple[float, int]] = {}
 
 
-def label_descriptors_for_quickstart(cfg, gt_paths: List[str], gt_labels) -> str:
+def label_descriptors_for_quickstart(cfg, gt_paths: List[str], gt_labels, device="cpu") -> str:
     """Builds the synthcc teacher cache; replaces labels by ground truth when the teacher has no weights.
+
+    Args:
+        device: where the teacher labels (the run's resolved device).
 
     Returns:
         ``"clip"`` or ``"ground-truth"``: where the descriptor labels came from.
@@ -48,7 +51,7 @@ def label_descriptors_for_quickstart(cfg, gt_paths: List[str], gt_labels) -> str
     from clip3dreid_plugin.teacher.cache import TeacherCache, build_teacher_cache, cache_file_path
     from clip3dreid_plugin.teacher.source import build_teacher
 
-    teacher = build_teacher(cfg)
+    teacher = build_teacher(cfg, device)
     path = cache_file_path(cfg.teacher.cache_dir, "synthcc", cfg.teacher.name, teacher.weights_label())
     cache = build_teacher_cache(teacher, gt_paths, path, batch_size=cfg.teacher.batch_size, dataset="synthcc",
                                 progress=cfg.runtime.progress)
@@ -112,7 +115,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     p.add_argument("--json", default="", help="write the results as JSON (default WORK_DIR/results.json)")
     args = p.parse_args(argv)
 
-    from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings, setup_logging
+    from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings, resolve_device, setup_logging
 
     quiet_torchreid_warnings()
     setup_logging(args.work_dir, "quickstart.log")
@@ -172,7 +175,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     else:
         logger.info("[3/5] labelling body-shape descriptors with the CLIP teacher (%s)", cfg.teacher.name)
         gt_paths, gt_labels = synthcc_ground_truth(data_root)
-        if label_descriptors_for_quickstart(cfg, gt_paths, gt_labels) == "ground-truth":
+        labelled_by = label_descriptors_for_quickstart(cfg, gt_paths, gt_labels, device=resolve_device(args.device))
+        if labelled_by == "ground-truth":
             logger.warning("teacher stand-in: descriptor labels are synthcc's ground truth, text features come from "
                            "the randomly initialised %s text tower, and L_global is off", cfg.teacher.name)
             cc_opts += ["loss.clip3dreid.use_global", "False"]

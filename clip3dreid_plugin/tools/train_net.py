@@ -26,8 +26,8 @@ __all__ = ["main", "build_parser", "setup_cfg", "build", "run", "wrap_for_traini
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train or evaluate a torchreid/CLIP3DReID model.")
     p.add_argument("--config-file", default="", help="YAML config (may use _BASE_ inheritance)")
-    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
-                   help="auto picks cuda when available (overrides runtime.device)")
+    p.add_argument("--device", default=None,
+                   help="auto | cpu | cuda | cuda:N; auto picks cuda when available (overrides runtime.device)")
     p.add_argument("--eval-only", action="store_true", help="only evaluate (test.evaluate True)")
     p.add_argument("--resume", default=None,
                    help="checkpoint to resume, or 'auto' for the latest one in the output directory")
@@ -97,14 +97,16 @@ def build(cfg):
     from clip3dreid_plugin.models import MODEL_FACTORIES
     from clip3dreid_plugin.models.build import build_model
     from clip3dreid_plugin.utils import distributed as dist_utils
-    from clip3dreid_plugin.utils.runtime import resolve_device, set_seed
+    from clip3dreid_plugin.utils.runtime import activate_device, check_amp_support, resolve_device, set_seed
 
     clip3dreid_plugin.register()
-    device = resolve_device(cfg.runtime.device)
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # Resolved once, with its index, and made current: torchreid's .cuda() calls then land on it too.
+    device = activate_device(resolve_device(cfg.runtime.device,
+                                            int(os.environ.get("LOCAL_RANK", "0")) if launched else None))
+    check_amp_support(cfg.runtime.amp, device)
     distributed = dist_utils.init_distributed(cfg.runtime.dist_backend, device.type)
     rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
-    if distributed and device.type == "cuda":
-        device = torch.device("cuda", torch.cuda.current_device())
     use_gpu = device.type == "cuda"
     set_seed(cfg.train.seed + rank, cfg.runtime.deterministic)
     logger.info("device: %s%s", device, f" (rank {rank}/{world})" if distributed else "")
@@ -113,7 +115,12 @@ def build(cfg):
         return DistributedIdentitySampler(data_source, batch_size, cfg.sampler.num_instances, rank, world,
                                           seed=cfg.train.seed)
 
-    sampler_fn = distributed_sampler if distributed else None
+    def unused_sampler(data_source, batch_size):
+        return torch.utils.data.SequentialSampler(data_source)
+
+    # An evaluation-only run never draws a training batch, so its sampler must not refuse a training set smaller
+    # than one (global) batch, as the identity samplers do.
+    sampler_fn = unused_sampler if cfg.test.evaluate else (distributed_sampler if distributed else None)
     datamanager = build_datamanager(cfg, use_gpu, train_sampler_fn=sampler_fn, eval_shard=(rank, world))
     model = build_model(cfg, datamanager.num_train_pids, use_gpu)
     if cfg.model.load_weights:
@@ -135,7 +142,8 @@ def build(cfg):
               or (cfg.loss.name == "triplet" and min(cfg.loss.triplet.weight_t, cfg.loss.triplet.weight_x) == 0))
     train_model = wrap_for_training(model, distributed=distributed, trainable=optimizer is not None,
                                     device=device, compile_model=cfg.runtime.compile, find_unused_parameters=unused)
-    engine = build_engine(cfg, datamanager, train_model, optimizer, scheduler, use_gpu, is_main=(rank == 0))
+    engine = build_engine(cfg, datamanager, train_model, optimizer, scheduler, use_gpu, is_main=(rank == 0),
+                          device=device)
     return engine
 
 

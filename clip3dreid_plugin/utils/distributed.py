@@ -10,7 +10,7 @@ import torch.distributed as dist
 logger = logging.getLogger(__name__)
 
 __all__ = ["init_distributed", "is_distributed", "get_rank", "get_world_size", "is_main_process",
-           "all_gather_ordered", "barrier", "cleanup"]
+           "all_gather_ordered", "all_gather_objects", "all_reduce_sum", "broadcast_buffers", "barrier", "cleanup"]
 
 
 def is_distributed() -> bool:
@@ -103,3 +103,28 @@ def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> int:
         dist.broadcast(buf.data, src)
         n += 1
     return n
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """The sum of ``t`` over the ranks, on ``t``'s device (``t`` itself outside ``torch.distributed``).
+
+    NCCL reduces CUDA tensors only: a CPU tensor goes through the current GPU and comes back.
+    """
+    if not is_distributed() or get_world_size() == 1:
+        return t
+    comm = t
+    if dist.get_backend() == "nccl" and t.device.type != "cuda":
+        comm = t.to(torch.device("cuda", torch.cuda.current_device()))
+    else:
+        comm = t.clone()
+    dist.all_reduce(comm, op=dist.ReduceOp.SUM)
+    return comm.to(t.device)
+
+
+def all_gather_objects(obj) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` outside ``torch.distributed``)."""
+    if not is_distributed() or get_world_size() == 1:
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)  # under NCCL it uses the current GPU, which the run has set
+    return out

@@ -20,19 +20,25 @@ def spawn_rngs(seed: int, n: int) -> List[np.random.Generator]:
 
 
 def rng_state() -> dict:
-    """Python, NumPy and torch CPU RNG states, so a resumed run draws the same batches."""
+    """This process's Python, NumPy, torch CPU and (once CUDA is in use) current-GPU RNG states, so a resumed run
+    draws the same batches, augmentations and dropout masks."""
     np_state = np.random.get_state()
-    return {
+    state = {
         "python": random.getstate(),
         "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
         "torch": torch.get_rng_state(),
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def set_rng_state(state: dict) -> None:
-    """Restores a state written by :func:`rng_state`."""
+    """Restores a state written by :func:`rng_state`; its CUDA state goes to the current GPU (skipped without one)."""
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

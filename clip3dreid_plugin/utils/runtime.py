@@ -5,15 +5,18 @@ import logging
 import os
 import os.path as osp
 import random
+import re
 import sys
 import warnings
+from typing import Optional
 
 import numpy as np
 import torch
 
 from clip3dreid_plugin.config.loader import ConfigError
 
-__all__ = ["setup_logging", "set_seed", "resolve_device", "quiet_torchreid_warnings"]
+__all__ = ["setup_logging", "set_seed", "resolve_device", "activate_device", "check_amp_support",
+           "quiet_torchreid_warnings"]
 
 
 def quiet_torchreid_warnings() -> None:
@@ -73,12 +76,62 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available else cpu; ``cuda`` without a GPU raises a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was requested but torch sees no CUDA device; use --device cpu")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise ConfigError(f"unknown device '{name}' (use auto, cpu or cuda)")
-    return torch.device(name)
+def resolve_device(name: str, local_rank: Optional[int] = None) -> torch.device:
+    """The run's device from ``runtime.device`` / ``--device``, with an explicit index for CUDA.
+
+    A bare ``cuda`` means the current device, which is also what torchreid's ``.cuda()`` calls use; resolving it to
+    ``cuda:N`` once lets the engine, the teacher and the body models all name the same GPU.
+
+    Args:
+        name: ``auto`` (cuda when available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``.
+        local_rank: this process's ``LOCAL_RANK`` under ``torchrun`` (each process takes ``cuda:LOCAL_RANK``);
+            None for a single process.
+
+    Returns:
+        ``cpu`` or ``cuda:N``.
+
+    Raises:
+        ConfigError: an unknown name, CUDA asked for but absent, an index torch does not see, or an explicit index
+            under ``torchrun``.
+    """
+    raw = str(name).strip().lower()
+    if raw == "auto":
+        raw = "cuda" if torch.cuda.is_available() else "cpu"
+    if raw == "cpu":
+        return torch.device("cpu")
+    m = re.fullmatch(r"cuda(?::(\d+))?", raw)
+    if m is None:
+        raise ConfigError(f"--device / runtime.device '{name}' is not a device: use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device / runtime.device '{name}': torch sees no CUDA device; use --device cpu")
+    count = torch.cuda.device_count()
+    if local_rank is not None:
+        if m.group(1) is not None:
+            raise ConfigError(f"--device / runtime.device '{name}' names one GPU, but torchrun gives each process "
+                              "cuda:LOCAL_RANK; use --device cuda and CUDA_VISIBLE_DEVICES to choose the GPUs")
+        index = local_rank
+    else:
+        index = torch.cuda.current_device() if m.group(1) is None else int(m.group(1))
+    if index >= count:
+        raise ConfigError(f"--device / runtime.device '{name}': cuda:{index} does not exist, torch sees {count} CUDA "
+                          f"device(s) (cuda:0..cuda:{count - 1}; CUDA_VISIBLE_DEVICES renumbers them)")
+    return torch.device("cuda", index)
+
+
+def activate_device(device: torch.device) -> torch.device:
+    """Makes a CUDA ``device`` the current one, so that code calling ``.cuda()`` or naming plain ``"cuda"``
+    (torchreid's engines and losses, autocast, ``GradScaler``) uses it too; returns ``device``."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def check_amp_support(amp: str, device: torch.device) -> None:
+    """Refuses ``runtime.amp bf16`` on a GPU without bfloat16 (before Ampere), which would fail or crawl later.
+
+    Raises:
+        ConfigError: bf16 asked for on such a GPU.
+    """
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"runtime.amp bf16 (--amp): {torch.cuda.get_device_name(device)} does not support bfloat16; "
+                          "use --amp fp16 or --amp none")
