@@ -150,8 +150,8 @@ def load_runs(out: str) -> List[dict]:
 
 
 def summarise(runs: List[dict], chance: Optional[dict] = None) -> dict:
-    """Per row: seeds, mean ± sample sd of each metric (%), and the mean ± 95% CI of the paired difference from the
-    baseline (same seed) on :data:`PAIRED`."""
+    """Per row: seeds, mean ± sample sd of each metric (%), and the paired difference from the baseline (same seeds)
+    on :data:`PAIRED`: ``{"mean", "ci95" (half-width of the 95% t interval), "sd", "n"}`` in points."""
     by_row: Dict[str, Dict[int, dict]] = {}
     for r in runs:
         by_row.setdefault(r["row"], {})[r["seed"]] = r
@@ -170,7 +170,9 @@ def summarise(runs: List[dict], chance: Optional[dict] = None) -> dict:
         if row != "baseline" and common:
             for m in PAIRED:
                 diffs = [100 * (rs[s]["metrics"][m] - base[s]["metrics"][m]) for s in common]
-                entry["paired"][m] = (*mean_ci(diffs), len(diffs))
+                mean, half = mean_ci(diffs)
+                sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
+                entry["paired"][m] = {"mean": mean, "ci95": half, "sd": sd, "n": len(diffs)}
         terms = [rs[s].get("last_epoch_terms", {}) for s in seeds]
         entry["last_epoch_terms"] = {k: statistics.mean(t[k] for t in terms) for k in terms[0]
                                      if all(k in t for t in terms)}
@@ -186,7 +188,7 @@ def _cell(mean_sd: tuple) -> str:
 def _diff(paired: dict, key: str) -> str:
     if key not in paired:
         return "-"
-    m, hw, n = paired[key]
+    m, hw = paired[key]["mean"], paired[key]["ci95"]
     return f"{m:+.1f}" if math.isnan(hw) else f"{m:+.1f} [{m - hw:+.1f}, {m + hw:+.1f}]"
 
 

@@ -226,9 +226,10 @@ def test_study_summary_pairs_rows_with_the_baseline_by_seed():
     runs = [rec("baseline", 1, 0.10), rec("baseline", 2, 0.20), rec("baseline", 3, 0.12),
             rec("ce_only", 1, 0.12), rec("ce_only", 2, 0.23), rec("ce_only", 4, 0.50)]
     s = study.summarise(runs)["rows"]
-    m, hw, n = s["ce_only"]["paired"]["cc_mAP"]
+    p = s["ce_only"]["paired"]["cc_mAP"]
     # Seeds 1 and 2 only (seed 4 has no baseline): differences 2 and 3 points, sd sqrt(0.5), t(0.975, 1) = 12.706.
-    assert n == 2 and m == pytest.approx(2.5) and hw == pytest.approx(12.706 * math.sqrt(0.5) / math.sqrt(2), rel=1e-3)
+    assert p["n"] == 2 and p["mean"] == pytest.approx(2.5) and p["sd"] == pytest.approx(math.sqrt(0.5))
+    assert p["ci95"] == pytest.approx(12.706 * math.sqrt(0.5) / math.sqrt(2), rel=1e-3)
     assert s["ce_only"]["metrics"]["cc_mAP"][0] == pytest.approx((12 + 23 + 50) / 3)
     assert s["baseline"]["paired"] == {}
     table = study.markdown({"rows": s, "chance": {}})
