@@ -50,3 +50,19 @@ def test_monitor_warns_once_on_collapse_and_not_on_a_healthy_batch(caplog):
     warnings = [r for r in caplog.records if "feature collapse" in r.getMessage()]
     assert len(warnings) == 1 and "diag_psi_cos" in warnings[0].getMessage()
     assert CollapseMonitor(every=0)(**collapsed) == {}
+
+
+def test_monitor_flags_a_collapse_of_scale_that_the_effective_rank_cannot_see(caplog):
+    """L_global's trivial minimiser: f_id shrinks (with Phi(g)); the directions, hence the effective rank, stay."""
+    gen = torch.Generator().manual_seed(0)
+    f = torch.randn(16, 32, generator=gen)
+    mon = CollapseMonitor(every=1)
+    with caplog.at_level(logging.WARNING, logger="clip3dreid_plugin.engine.diagnostics"):
+        first = mon(f_id=f)
+        assert first["diag_fid_norm"] == pytest.approx(float(f.norm(dim=1).mean()))
+        shrunk = mon(f_id=0.1 * f)  # 10% of the first norm: not yet flagged
+        assert shrunk["diag_fid_erank"] == pytest.approx(first["diag_fid_erank"], rel=1e-6)
+        assert not [r for r in caplog.records if "feature collapse" in r.getMessage()]
+        mon(f_id=0.01 * f)
+    warnings = [r.getMessage() for r in caplog.records if "feature collapse" in r.getMessage()]
+    assert len(warnings) == 1 and "diag_fid_norm" in warnings[0] and "diag_fid_erank" not in warnings[0]

@@ -5,7 +5,9 @@ the transport cost is small whatever the image shows. The numbers below tell tha
 
 * ``psi_cos``: mean pairwise cosine of one image's M projected descriptor rows Psi(H) (1 = all rows alike);
 * ``local_cos``: mean pairwise cosine of one image's N local features (1 = the map carries one vector);
-* ``fid_erank``: effective rank of ``f_id`` over the batch (1 = every image gets the same feature, up to scale).
+* ``fid_erank``: effective rank of ``f_id`` over the batch (1 = every image gets the same feature, up to scale);
+* ``fid_norm``: mean L2 norm of ``f_id``. The effective rank cannot see a collapse of scale: ``L_global`` has a
+  trivial minimiser too, ``f_id`` and Phi(g) shrinking together, which leaves the classifier's logits flat.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ __all__ = ["CollapseMonitor", "effective_rank", "mean_pairwise_cosine"]
 COSINE_COLLAPSE = 0.95
 #: At or below this effective rank a batch of identity features is counted as collapsed.
 ERANK_COLLAPSE = 1.5
+#: Below this fraction of its first measured value the mean norm of ``f_id`` is counted as collapsed.
+NORM_COLLAPSE = 0.05
 
 
 def mean_pairwise_cosine(x: torch.Tensor) -> float:
@@ -74,6 +78,7 @@ class CollapseMonitor:
         self.max_items = max_items
         self._step = 0
         self._warned = False
+        self._first_norm: Optional[float] = None
 
     def __call__(self, f_id: torch.Tensor, local: Optional[torch.Tensor] = None,
                  text_proj: Optional[torch.Tensor] = None) -> Dict[str, float]:
@@ -88,16 +93,22 @@ class CollapseMonitor:
         if self.every <= 0 or step % self.every:
             return {}
         with torch.no_grad():
-            out = {"diag_fid_erank": effective_rank(f_id)}
+            out = {"diag_fid_erank": effective_rank(f_id),
+                   "diag_fid_norm": float(f_id.detach().float().norm(dim=1).mean())}
             if local is not None and local.size(1) >= 2:
                 out["diag_local_cos"] = mean_pairwise_cosine(local[: self.max_items])
             if text_proj is not None and text_proj.size(1) >= 2:
                 out["diag_psi_cos"] = mean_pairwise_cosine(text_proj[: self.max_items])
+        if self._first_norm is None:
+            self._first_norm = out["diag_fid_norm"]
         collapsed = [k for k, v in out.items() if (k.endswith("_cos") and v > COSINE_COLLAPSE)
-                     or (k == "diag_fid_erank" and v <= ERANK_COLLAPSE)]
+                     or (k == "diag_fid_erank" and v <= ERANK_COLLAPSE)
+                     or (k == "diag_fid_norm" and v < NORM_COLLAPSE * self._first_norm)]
         if collapsed and not self._warned:
             self._warned = True
-            logger.warning("feature collapse at step %d: %s (cosines above %.2f or an effective rank at or below "
-                           "%.1f); the OT term may be fitting its trivial minimiser, not body shape", step,
-                           ", ".join(f"{k} {out[k]:.3f}" for k in collapsed), COSINE_COLLAPSE, ERANK_COLLAPSE)
+            logger.warning("feature collapse at step %d: %s (cosines above %.2f, an effective rank at or below %.1f, "
+                           "or f_id's norm below %.0f%% of its first value %.3g); a distillation term may be fitting "
+                           "its trivial minimiser (OT: every feature one way; L_global: f_id and Phi(g) shrinking "
+                           "together), not body shape", step, ", ".join(f"{k} {out[k]:.3g}" for k in collapsed),
+                           COSINE_COLLAPSE, ERANK_COLLAPSE, 100 * NORM_COLLAPSE, self._first_norm)
         return out
