@@ -12,6 +12,8 @@ by the same evaluator. Rows:
 * ``full_standin``: the full model as the quickstart runs it offline without CLIP weights (ground-truth labels, text
   features from a randomly initialised text tower, no L_global);
 * ``shape_probe``: the baseline's ResNet-50 trained to regress true shape, ranking by predicted shape;
+* the full model with the ideal teacher and a remedy for L_global's collapse of scale: ``full_ideal_bnneck`` (the
+  classifier and retrieval read a BN-neck) and ``full_ideal_global_mean`` (L_global averaged over the d' dims);
 * head ablation of the CE-only student: ``ce_only_small_init`` (the earlier bias-free std-1e-3 classifier),
   ``ce_only_bnneck``, ``ce_only_residual``.
 
@@ -57,6 +59,8 @@ ROWS: Dict[str, tuple] = {
     "full_ideal": (CLIP3DREID_CFG, _IDEAL, "ideal"),
     "full_standin": (CLIP3DREID_CFG, ["loss.clip3dreid.use_global", "False"], "stand-in"),
     "shape_probe": (SHAPE_PROBE_CFG, [], "(true shapes)"),
+    "full_ideal_bnneck": (CLIP3DREID_CFG, _IDEAL + ["clip3dreid.bnneck", "True"], "ideal"),
+    "full_ideal_global_mean": (CLIP3DREID_CFG, _IDEAL + ["loss.clip3dreid.global_reduction", "mean"], "ideal"),
     "ce_only_small_init": (CLIP3DREID_CFG, _OFF + ["clip3dreid.classifier_init", "small"], "-"),
     "ce_only_bnneck": (CLIP3DREID_CFG, _OFF + ["clip3dreid.bnneck", "True"], "-"),
     "ce_only_residual": (CLIP3DREID_CFG, _OFF + ["clip3dreid.agg_residual", "True"], "-"),
