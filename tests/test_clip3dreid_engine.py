@@ -236,14 +236,18 @@ def test_compiled_student_trains_like_eager_and_saves_plain_checkpoints(clip_set
     for c, eng in engines.items():
         with torch.no_grad():
             before[c] = {k: float(v) for k, v in eng.compute_losses(batch).items()}
-        eng.forward_backward(batch)
+        # Several steps, not one: from random init this ResNet-50 with batch-8 BN has gradients at conv1 of
+        # about 25x (CE) to 1500x (with L_global) its weight norm, so a single step of any size (SGD at 1e-7
+        # included) can raise the loss on the toy batch.
+        for _ in range(6):
+            eng.forward_backward(batch)
         with torch.no_grad():
             after[c] = {k: float(v) for k, v in eng.compute_losses(batch).items()}
     assert set(before[True]) == {"loss", "ce", "ot", "global"}
     for k, v in before[False].items():
         assert before[True][k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
-    # After an Adam step the two differ by more than rounding (Adam rescales near-zero gradients whose sign
-    # rounding decides), so the step is checked for what it must do: lower the loss in both.
+    # After Adam steps the two differ by more than rounding (Adam rescales near-zero gradients whose sign
+    # rounding decides), so the steps are checked for what they must do: lower the loss in both.
     for c in (False, True):
         assert after[c]["loss"] < before[c]["loss"], (c, before[c], after[c])
 
