@@ -52,6 +52,59 @@ def test_quickstart_runs_every_step_and_the_baseline_beats_chance(tmp_path, teac
         assert not osp.isdir(osp.join(work, "teacher_cache"))  # the ideal teacher needs no labelling pass
 
 
+STUDY = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "benchmarks", "results", "method_study")
+
+
+def _study_runs(row: str) -> dict:
+    runs = {}
+    for path in glob.glob(osp.join(STUDY, f"{row}_seed*.json")):
+        rec = json.load(open(path))
+        runs[rec["seed"]] = rec["metrics"]
+    return runs
+
+
+def test_seed_spread_is_the_committed_method_study():
+    """The verdict's spread is the sd of the paired CC-mAP difference of the study row the quickstart repeats,
+    recomputed here from the committed per-seed records (not copied from summary.json)."""
+    import statistics
+
+    base = _study_runs("baseline")
+    assert len(base) >= 5
+    for teacher, row in quickstart.STUDY_ROW.items():
+        runs = _study_runs(row)
+        diffs = [100 * (runs[s]["cc_mAP"] - base[s]["cc_mAP"]) for s in sorted(runs) if s in base]
+        sd, n = quickstart.SEED_SPREAD[teacher]
+        assert n == len(diffs) >= 5
+        assert sd == pytest.approx(statistics.stdev(diffs), abs=0.005), (teacher, diffs)
+
+
+def test_verdict_compares_against_twice_the_seed_spread():
+    sd, n = quickstart.SEED_SPREAD["ideal"]
+    assert "clip3dreid is ahead" in quickstart.verdict(2 * sd + 0.1, "ideal")
+    assert "clip3dreid is behind" in quickstart.verdict(-2 * sd - 0.1, "ideal")
+    assert "does not tell them apart" in quickstart.verdict(2 * sd - 0.1, "ideal")
+    assert f"over {n} seeds" in quickstart.verdict(0.0, "ideal")
+    assert "no seed spread" in quickstart.verdict(3.0, "clip")
+
+
+def test_full_size_baseline_beats_chance_in_the_method_study():
+    """At the quickstart's full size (the committed 5-seed study), the baseline's general and CC mAP and its general
+    rank-1 beat chance: the lower end of their 95% t interval over seeds lies above the chance level. (At the tiny
+    size of the test above, its CC numbers do not; its CC rank-1 at full size is within chance's spread too.)"""
+    import statistics
+
+    from scipy.stats import t
+
+    base = _study_runs("baseline")
+    summary = json.load(open(osp.join(STUDY, "summary.json")))
+    chance = summary["chance"]
+    for key, level in (("general_mAP", chance["general"]["mAP"]), ("general_rank1", chance["general"]["rank1"]),
+                       ("cc_mAP", chance["cc"]["mAP"])):
+        vals = [base[s][key] for s in sorted(base)]
+        low = statistics.mean(vals) - t.ppf(0.975, len(vals) - 1) * statistics.stdev(vals) / len(vals) ** 0.5
+        assert low > level, (key, vals, level)
+
+
 def test_quickstart_refuses_too_few_identities_for_the_sampler(tmp_path, capsys):
     assert quickstart.main(["--work-dir", str(tmp_path / "qs"), "--num-ids", "4"]) == 2
     assert "--num-ids must be at least 16" in capsys.readouterr().out
