@@ -10,7 +10,7 @@ import torchvision.transforms as T
 
 from clip3dreid_plugin.body.procedural import write_procedural_smpl
 from clip3dreid_plugin.body.synthetic_set import render_synthetic_set
-from clip3dreid_plugin.data.synthetic import SyntheticMeshDataset, SyntheticStream
+from clip3dreid_plugin.data.synthetic import SyntheticMeshDataset, SyntheticStream, synthetic_batch_size
 from clip3dreid_plugin.utils.distributed import broadcast_buffers
 
 
@@ -56,6 +56,48 @@ def test_synthetic_stream_differs_per_rank_and_epoch_and_repeats_for_the_same(tm
     assert not torch.equal(first_betas(0, 0), first_betas(0, 1))
     # Each pass over the set is a permutation: two batches of 3 from 6 bodies hold every body once.
     assert sorted(first_betas(1, 3)[:, 0].tolist()) == sorted(ds.betas[:, 0].tolist())
+
+
+def _synthetic_worker(rank: int, store: str, folder: str, out):
+    from types import SimpleNamespace
+
+    from clip3dreid_plugin.config import get_cfg
+    from clip3dreid_plugin.data.synthetic import build_synthetic_stream
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        cfg = get_cfg()
+        cfg.body.synthetic_dir, cfg.train.batch_size, cfg.body.synthetic_ratio = folder, 6, 0.5
+        cfg.train.seed, cfg.data.workers = 3, 0
+        stream = build_synthetic_stream(cfg, SimpleNamespace(transform_tr=T.ToTensor()))
+        stream.set_epoch(0)
+        imgs = next(stream)["img"]  # the same step on both ranks
+        gathered = [torch.empty_like(imgs) for _ in range(2)]
+        dist.all_gather(gathered, imgs)
+        out.put((rank, [g.tolist() for g in gathered]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_draw_different_synthetic_images_in_the_same_step(tmp_path):
+    """The engine's own stream builder under a real 2-process group: rank 0's and rank 1's first synthetic batch
+    differ (they would be W copies of one batch if the stream were seeded by train.seed alone)."""
+    body = write_procedural_smpl(str(tmp_path / "body"), num_vertices=400)
+    render_synthetic_set(body, str(tmp_path / "syn"), num_female=4, num_male=4, poses_per_subject=1, height=32,
+                         width=16, show_progress=False)
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_synthetic_worker, args=(r, str(tmp_path / "store"), str(tmp_path / "syn"), out))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    got = dict(out.get(timeout=180) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    rank0, rank1 = (torch.tensor(x) for x in got[0])
+    assert rank0.shape[0] == synthetic_batch_size(6, 0.5) < 8  # a batch, not the whole set
+    assert torch.equal(torch.tensor(got[1][0]), rank0)  # both ranks gathered the same pair
+    assert not torch.equal(rank0, rank1)
 
 
 def test_a_model_with_nothing_to_train_is_not_wrapped_in_ddp():
