@@ -17,7 +17,10 @@ by the same evaluator. Rows:
   classifier and retrieval read a BN-neck) and ``full_ideal_global_mean`` (L_global averaged over the d' dims: the
   synthcc recipe's setting, so this row is what the quickstart runs with ``--teacher ideal``);
 * head ablation of the CE-only student: ``ce_only_small_init`` (the earlier bias-free std-1e-3 classifier),
-  ``ce_only_bnneck``, ``ce_only_residual``.
+  ``ce_only_bnneck``, ``ce_only_residual``;
+* a remedy for the OT term's collapse (a trained Psi maps every phrase to one direction):
+  ``ot_ideal_fixed_psi`` and ``full_ideal_fixed_psi`` (the quickstart's ideal-teacher run) with
+  ``clip3dreid.fixed_text_head True``, Psi a frozen random isometry.
 
 Each run's metrics go to ``OUT/<row>_seed<k>.json`` as soon as it finishes; rows whose file exists are skipped, so a
 campaign cut short carries on where it stopped (also in a later session). ``--summary`` only prints the table.
@@ -69,6 +72,9 @@ ROWS: Dict[str, tuple] = {
     "ce_only_small_init": (CLIP3DREID_CFG, _OFF + ["clip3dreid.classifier_init", "small"], "-"),
     "ce_only_bnneck": (CLIP3DREID_CFG, _OFF + ["clip3dreid.bnneck", "True"], "-"),
     "ce_only_residual": (CLIP3DREID_CFG, _OFF + ["clip3dreid.agg_residual", "True"], "-"),
+    "ot_ideal_fixed_psi": (CLIP3DREID_CFG, _IDEAL + ["loss.clip3dreid.use_global", "False", "loss.clip3dreid.use_3d",
+                                                     "False", "clip3dreid.fixed_text_head", "True"], "ideal"),
+    "full_ideal_fixed_psi": (CLIP3DREID_CFG, _IDEAL + ["clip3dreid.fixed_text_head", "True"], "ideal"),
 }
 METRICS = ("general_mAP", "general_rank1", "cc_mAP", "cc_rank1")
 PAIRED = ("cc_mAP", "cc_rank1", "general_mAP")

@@ -146,6 +146,37 @@ def test_bnneck_feeds_the_classifier_and_retrieval():
     assert torch.allclose(model(x), expect, atol=1e-4)
 
 
+def test_fixed_text_head_keeps_phrase_cosines_and_never_trains():
+    """clip3dreid.fixed_text_head: Psi(H) has exactly H's pairwise cosines (orthonormal phrases stay orthonormal,
+    where a randomly initialised trained MLP head maps them to cosines near 0.9), receives no gradient, and every
+    other layer starts from the weights the paper's trained head gives under the same seed."""
+    from clip3dreid_plugin.models.clip3dreid import fixed_isometry
+
+    fixed, trained = _student(fixed_text_head=True), _student()
+    h = orthonormal_phrase_features(16, 64).reshape(32, 64)  # 32 orthonormal phrases
+    with torch.no_grad():
+        cos_fixed = F.normalize(fixed.text_head(h), dim=1) @ F.normalize(fixed.text_head(h), dim=1).t()
+        cos_trained = F.normalize(trained.text_head(h), dim=1) @ F.normalize(trained.text_head(h), dim=1).t()
+    off = ~torch.eye(32, dtype=torch.bool)
+    assert torch.allclose(cos_fixed, h @ h.t(), atol=1e-5)
+    assert cos_trained[off].mean() > 0.5  # the trained head's start: far from orthogonal
+    w = fixed.text_head.weight
+    assert w.shape == (512, 64) and fixed.text_head.bias is None and not w.requires_grad
+    assert torch.allclose(w.t() @ w, torch.eye(64), atol=1e-5)
+    assert torch.equal(w, fixed_isometry(64, 512).weight)  # the seed's map alone, whatever the global RNG did
+    narrow = fixed_isometry(64, 16).weight  # fewer outputs than inputs: orthonormal rows, a projection
+    assert torch.allclose(narrow @ narrow.t(), torch.eye(16), atol=1e-5)
+    ref = trained.state_dict()
+    for k, v in fixed.state_dict().items():
+        if not k.startswith("text_head."):
+            assert torch.equal(v, ref[k]), k
+    fixed.train()
+    out = fixed(torch.randn(4, 3, 64, 32), text_feats=h[None].expand(4, -1, -1)[:, :16], return_dict=True)
+    assert not out["text_proj"].requires_grad  # nothing upstream of the OT cost's text side trains
+    (out["logits"].sum() + (out["local"].mean(1, keepdim=True) * out["text_proj"]).sum()).backward()
+    assert w.grad is None and fixed.aggregator[0].weight.grad is not None
+
+
 # ---------------------------------------------------------------------------------------------------- the probe
 def test_shape_probe_ranks_by_the_regressor_output():
     torch.manual_seed(0)

@@ -149,6 +149,7 @@ def add_clip3dreid_config(cfg: CN) -> CN:
     cfg.clip3dreid.agg_hidden_dim = 512  # hidden width of the MLP that aggregates F into f_id
     cfg.clip3dreid.agg_residual = False  # f_id = pooled + MLP(pooled), last layer zero-initialised
     cfg.clip3dreid.bnneck = False  # BatchNorm between f_id and the classifier; its output is the retrieval feature
+    cfg.clip3dreid.fixed_text_head = False  # Psi = a frozen random isometry (keeps phrase cosines), not a trained head
     cfg.clip3dreid.classifier_init = "torchreid"  # torchreid (Linear, bias, std 0.01) | small (bias-free, std 1e-3)
     cfg.clip3dreid.head_type = "mlp"  # mlp (main paper) | linear (supplement) for Psi, Phi and phi
     cfg.clip3dreid.head_hidden_dim = 512  # hidden width of the Psi/Phi/phi heads when head_type is mlp

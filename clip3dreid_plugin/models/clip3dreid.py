@@ -26,10 +26,12 @@ import torch.nn as nn
 from clip3dreid_plugin import compat
 from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.models.imagenet import torchreid_resnet
+from clip3dreid_plugin.utils.rng import random_orthonormal
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CLIP3DReID", "Aggregator", "build_head", "clip3dreid", "frozen_running_stats", "CLASSIFIER_INITS"]
+__all__ = ["CLIP3DReID", "Aggregator", "build_head", "fixed_isometry", "clip3dreid", "frozen_running_stats",
+           "CLASSIFIER_INITS"]
 
 #: ``classifier_init`` choices: torchreid's ``Linear`` (bias, weight std 0.01, as its ResNet-50's classifier), or the
 #: earlier bias-free std-1e-3 layer, kept for the ablation in BENCHMARKS.md (it learns slowly under Adam at 3e-4).
@@ -67,6 +69,28 @@ def build_head(in_dim: int, out_dim: int, head_type: str = "mlp", hidden_dim: in
     if head_type == "mlp":
         return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
     raise ConfigError(f"clip3dreid.head_type must be 'mlp' or 'linear', got '{head_type}'")
+
+
+def fixed_isometry(in_dim: int, out_dim: int, seed: int = 0) -> nn.Linear:
+    """A frozen bias-free linear map with orthonormal columns (rows when ``out_dim < in_dim``).
+
+    With ``out_dim >= in_dim`` it preserves every inner product, so text features keep their pairwise cosines; it is
+    drawn from its own generator, so building it leaves the global RNG (and the rest of the model's init) untouched.
+
+    Args:
+        in_dim: input width d.
+        out_dim: output width d'.
+        seed: seed of the private generator.
+
+    Returns:
+        ``nn.Linear(in_dim, out_dim, bias=False)`` with ``weight [out_dim, in_dim]`` that requires no gradient.
+    """
+    q = random_orthonormal(max(in_dim, out_dim), min(in_dim, out_dim), seed).float()
+    layer = torch.nn.utils.skip_init(nn.Linear, in_dim, out_dim, bias=False)  # no default init: no global draws
+    with torch.no_grad():
+        layer.weight.copy_(q if out_dim >= in_dim else q.t())
+    layer.weight.requires_grad_(False)
+    return layer
 
 
 class Aggregator(nn.Sequential):
@@ -114,13 +138,16 @@ class CLIP3DReID(nn.Module):
         bnneck: a BatchNorm (bias fixed at 0) between ``f_id`` and the classifier; its output is also the retrieval
             feature. The distillation heads and losses keep using ``f_id`` itself.
         agg_residual: residual aggregation MLP (see :class:`Aggregator`).
+        fixed_text_head: Psi is a frozen random isometry (:func:`fixed_isometry`) instead of a trained head, so the
+            projected phrase features keep the teacher's pairwise cosines; a trained Psi can map every phrase to one
+            direction, the OT loss's trivial minimiser.
     """
 
     def __init__(self, num_classes: int, loss: str = "softmax", backbone: str = "resnet50", last_stride: int = 1,
                  local_dim: int = 2048, agg_hidden_dim: int = 512, head_type: str = "mlp",
                  head_hidden_dim: int = 512, teacher_dim: int = 768, num_shape_coeffs: int = 10,
                  pretrained: bool = False, classifier_init: str = "torchreid", bnneck: bool = False,
-                 agg_residual: bool = False):
+                 agg_residual: bool = False, fixed_text_head: bool = False):
         super().__init__()
         self.loss = loss
         # torchreid's own ResNet, built first with the same arguments as its factory: under one seed the student's
@@ -146,6 +173,10 @@ class CLIP3DReID(nn.Module):
             self.bnneck.bias.requires_grad_(False)  # BNNeck (Luo et al. 2019): shift-free, so CE sees a centred feature
         self.classifier = nn.Linear(local_dim, num_classes, bias=classifier_init == "torchreid")
         self.text_head = build_head(teacher_dim, local_dim, head_type, head_hidden_dim)  # Psi
+        if fixed_text_head:
+            # Built after the trained head it replaces, so every other layer starts from the same weights as with
+            # the paper's trained Psi under one seed.
+            self.text_head = fixed_isometry(teacher_dim, local_dim)
         self.image_head = build_head(teacher_dim, local_dim, head_type, head_hidden_dim)  # Phi
         self.shape_head = build_head(local_dim, num_shape_coeffs, head_type, head_hidden_dim)  # phi
         self.feature_dim = local_dim
@@ -272,7 +303,8 @@ def clip3dreid(num_classes: int, loss: str = "softmax", pretrained: bool = True,
                        local_dim=c.local_dim, agg_hidden_dim=c.agg_hidden_dim, head_type=c.head_type,
                        head_hidden_dim=c.head_hidden_dim, teacher_dim=c.teacher_dim,
                        num_shape_coeffs=c.num_shape_coeffs, pretrained=pretrained and not override,
-                       classifier_init=c.classifier_init, bnneck=c.bnneck, agg_residual=c.agg_residual, **kwargs)
+                       classifier_init=c.classifier_init, bnneck=c.bnneck, agg_residual=c.agg_residual,
+                       fixed_text_head=c.fixed_text_head, **kwargs)
     if override:
         model.load_imagenet(c.imagenet_weights)
     return model

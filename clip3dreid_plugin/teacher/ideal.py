@@ -27,6 +27,7 @@ from clip3dreid_plugin.body.synthcc import synthcc_labels_by_path, synthcc_shape
 from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.teacher.clip_teacher import gather_text_features
 from clip3dreid_plugin.teacher.descriptors import DESCRIPTOR_PAIRS
+from clip3dreid_plugin.utils.rng import random_orthonormal
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +48,7 @@ def orthonormal_phrase_features(num_pairs: int, dim: int, seed: int = 0) -> torc
     if dim < 2 * num_pairs:
         raise ConfigError(f"the ideal teacher needs clip3dreid.teacher_dim >= {2 * num_pairs} for {num_pairs} phrase "
                           f"pairs to be orthogonal, got {dim}")
-    g = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(dim, 2 * num_pairs, generator=g, dtype=torch.float64))
-    return q.T.reshape(num_pairs, 2, dim).float().contiguous()
+    return random_orthonormal(dim, 2 * num_pairs, seed).T.reshape(num_pairs, 2, dim).float().contiguous()
 
 
 def shape_projection(num_coeffs: int, dim: int, seed: int = 0) -> torch.Tensor:

@@ -7,7 +7,7 @@ from typing import List
 import numpy as np
 import torch
 
-__all__ = ["spawn_rngs", "rng_state", "set_rng_state"]
+__all__ = ["spawn_rngs", "random_orthonormal", "rng_state", "set_rng_state"]
 
 
 def spawn_rngs(seed: int, n: int) -> List[np.random.Generator]:
@@ -17,6 +17,24 @@ def spawn_rngs(seed: int, n: int) -> List[np.random.Generator]:
     others' values unchanged.
     """
     return [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(n)]
+
+
+def random_orthonormal(rows: int, cols: int, seed: int) -> torch.Tensor:
+    """A seeded random matrix with orthonormal columns, drawn from a private generator (the global RNG is untouched).
+
+    Args:
+        rows: n; must be at least ``cols``.
+        cols: k.
+        seed: seed of the Gaussian matrix whose QR factor is returned.
+
+    Returns:
+        ``[rows, cols]`` float64 ``Q`` with ``Q^T Q = I``.
+    """
+    if rows < cols:
+        raise ValueError(f"{cols} orthonormal columns need at least {cols} rows, got {rows}")
+    g = torch.Generator().manual_seed(int(seed))
+    q, _ = torch.linalg.qr(torch.randn(rows, cols, generator=g, dtype=torch.float64))
+    return q
 
 
 def rng_state() -> dict:
