@@ -22,6 +22,7 @@ from typing import Dict, Iterator, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from clip3dreid_plugin import compat
 from clip3dreid_plugin.config.loader import ConfigError
@@ -30,7 +31,7 @@ from clip3dreid_plugin.utils.rng import random_orthonormal
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CLIP3DReID", "Aggregator", "build_head", "fixed_isometry", "clip3dreid", "frozen_running_stats",
+__all__ = ["CLIP3DReID", "Aggregator", "build_head", "FixedIsometry", "clip3dreid", "frozen_running_stats",
            "CLASSIFIER_INITS"]
 
 #: ``classifier_init`` choices: torchreid's ``Linear`` (bias, weight std 0.01, as its ResNet-50's classifier), or the
@@ -71,26 +72,28 @@ def build_head(in_dim: int, out_dim: int, head_type: str = "mlp", hidden_dim: in
     raise ConfigError(f"clip3dreid.head_type must be 'mlp' or 'linear', got '{head_type}'")
 
 
-def fixed_isometry(in_dim: int, out_dim: int, seed: int = 0) -> nn.Linear:
+class FixedIsometry(nn.Module):
     """A frozen bias-free linear map with orthonormal columns (rows when ``out_dim < in_dim``).
 
-    With ``out_dim >= in_dim`` it preserves every inner product, so text features keep their pairwise cosines; it is
+    With ``out_dim >= in_dim`` it preserves every inner product, so text features keep their pairwise cosines. It is
     drawn from its own generator, so building it leaves the global RNG (and the rest of the model's init) untouched.
+    Its weight is a buffer, not a parameter: torchreid's engines call ``open_all_layers`` every epoch, which sets
+    ``requires_grad`` on every parameter and would train a frozen one.
 
     Args:
         in_dim: input width d.
         out_dim: output width d'.
         seed: seed of the private generator.
-
-    Returns:
-        ``nn.Linear(in_dim, out_dim, bias=False)`` with ``weight [out_dim, in_dim]`` that requires no gradient.
     """
-    q = random_orthonormal(max(in_dim, out_dim), min(in_dim, out_dim), seed).float()
-    layer = torch.nn.utils.skip_init(nn.Linear, in_dim, out_dim, bias=False)  # no default init: no global draws
-    with torch.no_grad():
-        layer.weight.copy_(q if out_dim >= in_dim else q.t())
-    layer.weight.requires_grad_(False)
-    return layer
+
+    def __init__(self, in_dim: int, out_dim: int, seed: int = 0):
+        super().__init__()
+        q = random_orthonormal(max(in_dim, out_dim), min(in_dim, out_dim), seed).float()
+        self.register_buffer("weight", (q if out_dim >= in_dim else q.t()).contiguous())  # [out_dim, in_dim]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., in_dim]`` -> ``[..., out_dim]``."""
+        return F.linear(x, self.weight)
 
 
 class Aggregator(nn.Sequential):
@@ -138,7 +141,7 @@ class CLIP3DReID(nn.Module):
         bnneck: a BatchNorm (bias fixed at 0) between ``f_id`` and the classifier; its output is also the retrieval
             feature. The distillation heads and losses keep using ``f_id`` itself.
         agg_residual: residual aggregation MLP (see :class:`Aggregator`).
-        fixed_text_head: Psi is a frozen random isometry (:func:`fixed_isometry`) instead of a trained head, so the
+        fixed_text_head: Psi is a frozen random isometry (:class:`FixedIsometry`) instead of a trained head, so the
             projected phrase features keep the teacher's pairwise cosines; a trained Psi can map every phrase to one
             direction, the OT loss's trivial minimiser.
     """
@@ -170,13 +173,16 @@ class CLIP3DReID(nn.Module):
         self.bnneck: Optional[nn.BatchNorm1d] = None
         if bnneck:
             self.bnneck = nn.BatchNorm1d(local_dim)
-            self.bnneck.bias.requires_grad_(False)  # BNNeck (Luo et al. 2019): shift-free, so CE sees a centred feature
+            # BNNeck (Luo et al. 2019): shift-free, so CE sees a centred feature. A buffer, not a parameter with
+            # requires_grad off: torchreid's open_all_layers (every epoch) would make that one trainable again.
+            del self.bnneck.bias
+            self.bnneck.register_buffer("bias", torch.zeros(local_dim))
         self.classifier = nn.Linear(local_dim, num_classes, bias=classifier_init == "torchreid")
         self.text_head = build_head(teacher_dim, local_dim, head_type, head_hidden_dim)  # Psi
         if fixed_text_head:
             # Built after the trained head it replaces, so every other layer starts from the same weights as with
             # the paper's trained Psi under one seed.
-            self.text_head = fixed_isometry(teacher_dim, local_dim)
+            self.text_head = FixedIsometry(teacher_dim, local_dim)
         self.image_head = build_head(teacher_dim, local_dim, head_type, head_hidden_dim)  # Phi
         self.shape_head = build_head(local_dim, num_shape_coeffs, head_type, head_hidden_dim)  # phi
         self.feature_dim = local_dim
