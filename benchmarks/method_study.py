@@ -19,7 +19,7 @@ by the same evaluator. Rows:
 * head ablation of the CE-only student: ``ce_only_small_init`` (the earlier bias-free std-1e-3 classifier),
   ``ce_only_bnneck``, ``ce_only_residual``;
 * a remedy for the OT term's collapse (a trained Psi maps every phrase to one direction):
-  ``ot_ideal_fixed_psi`` and ``full_ideal_fixed_psi`` (the quickstart's ideal-teacher run) with
+  ``ot_ideal_fixed_psi`` and ``full_ideal_fixed_psi`` (``full_ideal_global_mean`` plus the option) with
   ``clip3dreid.fixed_text_head True``, Psi a frozen random isometry.
 
 Each run's metrics go to ``OUT/<row>_seed<k>.json`` as soon as it finishes; rows whose file exists are skipped, so a
