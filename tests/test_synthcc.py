@@ -141,6 +141,25 @@ def test_rebuild_is_a_noop_resume_fills_gaps_and_seed_changes_the_set(built, bod
     assert not np.array_equal(a, b)
 
 
+def test_beta_sigma_scales_the_shapes_of_the_same_draw(built, body_dir, tmp_path):
+    """beta_sigma widens the spread of body shapes and changes nothing else that is drawn: the same seed gives the
+    same standard-normal draw, scaled (so the identities, outfits, cameras and split are those of the default)."""
+    from clip3dreid_plugin.body.synthcc import BETA_SIGMA
+    from clip3dreid_plugin.config import get_cfg
+
+    assert get_cfg().synthcc.beta_sigma == BETA_SIGMA  # the config default is the generator's
+    root, meta = built
+    wide = build_synthcc(str(tmp_path / "wide"), body_dir, progress=False, beta_sigma=2.0, **ARGS)
+    base = np.array([i["betas"] for i in meta["identities"]])
+    assert np.allclose(np.array([i["betas"] for i in wide["identities"]]), base * 2.0 / BETA_SIGMA, atol=1e-4)
+    assert wide["beta_sigma"] == 2.0 and meta["beta_sigma"] == BETA_SIGMA
+    assert wide["fingerprint"] != meta["fingerprint"]
+    assert [i["outfits"] for i in wide["identities"]] == [i["outfits"] for i in meta["identities"]]
+    assert wide["train_ids"] == meta["train_ids"] and wide["cameras"] == meta["cameras"]
+    with pytest.raises(SynthCCError, match="beta_sigma"):
+        build_synthcc(str(tmp_path / "bad"), body_dir, progress=False, beta_sigma=0.0, **ARGS)
+
+
 def test_ground_truth_labels_cover_the_train_split(built):
     root, meta = built
     paths, labels = synthcc_ground_truth(root)

@@ -69,7 +69,7 @@ META_NAME = "meta.json"
 SPLITS = ("train", "query", "gallery")
 FORMAT_VERSION = 1  # bump when the generator changes what a given seed produces (invalidates old fingerprints)
 FILE_PATTERN = re.compile(r"(\d{4})_(\d{2})_c(\d+)_(\d{3})")
-BETA_SIGMA = 1.25  # wider than the synthetic mesh set's 1.0 so that identities are told apart by shape
+BETA_SIGMA = 1.25  # default spread, wider than the synthetic mesh set's 1.0: identities differ in shape
 SUBDIVISIONS = 2  # midpoint subdivisions of the colouring mesh: stripes need ~1 cm vertex spacing, rings are ~5 cm
 YAW_HALF_RANGE = 30.0  # degrees of yaw jitter around a camera's viewing direction
 MAX_DISTANCE_SCALE = 1.15
@@ -175,11 +175,11 @@ def _sample_cameras(rng: np.random.Generator, num_cameras: int) -> List[Dict[str
 
 
 def _plan(num_ids: int, outfits_per_id: int, num_cameras: int, poses_per_view: int, seed: int,
-          pose_pool_size: int) -> Dict[str, Any]:
+          pose_pool_size: int, beta_sigma: float = BETA_SIGMA) -> Dict[str, Any]:
     """Every random choice of the set (identities, outfits, cameras, images), deterministic in the arguments."""
     r_shape, r_outfit, r_assign, r_cam, r_img, r_split = spawn_rngs(seed, 6)
     genders = np.where(r_shape.random(num_ids) < 0.5, "female", "male")
-    betas = (r_shape.standard_normal((num_ids, 10)) * BETA_SIGMA).astype(np.float32)
+    betas = (r_shape.standard_normal((num_ids, 10)) * beta_sigma).astype(np.float32)
     skin = r_shape.integers(0, len(SKIN_TONES), num_ids)
     pool = _sample_outfits(r_outfit, outfit_pool_size(num_ids, outfits_per_id))
     assign = _assign_outfits(r_assign, num_ids, outfits_per_id, len(pool))
@@ -351,7 +351,7 @@ def _clear_images(dataset_dir: str) -> int:
 # ---------------------------------------------------------------------------------------------- build
 def build_synthcc(root: str, body_model_dir: str, num_ids: int = 60, outfits_per_id: int = 3, num_cameras: int = 3,
                   poses_per_view: int = 2, height: int = 128, width: int = 64, seed: int = 0,
-                  progress: bool = True) -> Dict[str, Any]:
+                  progress: bool = True, beta_sigma: float = BETA_SIGMA) -> Dict[str, Any]:
     """Builds (or resumes, or leaves alone) the synthcc set under ``root/synthcc``.
 
     Args:
@@ -365,6 +365,8 @@ def build_synthcc(root: str, body_model_dir: str, num_ids: int = 60, outfits_per
         width: image width W.
         seed: seed of every random choice.
         progress: show a tqdm bar while rendering.
+        beta_sigma: standard deviation of the identities' shape coefficients: the spread of body shapes, i.e. how
+            far apart two identities are in the one cue synthcc keeps through a change of clothes.
 
     Returns:
         The metadata as written to ``meta.json`` (see the module docstring), plus ``dataset_dir`` and
@@ -380,11 +382,13 @@ def build_synthcc(root: str, body_model_dir: str, num_ids: int = 60, outfits_per
                            f"(got {num_ids}, {outfits_per_id}, {num_cameras}, {poses_per_view})")
     if height < 16 or width < 8:
         raise SynthCCError(f"image size {height}x{width} is too small")
+    if not beta_sigma > 0:
+        raise SynthCCError(f"beta_sigma must be positive, got {beta_sigma}")
     show = progress  # the argument shadows the module's progress() helper inside this function
     t0 = time.time()
     dataset_dir = osp.join(osp.abspath(osp.expanduser(root)), DATASET_DIR)
     pose_pool = builtin_pose_pool().astype(np.float32)
-    plan = _plan(num_ids, outfits_per_id, num_cameras, poses_per_view, seed, len(pose_pool))
+    plan = _plan(num_ids, outfits_per_id, num_cameras, poses_per_view, seed, len(pose_pool), beta_sigma)
     genders = np.array(plan["genders"])
     models = {g: load_body_model(body_model_dir, g) for g in sorted(set(plan["genders"]))}
     desc = canonical_descriptors(models, plan["betas"], genders)
@@ -399,7 +403,7 @@ def build_synthcc(root: str, body_model_dir: str, num_ids: int = 60, outfits_per
     meta: Dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "args": args,
-        "beta_sigma": BETA_SIGMA,
+        "beta_sigma": float(beta_sigma),
         "body_model": {g: {"path": osp.abspath(m.path), "sha256": file_sha256(m.path), "num_vertices": m.num_vertices}
                        for g, m in models.items()},
         "descriptor_pairs": [list(p) for p in DESCRIPTOR_PAIRS],

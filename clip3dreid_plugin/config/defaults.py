@@ -211,6 +211,7 @@ def add_clip3dreid_config(cfg: CN) -> CN:
     cfg.synthcc.num_cameras = 3  # cameras (viewpoint, background, lighting)
     cfg.synthcc.poses_per_view = 2  # poses rendered per (identity, outfit, camera)
     cfg.synthcc.seed = 0  # seed of the generated benchmark
+    cfg.synthcc.beta_sigma = 1.25  # sd of the identities' shape coefficients: the spread of body shapes
     return cfg
 
 

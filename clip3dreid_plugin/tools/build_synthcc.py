@@ -44,6 +44,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--height", type=int, default=128, help="image height")
     parser.add_argument("--width", type=int, default=64, help="image width")
     parser.add_argument("--seed", type=int, default=sc.seed, help="seed of every random choice")
+    parser.add_argument("--beta-sigma", type=float, default=sc.beta_sigma,
+                        help="sd of the identities' shape coefficients (spread of body shapes)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = parser.parse_args(argv)
     from clip3dreid_plugin.tools.common import start_cli
@@ -58,7 +60,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             write_procedural_smpl(body)
         meta = build_synthcc(args.root, body, num_ids=args.num_ids, outfits_per_id=args.outfits_per_id,
                              num_cameras=args.num_cameras, poses_per_view=args.poses_per_view, height=args.height,
-                             width=args.width, seed=args.seed, progress=not args.no_progress)
+                             width=args.width, seed=args.seed, progress=not args.no_progress,
+                             beta_sigma=args.beta_sigma)
     except (BodyModelError, HeadlessGLError, SynthCCError, OSError) as err:
         logger.error("%s", err)
         return 2

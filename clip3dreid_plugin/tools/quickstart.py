@@ -162,7 +162,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     sc = cfg.synthcc
     build_synthcc(data_root, body_dir, num_ids=args.num_ids or sc.num_ids, outfits_per_id=sc.outfits_per_id,
                   num_cameras=sc.num_cameras, poses_per_view=sc.poses_per_view, height=cfg.data.height,
-                  width=cfg.data.width, seed=sc.seed, progress=cfg.runtime.progress)
+                  width=cfg.data.width, seed=sc.seed, progress=cfg.runtime.progress, beta_sigma=sc.beta_sigma)
     b = cfg.body
     render_synthetic_set(body_dir, syn_dir, num_female=b.num_female, num_male=b.num_male,
                          poses_per_subject=b.poses_per_subject, height=cfg.data.height, width=cfg.data.width,
