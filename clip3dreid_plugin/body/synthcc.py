@@ -175,7 +175,7 @@ def _sample_cameras(rng: np.random.Generator, num_cameras: int) -> List[Dict[str
 
 
 def _plan(num_ids: int, outfits_per_id: int, num_cameras: int, poses_per_view: int, seed: int,
-          pose_pool_size: int, beta_sigma: float = BETA_SIGMA) -> Dict[str, Any]:
+          pose_pool_size: int, beta_sigma: float) -> Dict[str, Any]:
     """Every random choice of the set (identities, outfits, cameras, images), deterministic in the arguments."""
     r_shape, r_outfit, r_assign, r_cam, r_img, r_split = spawn_rngs(seed, 6)
     genders = np.where(r_shape.random(num_ids) < 0.5, "female", "male")
