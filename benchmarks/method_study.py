@@ -106,12 +106,14 @@ def _terms(line: str) -> Dict[str, float]:
 
 
 def run_row(work: str, row: str, seed: int, device: str, epochs: Optional[int] = None,
-            keep_checkpoints: bool = False, code: str = "unknown") -> dict:
+            keep_checkpoints: bool = False, code: str = "unknown", extra_opts: Sequence[str] = ()) -> dict:
     """Trains and evaluates one row under one seed; returns its record (metrics as fractions).
 
     The run's folder keeps its ``metrics.json`` and TensorBoard events; its checkpoint is deleted unless
     ``keep_checkpoints`` (fifty runs of 320 MB would fill the disk). ``code`` names the code the process loaded
     (:func:`code_version` at its start: a commit made while a campaign runs must not be credited with its results).
+    ``extra_opts`` (``KEY VALUE`` pairs) apply to every row after the row's own options, e.g. the image size of a
+    synthcc variant; they are recorded with the row's options.
     """
     from clip3dreid_plugin.tools import train_net
 
@@ -120,7 +122,7 @@ def run_row(work: str, row: str, seed: int, device: str, epochs: Optional[int] =
     # A checkpoint of the student with its Adam state is about 320 MB: keep the last one only.
     opts = ["data.root", osp.join(work, "data"), "body.model_dir", osp.join(work, "body_model"),
             "body.synthetic_dir", osp.join(work, "synthetic_meshes"), "teacher.cache_dir",
-            osp.join(work, "teacher_cache"), "runtime.ckpt_freq", "0", *opts]
+            osp.join(work, "teacher_cache"), "runtime.ckpt_freq", "0", *opts, *extra_opts]
     if epochs is not None:
         opts += ["train.max_epoch", str(epochs)]
     args = train_net.build_parser().parse_args(
@@ -254,7 +256,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="benchmarks/results/method_study")
     p.add_argument("--summary", action="store_true", help="only summarise the runs already in --out")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep each run's final checkpoint")
+    p.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
+                   help="config options for every row (after the row's own), e.g. data.height 256 data.width 128")
     args = p.parse_args(argv)
+    if len(args.opts) % 2:
+        p.error(f"--opts takes KEY VALUE pairs, got {len(args.opts)} words: {args.opts}")
     quiet_torchreid_warnings()
     setup_logging(args.out, "method_study.log")
     work = osp.abspath(args.work_dir)
@@ -271,7 +277,8 @@ def main(argv=None) -> int:
                     logger.info("skip %s (done)", path)
                     continue
                 logger.info("=== %s, seed %d", row, seed)
-                atomic_write_json(run_row(work, row, seed, args.device, args.epochs, args.keep_checkpoints, code), path)
+                atomic_write_json(run_row(work, row, seed, args.device, args.epochs, args.keep_checkpoints, code,
+                                           args.opts), path)
                 logger.info("wrote %s", path)
     summary = summarise(load_runs(args.out), _chance(work))
     atomic_write_json(summary, osp.join(args.out, "summary.json"))
