@@ -175,6 +175,25 @@ def test_train_cli_reports_a_missing_gpu_index_in_one_line(capsys, tmp_path):
     assert "--device / runtime.device 'cuda:64'" in captured.err + captured.out
 
 
+@pytest.mark.parametrize("tool", ["quickstart", "extract_features", "benchmark"])
+def test_every_cli_takes_a_gpu_index_and_reports_a_bad_one_in_one_line(capsys, tmp_path, tool):
+    """``--device cuda:N`` reaches resolve_device in every command (argparse used to refuse it); the quickstart
+    checks it before it writes anything."""
+    import importlib
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine where cuda:64 does not exist; true wherever CUDA is absent")
+    main = importlib.import_module(f"clip3dreid_plugin.tools.{tool}").main
+    args = {"quickstart": ["--work-dir", str(tmp_path / "qs")],
+            "extract_features": ["--input", str(tmp_path), "--output", str(tmp_path / "f.npy")],
+            "benchmark": []}[tool]
+    rc = main(["--device", "cuda:64", *args])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "error: --device / runtime.device 'cuda:64'" in err and "invalid choice" not in err
+    assert not (tmp_path / "qs").exists()
+
+
 def test_bf16_on_a_gpu_without_bfloat16_is_refused(monkeypatch):
     from clip3dreid_plugin.config import ConfigError
     from clip3dreid_plugin.utils.runtime import check_amp_support

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from clip3dreid_plugin.utils.io import atomic_write_json
+from clip3dreid_plugin.utils.runtime import DEVICE_HELP
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +270,7 @@ def _table(res: Dict) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description="Training, labelling and evaluation throughput on one device.")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--height", type=int, default=384)
     p.add_argument("--width", type=int, default=192)
@@ -285,10 +286,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--json", default="", help="write the results as JSON")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from clip3dreid_plugin.config import ConfigError
+    from clip3dreid_plugin.tools.common import report_error
     from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings, resolve_device
 
     quiet_torchreid_warnings()
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ConfigError as err:
+        return report_error(err)
     res = {"config": {"device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else "",
                       "batch_size": args.batch_size, "size": f"{args.height}x{args.width}",
                       "teacher": args.teacher, "torch": torch.__version__, "threads": torch.get_num_threads()}}

@@ -20,6 +20,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
+from clip3dreid_plugin.utils.runtime import DEVICE_HELP
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["main", "list_images", "extract"]
@@ -71,7 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--flip", action="store_true", help="add the horizontally flipped image's feature")
     p.add_argument("--no-normalize", action="store_true")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("opts", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
     from clip3dreid_plugin.config import ConfigError
@@ -80,10 +82,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     start_cli()
     try:
+        device = str(resolve_device(args.device))  # before the model is built: a bad --device fails at once
         paths = list_images(args.input)
         cfg, model = load_student(args.config_file, args.opts, args.weights)
-        feats = extract(model, paths, eval_transform(cfg), args.batch_size, args.flip, not args.no_normalize,
-                        str(resolve_device(args.device)))
+        feats = extract(model, paths, eval_transform(cfg), args.batch_size, args.flip, not args.no_normalize, device)
     except (ConfigError, FileNotFoundError, RuntimeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

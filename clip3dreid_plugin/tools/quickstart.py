@@ -104,9 +104,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:
+    from clip3dreid_plugin.utils.runtime import DEVICE_HELP, quiet_torchreid_warnings, resolve_device, setup_logging
+
     p = argparse.ArgumentParser(description="Run CLIP3DReID and the ResNet-50 baseline end to end on synthcc.")
     p.add_argument("--work-dir", default="work_dirs/quickstart", help="data, caches, logs and results go here")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--clip-weights", default="", help="local CLIP ViT-B/32 (OpenAI) weights (for --teacher clip)")
     p.add_argument("--teacher", default="auto", choices=TEACHERS,
                    help="clip (needs --clip-weights) | ideal (offline stand-in that knows synthcc's shapes) | "
@@ -117,8 +119,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     p.add_argument("--num-ids", type=int, default=None, help="synthcc identities (default synthcc.num_ids)")
     p.add_argument("--json", default="", help="write the results as JSON (default WORK_DIR/results.json)")
     args = p.parse_args(argv)
-
-    from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings, resolve_device, setup_logging
+    device = resolve_device(args.device)  # a bad --device fails here, not after the data are built
 
     quiet_torchreid_warnings()
     setup_logging(args.work_dir, "quickstart.log")
@@ -178,7 +179,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     else:
         logger.info("[3/5] labelling body-shape descriptors with the CLIP teacher (%s)", cfg.teacher.name)
         gt_paths, gt_labels = synthcc_ground_truth(data_root)
-        labelled_by = label_descriptors_for_quickstart(cfg, gt_paths, gt_labels, device=resolve_device(args.device))
+        labelled_by = label_descriptors_for_quickstart(cfg, gt_paths, gt_labels, device=device)
         if labelled_by == "ground-truth":
             logger.warning("teacher stand-in: descriptor labels are synthcc's ground truth, text features come from "
                            "the randomly initialised %s text tower, and L_global is off", cfg.teacher.name)

@@ -16,7 +16,7 @@ import os.path as osp
 import sys
 from typing import Optional, Sequence
 
-from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings
+from clip3dreid_plugin.utils.runtime import DEVICE_HELP, quiet_torchreid_warnings
 
 logger = logging.getLogger("clip3dreid")
 
@@ -26,8 +26,7 @@ __all__ = ["main", "build_parser", "setup_cfg", "build", "run", "wrap_for_traini
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train or evaluate a torchreid/CLIP3DReID model.")
     p.add_argument("--config-file", default="", help="YAML config (may use _BASE_ inheritance)")
-    p.add_argument("--device", default=None,
-                   help="auto | cpu | cuda | cuda:N; auto picks cuda when available (overrides runtime.device)")
+    p.add_argument("--device", default=None, help=f"{DEVICE_HELP} (overrides runtime.device)")
     p.add_argument("--eval-only", action="store_true", help="only evaluate (test.evaluate True)")
     p.add_argument("--resume", default=None,
                    help="checkpoint to resume, or 'auto' for the latest one in the output directory")

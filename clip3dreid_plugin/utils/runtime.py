@@ -15,8 +15,11 @@ import torch
 
 from clip3dreid_plugin.config.loader import ConfigError
 
-__all__ = ["setup_logging", "set_seed", "resolve_device", "activate_device", "check_amp_support",
+__all__ = ["DEVICE_HELP", "setup_logging", "set_seed", "resolve_device", "activate_device", "check_amp_support",
            "quiet_torchreid_warnings"]
+
+#: The help of every command's ``--device``; :func:`resolve_device` is what validates the value.
+DEVICE_HELP = "auto | cpu | cuda | cuda:N; auto picks cuda when available"
 
 
 def quiet_torchreid_warnings() -> None:
