@@ -39,7 +39,8 @@ METRICS = ("general_mAP", "general_rank1", "cc_mAP", "cc_rank1")
 def _run(work: str, setting: str, seed: int, device: str) -> dict:
     out_dir = osp.join(work, "ot_reg_study", f"{setting}_seed{seed}")
     opts = ["data.root", osp.join(work, "data"), "body.model_dir", osp.join(work, "body_model"),
-            "body.synthetic_dir", osp.join(work, "synthetic_meshes"), "teacher.cache_dir", osp.join(work, "teacher_cache"),
+            "body.synthetic_dir", osp.join(work, "synthetic_meshes"),
+            "teacher.cache_dir", osp.join(work, "teacher_cache"),
             "loss.clip3dreid.use_global", "False", *SETTINGS[setting]]
     args = train_net.build_parser().parse_args(
         ["--config-file", CLIP3DREID_CFG, "--device", device, "--output-dir", out_dir, "--seed", str(seed), *opts])

@@ -79,7 +79,8 @@ def test_extract_features_matches_the_model(trained, tmp_path):
 def test_onnx_export_matches_pytorch(tmp_path):
     out = str(tmp_path / "student.onnx")
     rc = export_onnx.main(["--config-file", TOY, "--output", out, "model.name", "clip3dreid",
-                           "clip3dreid.local_dim", "64", "clip3dreid.agg_hidden_dim", "32", "model.pretrained", "False"])
+                           "clip3dreid.local_dim", "64", "clip3dreid.agg_hidden_dim", "32",
+                           "model.pretrained", "False"])
     assert rc == 0 and osp.getsize(out) > 0
     from clip3dreid_plugin.config import load_config
     from clip3dreid_plugin.models.build import build_inference_model
@@ -114,7 +115,8 @@ def test_benchmark_tool_reports_consistent_ratios(tmp_path):
         assert r["images_per_s"] == pytest.approx(4 / r["median_s"])
         assert r["time_vs_resnet50"] == pytest.approx(r["median_s"] / base)
     ev = res["eval"]
-    assert ev["speedup"] == pytest.approx(ev["torchreid evaluate_rank"]["median_s"] / ev["plugin general+cc"]["median_s"])
+    ratio = ev["torchreid evaluate_rank"]["median_s"] / ev["plugin general+cc"]["median_s"]
+    assert ev["speedup"] == pytest.approx(ratio)
 
 
 def test_transport_heatmaps_are_plan_columns(tmp_path, toy_market_root):
