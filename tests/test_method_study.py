@@ -272,3 +272,46 @@ def test_study_summary_pairs_rows_with_the_baseline_by_seed():
     assert s["baseline"]["paired"] == {}
     table = study.markdown({"rows": s, "chance": {}})
     assert "| ce_only | - | 3 |" in table and "+2.5 [" in table
+
+
+def test_study_opts_reach_every_row_and_its_record(monkeypatch, tmp_path):
+    """``--opts`` (a synthcc variant's image size) is applied after the row's options and recorded with them."""
+    study = _load_study()
+    seen = []
+
+    def fake_run(cfg, cfg_name):
+        seen.append(cfg)
+        return {"synthcc": {"cc_mAP": 0.1}}
+
+    monkeypatch.setattr(train_net, "run", fake_run)
+    rec = study.run_row(str(tmp_path), "ot_ideal", 3, "cpu", extra_opts=["data.height", "256", "data.width", "128"])
+    cfg = seen[0]
+    assert (cfg.data.height, cfg.data.width, cfg.teacher.mode, cfg.train.seed) == (256, 128, "ideal", 3)
+    assert rec["opts"][-4:] == ["data.height", "256", "data.width", "128"] and "teacher.mode" in rec["opts"]
+    with pytest.raises(SystemExit):  # KEY without VALUE
+        study.main(["--work-dir", str(tmp_path), "--opts", "data.height"])
+
+
+def test_shape_visibility_measures_the_outline_a_coefficient_moves(tmp_path):
+    """The change is 0 for an unchanged body; in front and side views girth (beta 1, soft-tissue radii +10% per unit) moves more of the
+    outline than chest depth (beta 8, +0.6 cm), and a heavier body covers more pixels of the same frame height."""
+    from clip3dreid_plugin.body.render import MeshRenderer
+    from clip3dreid_plugin.body.smpl_io import load_body_model
+
+    spec = importlib.util.spec_from_file_location("shape_visibility",
+                                                  osp.join(REPO, "benchmarks", "shape_visibility.py"))
+    vis = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vis)
+    body = str(tmp_path / "body")
+    procedural.write_procedural_smpl(body, num_vertices=400)
+    model = load_body_model(body, "female")
+    with MeshRenderer(height=64, width=32) as renderer:
+        assert vis.coefficient_visibility(model, 1, 0.0, (0,), (0.0,), renderer) == (0.0, 0.0)
+        girth = vis.coefficient_visibility(model, 1, 1.25, (0,), (0.0, 90.0), renderer)
+        chest = vis.coefficient_visibility(model, 8, 1.25, (0,), (0.0, 90.0), renderer)  # depth: seen from the side
+        thin, heavy = (vis.silhouettes(model, b, (0,), (0.0,), renderer) for b in
+                       (-1.25 * torch.eye(10)[1].numpy(), 1.25 * torch.eye(10)[1].numpy()))
+    assert girth[1] > 2 * chest[1] > 0
+    assert heavy.sum() > thin.sum()
+    table = vis.markdown({"64x32": {"female": [girth, chest]}})
+    assert f"| 1 | {chest[0]:.1f} (" in table and "| beta | 64x32 female |" in table
