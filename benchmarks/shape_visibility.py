@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -103,7 +103,7 @@ def _size(text: str) -> Tuple[int, int]:
     return int(h), int(w)
 
 
-def main(argv: Sequence[str] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--body-model", required=True, help="folder with smpl/SMPL_{FEMALE,MALE}.pkl")
     p.add_argument("--sizes", type=_size, nargs="+", default=[(128, 64), (256, 128)])
