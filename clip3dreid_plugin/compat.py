@@ -11,6 +11,7 @@ checkpoints holding numpy scalars cannot be reloaded with ``weights_only=True``,
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import os.path as osp
@@ -23,6 +24,7 @@ import torchreid
 
 from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.utils.io import atomic_write
+from clip3dreid_plugin.utils.safe_pickle import weights_only_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -107,13 +109,14 @@ def load_checkpoint(fpath: str, map_location: Any = "cpu") -> Dict[str, Any]:
     if not osp.isfile(fpath):
         raise FileNotFoundError(f"checkpoint not found: '{fpath}'")
     safe = getattr(torch.serialization, "safe_globals", None)
-    if safe is None:  # torch < 2.4 has no weights_only default to work around
-        return torch.load(fpath, map_location=map_location)
-    with safe(_numpy_safe_globals()):
+    # torch < 2.4 cannot allow-list torchreid's numpy scalars, but must not unpickle arbitrary objects either
+    with safe(_numpy_safe_globals()) if safe is not None else contextlib.nullcontext():
         try:
             return torch.load(fpath, map_location=map_location, weights_only=True)
         except Exception as err:
             # torch's own message here is its weights_only help text; what the user needs is which file is bad.
+            if "GLOBAL" in str(err):
+                raise CheckpointError(f"'{fpath}' is not a readable checkpoint: {weights_only_refusal(err)}") from err
             raise CheckpointError(f"'{fpath}' is not a readable checkpoint ({type(err).__name__}); was it truncated, "
                                   "or written by another program?") from err
 

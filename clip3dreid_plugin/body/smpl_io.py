@@ -2,8 +2,9 @@
 
 Official SMPL pickles (Python 2 era) store some arrays as ``chumpy.ch.Ch`` objects, and chumpy
 does not import on current Python. :class:`ChumpyFreeUnpickler` maps every ``chumpy.*`` class to a
-stub that only records its pickled state; :func:`read_smpl_pickle` then replaces each stub by the
-numpy array it wraps (chumpy stores it under ``x``). The cleaned dict goes to
+stub that only records its pickled state, and refuses every name outside numpy's and scipy.sparse's
+data types and plain builtins, so a file from elsewhere can never run code. :func:`read_smpl_pickle`
+then replaces each stub by the numpy array it wraps (chumpy stores it under ``x``). The cleaned dict goes to
 ``smplx.SMPL(data_struct=...)`` directly, so no cleaned copy of the licensed file is ever written.
 
 Expected files (``smplx.create`` uses the same tree)::
@@ -23,14 +24,14 @@ import glob
 import io
 import logging
 import os.path as osp
-import pickle
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, BinaryIO, Dict, List, Optional, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from clip3dreid_plugin.body.skeleton import NUM_BODY_JOINTS, NUM_JOINTS
+from clip3dreid_plugin.utils.safe_pickle import AllowListUnpickler, RefusedGlobalError, builtin_resolver, numpy_resolver
 
 __all__ = ["BodyModelError", "BodyModel", "ChumpyFreeUnpickler", "read_smpl_pickle", "find_smpl_file",
            "load_body_model", "SMPL_HELP"]
@@ -72,27 +73,31 @@ class _ChumpyStub:
         self._state = state
 
 
-_NUMPY_CORE_RENAMES = ("numpy.core", "numpy._core")  # numpy 2 moved numpy.core to numpy._core
+# scipy's sparse classes; Python 2 pickles name private modules such as scipy.sparse.csc, which SciPy 2 removes.
+_SPARSE_CLASSES = frozenset(f"{fmt}_{kind}" for fmt in ("csc", "csr", "coo", "bsr", "dia", "dok", "lil")
+                            for kind in ("matrix", "array"))
 
 
-class ChumpyFreeUnpickler(pickle.Unpickler):
-    """Unpickler that never imports chumpy and tolerates module moves in numpy/scipy since Python 2."""
+def _body_model_resolver(module: str, name: str) -> Any:
+    """What SMPL / SMPL-X / SMPL-H files hold: numpy and scipy.sparse data, chumpy objects (stubbed), builtins."""
+    if module == "chumpy" or module.startswith("chumpy."):
+        return type(name, (_ChumpyStub,), {"__module__": "clip3dreid_stub." + module})
+    if (module == "scipy.sparse" or module.startswith("scipy.sparse.")) and name in _SPARSE_CLASSES:
+        import scipy.sparse
 
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "chumpy" or module.startswith("chumpy."):
-            return type(name, (_ChumpyStub,), {"__module__": "clip3dreid_stub." + module})
-        if module.startswith(_NUMPY_CORE_RENAMES[0] + ".") or module == _NUMPY_CORE_RENAMES[0]:
-            try:
-                return super().find_class(_NUMPY_CORE_RENAMES[1] + module[len(_NUMPY_CORE_RENAMES[0]):], name)
-            except (ImportError, AttributeError):
-                pass
-        if module.startswith("scipy.sparse"):
-            # Python 2 pickles name private modules such as scipy.sparse.csc, which SciPy 2 removes
-            import scipy.sparse
+        return getattr(scipy.sparse, name, None)
+    return numpy_resolver(module, name) or builtin_resolver(module, name)
 
-            if hasattr(scipy.sparse, name):
-                return getattr(scipy.sparse, name)
-        return super().find_class(module, name)
+
+class ChumpyFreeUnpickler(AllowListUnpickler):
+    """Reads body-model pickles as data: never imports chumpy, and refuses every class a body model never holds.
+
+    Raises:
+        RefusedGlobalError: from :meth:`load`, before anything of the refused name is constructed.
+    """
+
+    def __init__(self, file: BinaryIO, **kwargs: Any) -> None:
+        super().__init__(file, _body_model_resolver, **kwargs)
 
 
 def _unstub(obj: Any, key: str, path: str) -> Any:
@@ -132,6 +137,10 @@ def read_smpl_pickle(path: str) -> Dict[str, Any]:
             data = ChumpyFreeUnpickler(fh, encoding="latin1").load()
     except FileNotFoundError as exc:
         raise BodyModelError(f"SMPL model file {path} does not exist.\n{SMPL_HELP}") from exc
+    except RefusedGlobalError as exc:
+        # one line and no download help: the file is not a damaged SMPL file but something else, maybe hostile
+        raise BodyModelError(f"SMPL model file {path} was not loaded: it asks for '{exc.module}.{exc.name}', "
+                             "which body-model files never hold (a pickle can run code)") from None
     except Exception as exc:
         raise BodyModelError(f"SMPL model file {path} is not a readable SMPL pickle "
                              f"({type(exc).__name__}: {exc}); re-download it.\n{SMPL_HELP}") from exc

@@ -53,6 +53,7 @@ from clip3dreid_plugin.body.synthetic_set import canonical_descriptors
 from clip3dreid_plugin.teacher.descriptors import DESCRIPTOR_PAIRS
 from clip3dreid_plugin.utils.hashing import file_sha256
 from clip3dreid_plugin.utils.io import atomic_write
+from clip3dreid_plugin.utils.paths import stays_inside
 from clip3dreid_plugin.utils.progress import progress
 from clip3dreid_plugin.utils.rng import spawn_rngs
 
@@ -317,13 +318,21 @@ def read_synthcc_meta(root: str) -> Dict[str, Any]:
     path = osp.join(dataset_dir, META_NAME)
     try:
         with open(path, "r", encoding="utf-8") as fh:
-            return json.load(fh)
+            meta = json.load(fh)
     except FileNotFoundError as exc:
         raise SynthCCError(f"synthcc metadata '{path}' does not exist; build the set with "
                            f"`clip3dreid-build-synthcc --root {osp.dirname(dataset_dir)}`") from exc
     except (OSError, ValueError) as exc:
         raise SynthCCError(f"synthcc metadata '{path}' is unreadable ({type(exc).__name__}: {exc}); "
                            "rebuild the set") from exc
+    images = meta.get("images", []) if isinstance(meta, dict) else None
+    if not isinstance(images, list) or not all(isinstance(im, dict) for im in images):
+        raise SynthCCError(f"synthcc metadata '{path}' is not what clip3dreid-build-synthcc writes; rebuild the set")
+    bad = [str(im.get("file")) for im in images if not stays_inside(str(im.get("file", "")))]
+    if bad:
+        raise SynthCCError(f"synthcc metadata '{path}' lists the image '{bad[0]}' outside its folder "
+                           f"({len(bad)} such entries); rebuild the set")
+    return meta
 
 
 def _dataset_dir(root: str) -> str:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import os
 import os.path as osp
+import zipfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -49,10 +50,17 @@ import numpy as np
 from clip3dreid_plugin.body.poses import builtin_pose_names, builtin_pose_pool, load_pose_file
 from clip3dreid_plugin.body.skeleton import NUM_BETAS
 from clip3dreid_plugin.utils.io import atomic_write
+from clip3dreid_plugin.utils.paths import stays_inside
 from clip3dreid_plugin.utils.rng import spawn_rngs
 
-__all__ = ["SyntheticPlan", "sample_subjects", "build_pose_pool", "make_plan", "write_synthetic_meta",
-           "read_synthetic_meta", "META_NAME", "META_FORMAT_VERSION"]
+__all__ = ["SyntheticSetError", "SyntheticPlan", "sample_subjects", "build_pose_pool", "make_plan",
+           "write_synthetic_meta", "read_synthetic_meta", "META_NAME", "META_FORMAT_VERSION"]
+
+
+class SyntheticSetError(RuntimeError):
+    """The output folder holds a set rendered with other arguments, the inputs are inconsistent, or its metadata
+    is not what the renderer writes."""
+
 
 META_NAME = "meta.npz"
 META_FORMAT_VERSION = 1
@@ -192,9 +200,18 @@ def read_synthetic_meta(path: str) -> Dict[str, Any]:
         raise FileNotFoundError(f"synthetic-set metadata {path} does not exist; render the set with "
                                 "clip3dreid-render-synthetic")
     out: Dict[str, Any] = {}
-    with np.load(path, allow_pickle=False) as data:
-        for k in data.files:
-            v = data[k]
-            out[k] = v.item() if v.ndim == 0 else v
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            for k in data.files:
+                v = data[k]
+                out[k] = v.item() if v.ndim == 0 else v
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        # ValueError is numpy's refusal of pickled Python objects: the renderer never writes them
+        raise SyntheticSetError(f"synthetic-set metadata {path} is not readable as data "
+                                f"({type(err).__name__}: {' '.join(str(err).split())}); render the set again") from None
+    bad = [str(f) for f in np.atleast_1d(out.get("files", [])) if not stays_inside(str(f))]
+    if bad:
+        raise SyntheticSetError(f"synthetic-set metadata {path} lists the image '{bad[0]}' outside its folder "
+                                f"({len(bad)} such entries); render the set again")
     return out
 

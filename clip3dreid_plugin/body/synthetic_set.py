@@ -30,6 +30,7 @@ from clip3dreid_plugin.body.synthetic import (
     META_FORMAT_VERSION,
     META_NAME,
     SyntheticPlan,
+    SyntheticSetError,
     make_plan,
     read_synthetic_meta,
     write_synthetic_meta,
@@ -44,10 +45,6 @@ __all__ = ["render_synthetic_set", "SyntheticSetError", "canonical_descriptors"]
 logger = logging.getLogger(__name__)
 
 IMAGE_DIR = "images"
-
-
-class SyntheticSetError(RuntimeError):
-    """The output folder holds a set rendered with other arguments, or the inputs are inconsistent."""
 
 
 @torch.no_grad()

@@ -72,7 +72,8 @@ def load_yaml_with_base(path: str, _seen: Optional[List[str]] = None) -> Dict[st
         try:
             data = yaml.safe_load(f) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"cannot parse YAML '{path}': {err}") from None
+            # safe_load builds only plain data, so a '!!python/...' tag ends here too; the message stays one line
+            raise ConfigError(f"cannot parse YAML '{path}': {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config '{path}' must be a mapping at top level")
     bases = data.pop(BASE_KEY, None)

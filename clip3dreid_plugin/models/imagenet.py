@@ -21,6 +21,7 @@ import torch
 import torchreid
 
 from clip3dreid_plugin.config.loader import ConfigError
+from clip3dreid_plugin.utils.safe_pickle import weights_only_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def ensure_pretrained_file(url: str, what: str) -> str:
     fname = osp.basename(urlparse(url).path)
     path = osp.join(folder, fname)
     if osp.isfile(path):
-        return path
+        return _checked_as_data(path, what)
     try:
         # Probe with a timeout first: torch.hub's own download has none and can hang on a dead route.
         urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=_PROBE_TIMEOUT_S).close()
@@ -96,6 +97,33 @@ def ensure_pretrained_file(url: str, what: str) -> str:
             f"model.pretrained True: {what} needs the ImageNet weights '{fname}', which are not in '{folder}' and "
             f"could not be downloaded from {url} ({reason}); put the file in that folder, or set model.pretrained "
             "False") from None
+    return _checked_as_data(path, what)
+
+
+# (path, size, mtime_ns) of files already read as data in this process: a study builds many models from one file.
+_CHECKED: set = set()
+
+
+def _checked_as_data(path: str, what: str) -> str:
+    """Returns ``path`` once it has loaded with ``weights_only=True``.
+
+    torchreid loads these files through ``torch.hub.load_state_dict_from_url``, whose ``weights_only`` defaults to
+    False: a file copied from elsewhere into the cache could run code there. Reading it as data first stops that.
+
+    Raises:
+        PretrainedWeightsError: the file holds anything but tensors and plain containers, or is unreadable.
+    """
+    st = os.stat(path)
+    key = (osp.abspath(path), st.st_size, st.st_mtime_ns)
+    if key in _CHECKED:
+        return path
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a foreign or damaged file
+        raise PretrainedWeightsError(f"model.pretrained True: {what} needs the ImageNet weights '{path}', which were "
+                                     f"not loaded: {weights_only_refusal(err)}; replace the file or set "
+                                     "model.pretrained False") from None
+    _CHECKED.add(key)
     return path
 
 

@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.teacher.clip_teacher import gather_text_features
 from clip3dreid_plugin.utils.io import atomic_write
+from clip3dreid_plugin.utils.safe_pickle import weights_only_refusal
 from datasets_ext.image_io import read_image
 
 logger = logging.getLogger(__name__)
@@ -173,7 +174,8 @@ def _read(path: str) -> Dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file; the message names it
-        raise TeacherCacheError(f"cannot read teacher cache '{path}': {err}") from None
+        raise TeacherCacheError(f"cannot read teacher cache '{path}' as data ({weights_only_refusal(err)}); "
+                                f"{REBUILD_HINT}") from None
     if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
         raise TeacherCacheError(f"'{path}' is not a teacher cache of format {CACHE_FORMAT}; {REBUILD_HINT}")
     return data

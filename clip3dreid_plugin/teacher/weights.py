@@ -3,9 +3,9 @@
 ``pretrained`` is ``None``/``''`` (random init), a local file, or an open_clip tag. Local files: a state dict
 (``.pt``/``.pth``/``.bin``, also ``{'state_dict': ...}`` with ``module.`` prefixes) or ``.safetensors``, loaded
 through ``open_clip.load_checkpoint``. An OpenAI TorchScript archive (what ``pretrained='openai'`` downloads from
-openaipublic) cannot be read with ``torch.load(weights_only=True)``, so it is opened with ``torch.jit.load`` on the
-CPU and its state dict (minus the non-weight entries ``input_resolution``, ``context_length``, ``vocab_size``,
-``attn_mask``) is loaded into the open_clip model. OpenAI weights need a QuickGELU model (``ViT-L-14-quickgelu``).
+openaipublic) cannot be read with ``torch.load(weights_only=True)``, so its tensors are read as data by
+``utils.safe_pickle.read_torchscript_state_dict`` (its TorchScript code is never run) and its state dict (minus
+the non-weight entries ``input_resolution``, ``context_length``, ``vocab_size``, ``attn_mask``) is loaded into the open_clip model. OpenAI weights need a QuickGELU model (``ViT-L-14-quickgelu``).
 A tag is first looked up in the local download caches; only when it is not there is the network used, after a
 short HTTPS probe that fails in seconds instead of huggingface_hub's long retries.
 """
@@ -17,15 +17,14 @@ import logging
 import os
 import os.path as osp
 import threading
-import warnings
 import zipfile
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import urlparse
 
-import torch
 import torch.nn as nn
 
 from clip3dreid_plugin.utils.hashing import file_sha256
+from clip3dreid_plugin.utils.safe_pickle import RefusedGlobalError, read_torchscript_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -247,11 +246,8 @@ def _require_network(what: str, endpoint: str) -> None:
 
 
 def _load_torchscript_weights(model: nn.Module, path: str) -> None:
-    with warnings.catch_warnings():
-        # torch.jit is deprecated in favour of torch.export, but OpenAI's files are TorchScript.
-        warnings.simplefilter("ignore", FutureWarning)
-        jit = torch.jit.load(path, map_location="cpu")
-    sd = {k: v for k, v in jit.state_dict().items() if k not in _JIT_EXTRA_KEYS}
+    # Read as data: torch.jit.load would compile and run the archive's own TorchScript code.
+    sd = {k: v for k, v in read_torchscript_state_dict(path).items() if k not in _JIT_EXTRA_KEYS}
     # OpenAI archives store fp16 weights; load_state_dict copies them into the fp32 model.
     model.load_state_dict(sd, strict=True)
 
@@ -265,6 +261,9 @@ def load_local_weights(model: nn.Module, path: str, model_name: str) -> None:
             _load_torchscript_weights(model, path)
         else:
             open_clip.load_checkpoint(model, path, strict=True)
+    except RefusedGlobalError as err:
+        raise TeacherLoadError(f"teacher weights '{path}' were not loaded: they ask for '{err.module}.{err.name}', "
+                               "which a weights file never holds (a pickle can run code)") from None
     except Exception as err:  # noqa: BLE001 - unpickling/format errors vary by file; all mean "bad weights"
         msg = str(err).strip().splitlines()
         short = " ".join(msg[:3])[:600]

@@ -7,7 +7,8 @@ Examples::
     clip3dreid-download --dataset ccvid --root /data --no-download
 
 Only links published by the dataset authors (or, for PRCC, in the reference CAL code) are used,
-through ``gdown``. Every other dataset is distributed on request or from a page gdown cannot
+through ``gdown``. Each downloaded archive's SHA-256 is printed (``--sha256`` checks it), and an archive is
+extracted only when none of its members would land outside ``--root``. Every other dataset is distributed on request or from a page gdown cannot
 fetch: the script prints where to ask and the exact directory tree the loader expects under
 ``--root``. Exit status: 0 when the dataset is present or instructions were printed, 1 when a
 download or extraction failed, 2 on bad arguments.
@@ -18,11 +19,14 @@ import argparse
 import logging
 import os
 import os.path as osp
+import stat
 import sys
 import tarfile
 import zipfile
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
+
+from clip3dreid_plugin.utils.paths import stays_inside
 
 logger = logging.getLogger("download_datasets")
 
@@ -160,30 +164,94 @@ def instructions(name: str, root: str) -> str:
     )
 
 
+class UnsafeArchiveError(ValueError):
+    """An archive member would land outside the destination folder, or is a link or device file."""
+
+
+def _check_members(archive: str, dest: str, members: Sequence[tuple]) -> None:
+    """Refuses the whole archive at its first unsafe member, so nothing of it is written.
+
+    Args:
+        archive: the archive, for the message.
+        dest: the destination folder, for the message.
+        members: ``(name, kind, link_target)`` with ``kind`` in ``file|dir|symlink|hardlink|other``.
+    """
+    for name, kind, link in members:
+        why = None
+        if not stays_inside(name):
+            why = "has an absolute path or a '..' component"
+        elif kind == "other":
+            why = "is a device, FIFO or other special file"
+        elif kind in ("symlink", "hardlink") and not stays_inside(link):
+            why = f"is a link to '{link}', which may point outside the destination"
+        if why:
+            raise UnsafeArchiveError(f"refusing to extract '{archive}': member '{name}' {why} ({dest}); "
+                                     "nothing was extracted")
+
+
+def _zip_kind(info: zipfile.ZipInfo) -> str:
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if info.is_dir():
+        return "dir"
+    # no file-type bits (archives made on Windows, or by zipfile.writestr) is a regular file
+    return "file" if stat.S_IFMT(mode) in (0, stat.S_IFREG) else "other"
+
+
+def _tar_kind(info: tarfile.TarInfo) -> str:
+    if info.issym():
+        return "symlink"
+    if info.islnk():
+        return "hardlink"
+    if info.isdir():
+        return "dir"
+    return "file" if info.isfile() else "other"
+
+
 def extract(archive: str, dest: str) -> bool:
-    """Unpacks a zip or tar archive into ``dest``; returns False when the format is not supported."""
+    """Unpacks a zip or tar archive into ``dest``; returns False when the format is not supported.
+
+    Every member is checked before anything is written: a member with an absolute path, one that leaves ``dest``
+    through ``..``, a link pointing out of ``dest``, or a special file stops the extraction.
+
+    Raises:
+        UnsafeArchiveError: naming the archive and the member.
+    """
     from clip3dreid_plugin.utils.progress import progress
 
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             members = zf.infolist()
+            # zipfile would write a link as a file holding its target; refuse links so none is ever followed
+            _check_members(archive, dest, [(m.filename, _zip_kind(m), zf.read(m).decode("utf-8", "replace")
+                                            if _zip_kind(m) == "symlink" else "") for m in members])
             for member in progress(members, total=len(members), desc="extracting"):
                 zf.extract(member, dest)
         return True
     if tarfile.is_tarfile(archive):
-        # The "data" filter refuses absolute paths and links out of dest (Python >= 3.11.4/3.10.12/3.9.17).
-        kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
         with tarfile.open(archive) as tf:
             members = tf.getmembers()
+            _check_members(archive, dest, [(m.name, _tar_kind(m), m.linkname) for m in members])
+            # The "data" filter, where Python has it, repeats the same checks inside tarfile itself.
+            kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             for member in progress(members, total=len(members), desc="extracting"):
                 tf.extract(member, dest, **kw)
         return True
     return False
 
 
-def download(name: str, root: str) -> int:
-    """Fetches ``name`` with gdown and unpacks it under ``root``; returns an exit status."""
+def download(name: str, root: str, sha256: Optional[str] = None) -> int:
+    """Fetches ``name`` with gdown and unpacks it under ``root``; returns an exit status.
+
+    Args:
+        name: a key of :data:`SOURCES`.
+        root: the folder that will hold the dataset folder.
+        sha256: the archive's expected SHA-256 (hex); a different archive is kept but not extracted.
+    """
     import gdown
+
+    from clip3dreid_plugin.utils.hashing import file_sha256
 
     src = SOURCES[name]
     os.makedirs(root, exist_ok=True)
@@ -196,9 +264,19 @@ def download(name: str, root: str) -> int:
     if not path or not osp.isfile(path):
         print(instructions(name, root))
         return 1
+    digest = file_sha256(path)
+    # sha256sum's format, so that `sha256sum -c` can check the archive later
+    print(f"{digest}  {path}")
+    if sha256 and digest != sha256.strip().lower():
+        logger.error("'%s' has SHA-256 %s, not the %s given with --sha256: not extracted (delete it to retry)",
+                     path, digest, sha256.strip().lower())
+        return 1
     logger.info("extracting %s", path)
     try:
         ok = extract(path, root)
+    except UnsafeArchiveError as err:
+        logger.error("%s", err)
+        return 1
     except (OSError, zipfile.BadZipFile, tarfile.TarError) as err:
         logger.error("cannot extract '%s': %s", path, err)
         ok = False
@@ -222,6 +300,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--dataset", required=True, choices=names)
     parser.add_argument("--root", required=True, help="folder that will hold the dataset folder")
     parser.add_argument("--no-download", action="store_true", help="only print instructions and the expected tree")
+    parser.add_argument("--sha256", default=None, metavar="HEX",
+                        help="expected SHA-256 of the downloaded archive (printed after every download); "
+                             "a different archive is not extracted")
     args = parser.parse_args(argv)
     from clip3dreid_plugin.tools.common import start_cli
 
@@ -237,7 +318,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if src.gdrive_id is None or args.no_download:
         print(instructions(name, root))
         return 0
-    return download(name, root)
+    return download(name, root, args.sha256)
 
 
 if __name__ == "__main__":
