@@ -270,7 +270,7 @@ def test_manifest_paths_are_never_run_and_nothing_is_written(tmp_path, marker):
     before = sorted(os.listdir(tmp_path))
     with pytest.raises(DatasetLayoutError) as err:
         read_manifest(str(csv))
-    assert str(csv) in str(err.value) and "touch" in str(err.value)
+    _one_line(err.value, str(csv), "touch")
     assert sorted(os.listdir(tmp_path)) == before
 
 
