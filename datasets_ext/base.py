@@ -20,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 Item = Tuple[str, int, int, int, int]
 
-__all__ = ["ClothesImageDataset", "DatasetLayoutError", "relabel", "label_splits", "check_dir", "to_clothes_items"]
+__all__ = ["ClothesImageDataset", "DatasetLayoutError", "relabel", "label_splits", "check_dir", "to_clothes_items",
+           "added_train", "keep_test_protocols"]
 
 
 class DatasetLayoutError(RuntimeError):
@@ -73,6 +74,26 @@ def to_clothes_items(data: Sequence[tuple]) -> List[Item]:
     return out
 
 
+def added_train(first, other) -> List[Item]:
+    """``first``'s train items followed by ``other``'s, whose pids, cams, dataset ids and clothes ids are offset.
+
+    The one rule for summing datasets, image or video (torchreid's data manager sums its sources).
+    """
+    train = copy.deepcopy(first.train)
+    n_clothes = ClothesImageDataset.get_num_clothes(first.train)
+    for path, pid, camid, dsetid, clothes in to_clothes_items(other.train):
+        train.append((path, pid + first.num_train_pids, camid + first.num_train_cams, dsetid + first.num_datasets,
+                      clothes + n_clothes))
+    return train
+
+
+def keep_test_protocols(first, out):
+    """A sum keeps ``first``'s query and gallery, hence its protocols and camera rule; returns ``out``."""
+    out.eval_protocols = first.eval_protocols
+    out.camera_rule = first.camera_rule
+    return out
+
+
 class ClothesImageDataset(torchreid.data.ImageDataset):
     """torchreid ``ImageDataset`` whose items carry a clothes id.
 
@@ -117,30 +138,10 @@ class ClothesImageDataset(torchreid.data.ImageDataset):
         }
 
     def __add__(self, other):
-        """Concatenates train sets, offsetting pids, cams, dataset ids and clothes ids."""
-        train = copy.deepcopy(self.train)
-        other_train = to_clothes_items(other.train)
-        n_clothes = self.get_num_clothes(self.train)
-        for img_path, pid, camid, dsetid, clothes in other_train:
-            train.append(
-                (
-                    img_path,
-                    pid + self.num_train_pids,
-                    camid + self.num_train_cams,
-                    dsetid + self.num_datasets,
-                    clothes + n_clothes,
-                )
-            )
-        return ClothesImageDataset(
-            train,
-            self.query,
-            self.gallery,
-            transform=self.transform,
-            k_tfm=self.k_tfm,
-            mode=self.mode,
-            combineall=False,
-            verbose=False,
-        )
+        """Concatenates train sets, offsetting pids, cams, dataset ids and clothes ids; keeps this test split."""
+        out = ClothesImageDataset(added_train(self, other), self.query, self.gallery, transform=self.transform,
+                                  k_tfm=self.k_tfm, mode=self.mode, combineall=False, verbose=False)
+        return keep_test_protocols(self, out)
 
     def combine_all(self) -> None:
         """Adds query and gallery (relabelled) to the train set, keeping clothes ids."""

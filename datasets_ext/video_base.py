@@ -7,7 +7,6 @@ them for five fields and reads frames with the fail-fast
 """
 from __future__ import annotations
 
-import copy
 import logging
 from typing import List, Optional
 
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 import torchreid
 
-from datasets_ext.base import ClothesImageDataset, DatasetLayoutError, to_clothes_items
+from datasets_ext.base import ClothesImageDataset, DatasetLayoutError, added_train, keep_test_protocols, to_clothes_items
 from datasets_ext.image_io import read_image
 
 logger = logging.getLogger(__name__)
@@ -101,31 +100,9 @@ class ClothesVideoDataset(torchreid.data.VideoDataset):
         }
 
     def __add__(self, other):
-        """Concatenates train sets, offsetting pids, cams, dataset ids and clothes ids."""
-        train = copy.deepcopy(self.train)
-        n_clothes = self.get_num_clothes(self.train)
-        for paths, pid, camid, dsetid, clothes in to_clothes_items(other.train):
-            train.append(
-                (
-                    paths,
-                    pid + self.num_train_pids,
-                    camid + self.num_train_cams,
-                    dsetid + self.num_datasets,
-                    clothes + n_clothes,
-                )
-            )
-        out = ClothesVideoDataset(
-            train,
-            self.query,
-            self.gallery,
-            seq_len=self.seq_len,
-            sample_method=self.sample_method,
-            transform=self.transform,
-            mode=self.mode,
-            combineall=False,
-            verbose=False,
-        )
-        out.eval_protocols = self.eval_protocols
-        out.camera_rule = self.camera_rule
-        return out
+        """Concatenates train sets, offsetting pids, cams, dataset ids and clothes ids; keeps this test split."""
+        out = ClothesVideoDataset(added_train(self, other), self.query, self.gallery, seq_len=self.seq_len,
+                                  sample_method=self.sample_method, transform=self.transform, mode=self.mode,
+                                  combineall=False, verbose=False)
+        return keep_test_protocols(self, out)
 

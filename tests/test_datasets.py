@@ -225,6 +225,11 @@ def test_add_two_datasets_keeps_clothes(trees):
     moved = find(both.train, "train/003/C_cropped_rgb005.jpg")
     assert tuple(moved[1:]) == (1 + 2, 2 + 4, 0 + 1, 3 + 4)
     assert sum([ltcc, prcc]).train == both.train  # torchreid's data manager uses sum()
+    # the sum evaluates on the first dataset's query and gallery, so it reports that dataset's protocols
+    assert both.eval_protocols == ("general", "cc") and both.camera_rule == ltcc.camera_rule
+    other_way = prcc + ltcc
+    assert other_way.eval_protocols == ("general", "sc", "cc") and other_way.camera_rule == prcc.camera_rule
+    assert other_way.query == prcc.query and both.query == ltcc.query
 
 
 def test_add_torchreid_four_field_dataset(trees, toy_market_root):
@@ -273,6 +278,7 @@ def test_video_getitem_add_and_sampling(trees):
     assert len(both.train) == 6 and both.num_train_clothes == 6
     assert [it[4] for it in both.train[3:]] == [c + 3 for c in (0, 1, 2)]
     assert both.seq_len == train.seq_len
+    assert both.eval_protocols == train.eval_protocols == ("general", "cc") and both.camera_rule == train.camera_rule
 
 
 def test_sample_frame_indices():
