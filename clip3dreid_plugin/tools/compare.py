@@ -12,7 +12,6 @@ Example::
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import os.path as osp
@@ -20,6 +19,7 @@ import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from clip3dreid_plugin.evaluation.records import read_metrics
+from clip3dreid_plugin.tools.common import CLIParser
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def write_comparison(runs: Sequence[Run], output: str, which: str = "last") -> T
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description="Compare clip3dreid-train runs: a markdown table and CMC plots.")
+    p = CLIParser(description="Compare clip3dreid-train runs: a markdown table and CMC plots.")
     p.add_argument("run_dirs", nargs="+", help="output folders of clip3dreid-train runs (each holds metrics.json)")
     p.add_argument("--which", default="last", choices=["last", "best"],
                    help="the last evaluation (default) or the one that picked model-best")

@@ -15,12 +15,13 @@ of the dataset: the chance level a trained model's numbers should be read agains
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import sys
 from typing import Dict, List, Optional, Sequence
+
+from clip3dreid_plugin.tools.common import CLIParser
 
 logger = logging.getLogger("dataset_info")
 
@@ -111,7 +112,7 @@ def format_table(info: dict) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 1 unreadable images, 2 bad dataset)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = CLIParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", required=True, help="registered dataset name, e.g. ltcc, prcc, ccvid")
     parser.add_argument("--root", required=True, help="folder holding the dataset folder (or the dataset folder)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

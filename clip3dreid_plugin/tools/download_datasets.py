@@ -14,7 +14,6 @@ download or extraction failed, 2 on bad arguments.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import os.path as osp
@@ -23,6 +22,8 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
+
+from clip3dreid_plugin.tools.common import CLIParser
 
 logger = logging.getLogger("download_datasets")
 
@@ -218,7 +219,7 @@ def download(name: str, root: str) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status."""
     names = sorted(SOURCES) + sorted(ALIASES)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = CLIParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", required=True, choices=names)
     parser.add_argument("--root", required=True, help="folder that will hold the dataset folder")
     parser.add_argument("--no-download", action="store_true", help="only print instructions and the expected tree")

@@ -13,7 +13,6 @@ canonical pose with 10,000 area-weighted surface samples each; see
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from typing import Dict, Optional, Sequence
@@ -22,6 +21,7 @@ import numpy as np
 
 from clip3dreid_plugin.body.shape_eval import evaluate_shapes
 from clip3dreid_plugin.body.smpl_io import BodyModel, BodyModelError, load_body_model
+from clip3dreid_plugin.tools.common import CLIParser, add_overrides
 from clip3dreid_plugin.utils.io import atomic_write_json
 
 logger = logging.getLogger("eval_shape")
@@ -67,7 +67,7 @@ def predict_from_images(config_file: str, weights: str, images_dir: str, opts: S
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 2 bad input)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = CLIParser(description=__doc__.split("\n")[0])
     parser.add_argument("--body-model", required=True, help="root folder with smpl/SMPL_{NEUTRAL,MALE,FEMALE}.pkl")
     parser.add_argument("--pred-npz", default="", help=".npz with betas [B, 10]")
     parser.add_argument("--gt-npz", default="", help=".npz with betas [B, 10] (+ gender [B]) or vertices + faces")
@@ -80,7 +80,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--align", choices=["centroid", "none"], default="centroid")
     parser.add_argument("--json", default=None, help="write the result (mean and per-sample) to this file")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="student config overrides KEY VALUE (--images-dir)")
+    add_overrides(parser, "student config overrides KEY VALUE (--images-dir)")
     args = parser.parse_args(argv)
     from clip3dreid_plugin.tools.common import start_cli
 

@@ -16,12 +16,13 @@ Steps (``bash scripts/quickstart.sh`` runs them after installing):
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os.path as osp
 import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from clip3dreid_plugin.tools.common import CLIParser
 
 logger = logging.getLogger("clip3dreid.quickstart")
 
@@ -106,7 +107,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _main(argv: Optional[Sequence[str]]) -> int:
     from clip3dreid_plugin.utils.runtime import DEVICE_HELP, quiet_torchreid_warnings, resolve_device, setup_logging
 
-    p = argparse.ArgumentParser(description="Run CLIP3DReID and the ResNet-50 baseline end to end on synthcc.")
+    p = CLIParser(description="Run CLIP3DReID and the ResNet-50 baseline end to end on synthcc.")
     p.add_argument("--work-dir", default="work_dirs/quickstart", help="data, caches, logs and results go here")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--clip-weights", default="", help="local CLIP ViT-B/32 (OpenAI) weights (for --teacher clip)")

@@ -1,9 +1,9 @@
 """Train / evaluate any torchreid or plugin model from a yacs config (``clip3dreid-train``).
 
-Usage::
+Usage (options may stand before or after the ``KEY VALUE`` overrides)::
 
     clip3dreid-train --config-file configs/ltcc/resnet50_baseline_384x192.yaml \
-        data.root /data [KEY VALUE ...]
+        data.root /data [KEY VALUE ...] [--output-dir DIR]
     clip3dreid-train --config-file CFG --eval-only model.load_weights log/model/model-best.pth.tar
     clip3dreid-train --config-file CFG --resume auto     # continue from the last checkpoint
 """
@@ -16,6 +16,7 @@ import os.path as osp
 import sys
 from typing import Optional, Sequence
 
+from clip3dreid_plugin.tools.common import CLIParser, add_overrides
 from clip3dreid_plugin.utils.runtime import DEVICE_HELP, quiet_torchreid_warnings
 
 logger = logging.getLogger("clip3dreid")
@@ -24,7 +25,7 @@ __all__ = ["main", "build_parser", "setup_cfg", "build", "run", "wrap_for_traini
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train or evaluate a torchreid/CLIP3DReID model.")
+    p = CLIParser(description="Train or evaluate a torchreid/CLIP3DReID model.")
     p.add_argument("--config-file", default="", help="YAML config (may use _BASE_ inheritance)")
     p.add_argument("--device", default=None, help=f"{DEVICE_HELP} (overrides runtime.device)")
     p.add_argument("--eval-only", action="store_true", help="only evaluate (test.evaluate True)")
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="random seed (overrides train.seed)")
     p.add_argument("--amp", default=None, choices=["none", "bf16", "fp16"],
                    help="autocast the student forward (overrides runtime.amp; bf16 works on CPU)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    add_overrides(p)
     return p
 
 

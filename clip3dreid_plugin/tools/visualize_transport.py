@@ -12,13 +12,14 @@ Usage::
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
+
+from clip3dreid_plugin.tools.common import CLIParser, add_overrides
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +63,13 @@ def overlay(image_rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.n
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description="Overlay the OT plan of body-shape descriptors on an image.")
+    p = CLIParser(description="Overlay the OT plan of body-shape descriptors on an image.")
     p.add_argument("--config-file", default="")
     p.add_argument("--weights", default="", help="student checkpoint")
     p.add_argument("--image", required=True)
     p.add_argument("--output", required=True, help="PNG: the image followed by one panel per descriptor")
     p.add_argument("--descriptor", type=int, default=None, help="only this descriptor pair index (0-15)")
-    p.add_argument("opts", nargs=argparse.REMAINDER)
+    add_overrides(p)
     args = p.parse_args(argv)
     from PIL import Image
 
