@@ -25,6 +25,10 @@ def _clip3dreid_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gp
     from clip3dreid_plugin.teacher.source import build_teacher_source
 
     switches = LossSwitches.from_cfg(cfg)
+    if cfg.test.evaluate:
+        # Inference uses the student alone (as in the paper): evaluating needs no teacher, no teacher cache, no
+        # synthetic bodies and no body model, so none is built.
+        switches = LossSwitches(use_ce=True, use_ot=False, use_global=False, use_3d=False)
     teacher = None
     if switches.use_ot or switches.use_global or switches.use_3d:
         teacher = build_teacher_source(cfg, _train_paths_per_source(datamanager), device=common["device"])
