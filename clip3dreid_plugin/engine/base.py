@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime
 import glob
 import logging
+import os
 import os.path as osp
 import re
 import time
@@ -43,7 +44,7 @@ from clip3dreid_plugin.utils.rng import rng_state, set_rng_state
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ClothesAwareEngineMixin", "EvalSettings", "latest_checkpoint", "unwrap"]
+__all__ = ["ClothesAwareEngineMixin", "EvalSettings", "latest_checkpoint", "prune_checkpoints", "unwrap"]
 
 _CKPT_RE = re.compile(r"model\.pth\.tar-(\d+)$")
 
@@ -56,6 +57,28 @@ def latest_checkpoint(save_dir: str, name: str = "model") -> Optional[str]:
         if m and int(m.group(1)) > best_ep:
             best, best_ep = p, int(m.group(1))
     return best
+
+
+def prune_checkpoints(folder: str, keep: int, epoch: int) -> List[str]:
+    """Deletes the ``model.pth.tar-N`` files of ``folder`` with ``N <= epoch`` but the ``keep`` latest of them.
+
+    ``model-best.pth.tar`` is a file of its own and always stays; files of a later epoch (left by an earlier, longer
+    run) are not this run's to delete. ``keep`` 0 keeps every file.
+
+    Returns:
+        The deleted paths.
+    """
+    if keep <= 0:
+        return []
+    found = []
+    for p in glob.glob(osp.join(folder, "model.pth.tar-*")):
+        m = _CKPT_RE.search(p)
+        if m and int(m.group(1)) <= epoch:
+            found.append((int(m.group(1)), p))
+    gone = [p for _, p in sorted(found)[:-keep]]
+    for p in gone:
+        os.remove(p)
+    return gone
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -96,6 +119,8 @@ class ClothesAwareEngineMixin:
     Args:
         eval_settings: protocols, flip averaging and checkpoint selection (default ``EvalSettings()``).
         ckpt_freq: save a checkpoint every this many epochs (0: only at evaluations and the last epoch).
+        keep_checkpoints: keep the latest this many ``model.pth.tar-N`` files (plus ``model-best.pth.tar``); 0 keeps
+            all. The default matches ``runtime.keep_checkpoints``.
         is_main: this process writes checkpoints and logs (rank 0 under ``torch.distributed``).
         show_progress: progress bars on training and feature extraction.
         device: the run's device, e.g. ``cuda:1``; None: ``cuda`` (the current device) if ``use_gpu`` else ``cpu``.
@@ -105,10 +130,12 @@ class ClothesAwareEngineMixin:
     pooling_method: str = "avg"
 
     def __init__(self, *args, eval_settings: Optional[EvalSettings] = None, ckpt_freq: int = 1, is_main: bool = True,
-                 show_progress: bool = True, device: Optional[torch.device] = None, **kwargs):
+                 show_progress: bool = True, device: Optional[torch.device] = None, keep_checkpoints: int = 2,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_settings = eval_settings or EvalSettings()
         self.ckpt_freq = ckpt_freq
+        self.keep_checkpoints = keep_checkpoints
         self.is_main = is_main
         self.show_progress = show_progress
         if device is None:
@@ -159,6 +186,9 @@ class ClothesAwareEngineMixin:
             if is_best:
                 compat.save_checkpoint(state, osp.join(save_dir, name, "model-best.pth.tar"))
             logger.info("saved %s%s", path, " (best)" if is_best else "")
+            # Only once the new file is complete: a run killed now still resumes from it.
+            for gone in prune_checkpoints(osp.join(save_dir, name), self.keep_checkpoints, epoch + 1):
+                logger.info("removed %s (runtime.keep_checkpoints %d)", gone, self.keep_checkpoints)
 
     def resume(self, fpath: str, name: str = "model") -> int:
         """Restores model, optimizer and scheduler from ``fpath``; returns the epoch to start from."""

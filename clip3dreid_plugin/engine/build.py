@@ -109,4 +109,4 @@ def build_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: boo
         device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
     return builder(cfg, datamanager, model, optimizer, scheduler, use_gpu, eval_settings=EvalSettings.from_cfg(cfg),
                    ckpt_freq=cfg.runtime.ckpt_freq, is_main=is_main, show_progress=cfg.runtime.progress,
-                   device=device)
+                   device=device, keep_checkpoints=cfg.runtime.keep_checkpoints)
