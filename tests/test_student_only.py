@@ -4,11 +4,13 @@ config it ran with."""
 from __future__ import annotations
 
 import json
+import os
 import os.path as osp
 import shutil
 
 import numpy as np
 import pytest
+import torch
 import torchreid
 
 from clip3dreid_plugin.config import load_config
@@ -46,6 +48,12 @@ def trained_student(tmp_path_factory, toy_market_root):
     return root, folder, out, cache_dir, teacher_opts
 
 
+def _no_teacher(tmp_path, teacher_opts):
+    """The run's teacher options with no CLIP weights and a teacher-cache folder that does not exist."""
+    name = teacher_opts[1]
+    return ["teacher.name", name, "teacher.pretrained", "", "teacher.cache_dir", str(tmp_path / "no_cache")]
+
+
 def _offline(monkeypatch, tmp_path):
     """No ImageNet file in torch's cache and no way to download one: asking for it fails at once."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
@@ -53,24 +61,22 @@ def _offline(monkeypatch, tmp_path):
 
 
 def test_eval_only_needs_no_teacher_cache_and_no_imagenet_file(trained_student, tmp_path, monkeypatch):
-    root, _, out, cache_dir, teacher_opts = trained_student
+    root, _, out, _, teacher_opts = trained_student
     with open(osp.join(out, "metrics.json"), encoding="utf-8") as f:
         during_training = json.load(f)["last"]["metrics"]
     ckpt = osp.join(out, "model", "model.pth.tar-1")
-    shutil.rmtree(cache_dir)
     _offline(monkeypatch, tmp_path)
-    weights_less = [t if t != teacher_opts[3] else "" for t in teacher_opts]  # teacher.pretrained "" too
     ev = str(tmp_path / "eval")
     # The recipe's own model.pretrained True, and options after the overrides.
-    rc = train_net.main(["--config-file", TOY, "data.root", root, *STUDENT, *weights_less, "model.pretrained", "True",
-                         "model.load_weights", ckpt, "--eval-only", "--device", "cpu", "--output-dir", ev])
+    rc = train_net.main(["--config-file", TOY, "data.root", root, *STUDENT, *_no_teacher(tmp_path, teacher_opts),
+                         "model.pretrained", "True", "model.load_weights", ckpt, "--eval-only", "--device", "cpu",
+                         "--output-dir", ev])
     assert rc == 0
     with open(osp.join(ev, "metrics.json"), encoding="utf-8") as f:
         evaluated = json.load(f)["last"]["metrics"]
     assert set(evaluated) == set(during_training) == {"market1501"}
     for k, v in during_training["market1501"].items():
         assert evaluated["market1501"][k] == pytest.approx(v, abs=1e-9), k
-    assert not osp.exists(cache_dir)
 
 
 def test_inference_tools_need_no_imagenet_file(trained_student, tmp_path, monkeypatch):
@@ -96,3 +102,44 @@ def test_every_run_folder_holds_the_config_it_ran_with(trained_student, toy_mark
     cfg = train_net.setup_cfg(args)
     train_net.run(cfg)
     assert load_config(osp.join(run_dir, "config.yaml")).dump() == cfg.dump()
+
+
+def test_transport_tool_uses_the_checkpoints_phrase_features_and_no_teacher(trained_student, tmp_path, monkeypatch,
+                                                                            caplog, capsys):
+    from clip3dreid_plugin import compat
+    from clip3dreid_plugin.teacher.cache import TeacherCache
+    from clip3dreid_plugin.tools import visualize_transport
+
+    root, _, out, cache_dir, teacher_opts = trained_student
+    ckpt = osp.join(out, "model", "model.pth.tar-1")
+    stored = compat.load_checkpoint(ckpt)["teacher_text"]
+    (cache_file,) = [osp.join(cache_dir, f) for f in os.listdir(cache_dir)]
+    assert torch.equal(stored["features"], TeacherCache.load(cache_file).text_features)  # [16, 2, 64]
+    assert stored["pairs"][1] == ["Broad-Shouldered", "Narrow-Shouldered"] and cache_file in stored["teacher"]
+
+    _offline(monkeypatch, tmp_path)
+    image = osp.join(root, "market1501", "query", sorted(os.listdir(osp.join(root, "market1501", "query")))[0])
+    png = str(tmp_path / "ot.png")
+    with caplog.at_level("INFO"):
+        # No --config-file: the run's own config.yaml; no CLIP weights and no cache for the teacher.
+        rc = visualize_transport.main(["--weights", ckpt, "--image", image, "--output", png,
+                                       *_no_teacher(tmp_path, teacher_opts)])
+    assert rc == 0
+    log = caplog.text
+    assert "phrase features: stored in the checkpoint: teacher cache" in log
+    assert "the student's own reading" in log and osp.join(out, "config.yaml") in log
+    from PIL import Image
+
+    assert Image.open(png).size[0] > 16 * visualize_transport.MIN_PANEL_WIDTH  # the image + 16 panels + the bar
+
+    # A checkpoint without them, and nothing else to read them from: one line, no random CLIP.
+    old = str(tmp_path / "run" / "model" / "old.pth.tar")
+    os.makedirs(osp.dirname(old))
+    shutil.copy(osp.join(out, "config.yaml"), str(tmp_path / "run" / "config.yaml"))
+    state = compat.load_checkpoint(ckpt)
+    del state["teacher_text"]
+    compat.save_checkpoint(state, old)
+    capsys.readouterr()
+    assert visualize_transport.main(["--weights", old, "--image", image, "--output", png,
+                                     *_no_teacher(tmp_path, teacher_opts)]) == 2
+    assert capsys.readouterr().err.startswith("error: no phrase features for the transport plan")

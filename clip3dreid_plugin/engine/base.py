@@ -181,6 +181,7 @@ class ClothesAwareEngineMixin:
                 "rng": own,  # rank 0's, what checkpoints without rng_per_rank hold
                 "rng_per_rank": per_rank,
                 "scaler": scaler.state_dict() if scaler is not None else None,
+                **self.checkpoint_extras(),
             }
             path = compat.save_checkpoint(state, osp.join(save_dir, name, f"model.pth.tar-{epoch + 1}"))
             if is_best:
@@ -189,6 +190,10 @@ class ClothesAwareEngineMixin:
             # Only once the new file is complete: a run killed now still resumes from it.
             for gone in prune_checkpoints(osp.join(save_dir, name), self.keep_checkpoints, epoch + 1):
                 logger.info("removed %s (runtime.keep_checkpoints %d)", gone, self.keep_checkpoints)
+
+    def checkpoint_extras(self) -> dict:
+        """Entries an engine adds to every checkpoint it writes (none here)."""
+        return {}
 
     def resume(self, fpath: str, name: str = "model") -> int:
         """Restores model, optimizer and scheduler from ``fpath``; returns the epoch to start from."""

@@ -130,6 +130,14 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         self.monitor = CollapseMonitor(diagnostics_every)
         self._diagnostics: Dict[str, float] = {}
 
+    def checkpoint_extras(self) -> dict:
+        """``teacher_text``: the phrase features ``[M, 2, d]`` the student was trained against, their pairs and the
+        teacher's name (a few hundred KB, never the teacher itself), so that inference tools such as
+        ``clip3dreid-visualize-transport`` need no teacher. A source of the user's own without ``text_record``
+        adds nothing."""
+        record = getattr(self.teacher, "text_record", None)
+        return {"teacher_text": record()} if callable(record) else {}
+
     def _autocast(self):
         if self.amp == "none":
             return nullcontext()

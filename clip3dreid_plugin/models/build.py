@@ -89,6 +89,7 @@ def build_inference_model(cfg: CN, weights: str = "") -> nn.Module:
 
     Raises:
         FileNotFoundError: ``weights`` does not exist.
+        CheckpointError: ``weights`` leaves tensors of the model (other than the classifier) unfilled.
     """
     num_classes = 1
     if weights:
@@ -99,5 +100,11 @@ def build_inference_model(cfg: CN, weights: str = "") -> nn.Module:
                 num_classes = v.shape[0]
     model = build_model(cfg, num_classes, use_gpu=False, checkpoint=weights)
     if weights:
-        compat.load_pretrained_weights(model, weights)
+        # At inference every tensor matters but the classifier (sized by the number of training identities).
+        unfilled = [k for k in compat.load_pretrained_weights(model, weights) if "classifier" not in k]
+        if unfilled:
+            raise compat.CheckpointError(
+                f"'{weights}' does not fit the {cfg.model.name} model its config describes: {len(unfilled)} tensors "
+                f"are missing or of another shape (e.g. {unfilled[0]}); use the config the run wrote "
+                "(RUN/config.yaml) as --config-file")
     return model.eval()

@@ -11,7 +11,7 @@ if TYPE_CHECKING:  # a command's parser is built before torch is imported (``--h
     from yacs.config import CfgNode
 
 __all__ = ["CLIParser", "add_overrides", "start_cli", "error_line", "report_error", "user_error_types",
-           "load_student", "eval_transform"]
+           "load_student", "run_config_for", "eval_transform"]
 
 
 class CLIParser(argparse.ArgumentParser):
@@ -147,13 +147,24 @@ def report_error(err: BaseException) -> int:
     return 2
 
 
+def run_config_for(weights: str) -> str:
+    """The ``config.yaml`` a training run wrote beside a checkpoint of it (``RUN/model/<file>`` -> ``RUN``), or
+    empty when there is none."""
+    import os.path as osp
+
+    path = osp.join(osp.dirname(osp.dirname(osp.abspath(weights))), "config.yaml") if weights else ""
+    return path if path and osp.isfile(path) else ""
+
+
 def load_student(config_file: str, opts: Sequence[str], weights: str) -> Tuple[CfgNode, torch.nn.Module]:
     """Merges the config, registers the plugin and builds the eval-mode model from a checkpoint.
 
     Args:
-        config_file: YAML recipe; empty for the defaults.
+        config_file: YAML recipe; empty for the ``config.yaml`` of the checkpoint's run when there is one (the
+            model it trained), else the defaults.
         opts: ``KEY VALUE`` overrides.
-        weights: checkpoint path; empty keeps the initialised weights.
+        weights: checkpoint path; empty keeps the initialised weights. It replaces the ImageNet weights, so none
+            are needed.
 
     Returns:
         ``(cfg, model)``.
@@ -161,12 +172,17 @@ def load_student(config_file: str, opts: Sequence[str], weights: str) -> Tuple[C
     Raises:
         ConfigError: a bad key or value (named in the message).
         FileNotFoundError: the checkpoint is missing.
-        RuntimeError: the checkpoint does not fit the model.
+        CheckpointError: the checkpoint is unreadable or does not fit the model.
     """
+    import logging
+
     import clip3dreid_plugin
     from clip3dreid_plugin.config import load_config
     from clip3dreid_plugin.models.build import build_inference_model
 
+    if not config_file and run_config_for(weights):
+        config_file = run_config_for(weights)
+        logging.getLogger(__name__).info("config: %s (written by the run of %s)", config_file, weights)
     cfg = load_config(config_file or None, list(opts))
     clip3dreid_plugin.register()
     return cfg, build_inference_model(cfg, weights)
