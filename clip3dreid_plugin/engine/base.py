@@ -145,6 +145,8 @@ class ClothesAwareEngineMixin:
         self.last_metrics: Dict[str, Dict[str, float]] = {}
         # Full CMC curves of the last evaluation, {target: {protocol: [max_rank floats]}}.
         self.last_cmc: Dict[str, Dict[str, List[float]]] = {}
+        # The expected CMC of a random ranking on each target's split, {target: {protocol: [max_rank floats]}}.
+        self.last_chance_cmc: Dict[str, Dict[str, List[float]]] = {}
         # The last and the best evaluation: {"epoch", "metrics", "cmc"} each (what metrics.json records).
         self.evaluations: Dict[str, dict] = {}
         # (target, protocols, distmat, save_dir, topk) of each target whose ranked results test() draws at its end.
@@ -318,7 +320,8 @@ class ClothesAwareEngineMixin:
     # ------------------------------------------------------------------ evaluation
     def _record_evaluation(self, which: str, epoch: int) -> None:
         """Keeps the current evaluation as the ``last`` or ``best`` one, after ``epoch`` epochs (0: evaluation only)."""
-        self.evaluations[which] = {"epoch": epoch, "metrics": self.last_metrics, "cmc": self.last_cmc}
+        self.evaluations[which] = {"epoch": epoch, "metrics": self.last_metrics, "cmc": self.last_cmc,
+                                   "chance_cmc": self.last_chance_cmc}
 
     def selection_score(self, metrics: Dict[str, Dict[str, float]]) -> float:
         """Score used to pick the best checkpoint: the first target's CC rank-1 when defined."""
@@ -436,6 +439,7 @@ class ClothesAwareEngineMixin:
             as ``Test/<name>/rank1|mAP``.
         """
         from clip3dreid_plugin.evaluation import evaluate_all
+        from clip3dreid_plugin.evaluation.chance import chance_cmc
         from clip3dreid_plugin.evaluation.distance import FeatureDistances, chunked_distmat
 
         name = dataset_name
@@ -463,6 +467,8 @@ class ClothesAwareEngineMixin:
         lines = [f"** {name} ** (camera rule: {getattr(self.datamanager, 'camera_rules', {}).get(name, 'camid')})",
                  "  protocol |   mAP  | " + " | ".join(f"R{r:<4d}" for r in ranks)]
         self.last_cmc[name] = {mode: [float(v) for v in cmc] for mode, (cmc, _) in out.items()}
+        self.last_chance_cmc[name] = {mode: chance_cmc(q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, mode,
+                                                       self.eval_settings.max_rank) for mode in out}
         for mode, (cmc, mAP) in out.items():
             metrics[f"{mode}_mAP"] = float(mAP)
             for r in ranks:
