@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from clip3dreid_plugin.tools.common import CLIParser
 
@@ -76,8 +76,12 @@ def collect_info(name: str, root: str) -> dict:
     return info
 
 
-def check_images(ds) -> List[str]:
-    """Opens every image (every frame of a video dataset) of every split; returns the error messages."""
+def check_images(ds) -> Tuple[List[str], int]:
+    """Opens every image (every frame of a video dataset) of every split.
+
+    Returns:
+        ``(error messages, number of files opened)``.
+    """
     from clip3dreid_plugin.data.frames import item_image_paths
     from clip3dreid_plugin.utils.progress import progress
     from datasets_ext.image_io import ImageReadError, read_image
@@ -89,7 +93,7 @@ def check_images(ds) -> List[str]:
             read_image(path)
         except ImageReadError as err:
             errors.append(str(err))
-    return errors
+    return errors, len(paths)
 
 
 def format_table(info: dict) -> str:
@@ -137,13 +141,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ds = info.pop("_dataset")
     status = 0
     if args.check_images:
-        errors = check_images(ds)
+        errors, checked = check_images(ds)
         info["unreadable_images"] = len(errors)
         for msg in errors[:20]:
             logger.error("%s", msg)
         if errors:
-            logger.error("%d unreadable image(s)", len(errors))
+            logger.error("%d unreadable image(s) of %d", len(errors), checked)
             status = 1
+        else:
+            logger.info("--check-images: all %d image files of train, query and gallery open", checked)
     if args.chance > 0:
         if info["kind"] == "video":
             logger.error("--chance is for image datasets; '%s' is a video dataset", args.dataset)
