@@ -41,6 +41,7 @@ from clip3dreid_plugin.utils.distributed import (all_gather_objects, all_gather_
                                                  get_rank, get_world_size)
 from clip3dreid_plugin.utils.progress import progress
 from clip3dreid_plugin.utils.rng import rng_state, set_rng_state
+from clip3dreid_plugin.utils.runtime import ensure_console_logging
 
 logger = logging.getLogger(__name__)
 
@@ -242,6 +243,7 @@ class ClothesAwareEngineMixin:
             ``{dataset: {metric: value}}`` of the last evaluation.
         """
         _refuse_cuhk03(use_metric_cuhk03)  # before training, not at the first evaluation
+        ensure_console_logging()
         eval_kw = dict(dist_metric=dist_metric, normalize_feature=normalize_feature, visrank=visrank,
                        visrank_topk=visrank_topk, save_dir=save_dir, use_metric_cuhk03=use_metric_cuhk03,
                        ranks=ranks, rerank=rerank)

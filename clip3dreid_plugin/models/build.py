@@ -98,6 +98,14 @@ def build_inference_model(cfg: CN, weights: str = "") -> nn.Module:
         for k, v in state.items():
             if k.endswith("classifier.weight"):
                 num_classes = v.shape[0]
+            # A student trained from objects took its teacher's width, which its config may not say (Phi's input).
+            if cfg.model.name == "clip3dreid" and k.endswith(("image_head.0.weight", "image_head.weight")) \
+                    and v.shape[1] != cfg.clip3dreid.teacher_dim:
+                logger.info("clip3dreid.teacher_dim %d, read from %s (the config says %d)", v.shape[1], weights,
+                            cfg.clip3dreid.teacher_dim)
+                cfg = cfg.clone()
+                cfg.defrost()
+                cfg.clip3dreid.teacher_dim = int(v.shape[1])
     model = build_model(cfg, num_classes, use_gpu=False, checkpoint=weights)
     if weights:
         # At inference every tensor matters but the classifier (sized by the number of training identities).
