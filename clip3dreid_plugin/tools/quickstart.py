@@ -17,6 +17,7 @@ Steps (``bash scripts/quickstart.sh`` runs them after installing):
 from __future__ import annotations
 
 import logging
+import os
 import os.path as osp
 import sys
 import time
@@ -123,6 +124,11 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     device = resolve_device(args.device)  # a bad --device fails here, not after the data are built
 
     quiet_torchreid_warnings()
+    # Every run rebuilds the work dir's results, so its log starts afresh: appended to, a rerun's log held the
+    # table of the run before it as well.
+    log_file = osp.join(args.work_dir, "quickstart.log")
+    if osp.isfile(log_file):
+        os.remove(log_file)
     setup_logging(args.work_dir, "quickstart.log")
     t0 = time.time()
     from clip3dreid_plugin.body.procedural import write_procedural_smpl
