@@ -244,14 +244,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--descriptor", type=int, default=None, help="only this descriptor pair index (0-15)")
     add_overrides(p)
     args = p.parse_args(argv)
+    from clip3dreid_plugin.tools.common import eval_transform, load_student, report_error, start_cli
+
+    start_cli()  # before torchreid's first import, whose warnings it silences
     from PIL import Image
 
     from clip3dreid_plugin import compat
     from clip3dreid_plugin.config import ConfigError
-    from clip3dreid_plugin.tools.common import eval_transform, load_student, report_error, start_cli
     from datasets_ext.image_io import read_image
 
-    start_cli()
     try:
         cfg, model = load_student(args.config_file, ["model.name", "clip3dreid", *args.opts], args.weights)
         phrases = phrase_features(cfg, compat.load_checkpoint(args.weights) if args.weights else {})
