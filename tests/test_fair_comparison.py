@@ -4,7 +4,6 @@ scripts, run as written apart from paths and sizes), and baseline/clip3dreid rec
 from __future__ import annotations
 
 import glob
-import json
 import os
 import os.path as osp
 import re

@@ -93,8 +93,8 @@ def colourise(values: np.ndarray, vmax: float) -> np.ndarray:
     return bgr[..., ::-1].copy()
 
 
-def transport_figure(image_rgb: np.ndarray, heat: np.ndarray, captions: Sequence[str],
-                     ) -> Tuple[np.ndarray, List[Tuple[int, int, int, int]], float]:
+def transport_figure(image_rgb: np.ndarray, heat: np.ndarray,
+                     captions: Sequence[str]) -> Tuple[np.ndarray, List[Tuple[int, int, int, int]], float]:
     """The image, one panel per plan column on one shared scale, and the colour bar.
 
     Args:
@@ -140,6 +140,15 @@ def transport_figure(image_rgb: np.ndarray, heat: np.ndarray, captions: Sequence
     return np.asarray(canvas), boxes, vmax
 
 
+def _run_cache_path(cfg) -> str:
+    """The teacher-cache file of the run's first training dataset (``teacher.cache_dir``, name and weights)."""
+    from clip3dreid_plugin.teacher.cache import cache_file_path
+    from clip3dreid_plugin.teacher.weights import weights_label_for
+
+    t = cfg.teacher
+    return cache_file_path(t.cache_dir, cfg.data.sources[0], t.name, weights_label_for(t.pretrained or None, t.name))
+
+
 def phrase_features(cfg, checkpoint: dict) -> PhraseFeatures:
     """The phrase features the student was trained against (see the module docstring for the order tried).
 
@@ -147,9 +156,8 @@ def phrase_features(cfg, checkpoint: dict) -> PhraseFeatures:
         ConfigError: none can be found without a randomly initialised CLIP (the message says what to give).
     """
     from clip3dreid_plugin.config import ConfigError
-    from clip3dreid_plugin.teacher.cache import TeacherCache, cache_file_path
+    from clip3dreid_plugin.teacher.cache import TeacherCache
     from clip3dreid_plugin.teacher.descriptors import DESCRIPTOR_PAIRS, parse_pairs
-    from clip3dreid_plugin.teacher.weights import weights_label_for
 
     stored = checkpoint.get("teacher_text")
     if stored:
@@ -163,8 +171,7 @@ def phrase_features(cfg, checkpoint: dict) -> PhraseFeatures:
                                                           t.ideal_seed), list(DESCRIPTOR_PAIRS),
                               f"the ideal teacher of the config (teacher.ideal_seed {t.ideal_seed})")
     if t.mode == "cache":
-        path = cache_file_path(t.cache_dir, cfg.data.sources[0], t.name, weights_label_for(t.pretrained or None,
-                                                                                           t.name))
+        path = _run_cache_path(cfg)
         try:
             cache = TeacherCache.load(path)
         except FileNotFoundError:
@@ -215,11 +222,9 @@ def descriptor_labels_for(cfg, model: torch.nn.Module, image_path: str, x: torch
         if osp.abspath(image_path) in truth:
             return torch.tensor(truth[osp.abspath(image_path)]), "synthcc's ground truth (the ideal teacher's)"
     if t.mode == "cache":
-        from clip3dreid_plugin.teacher.cache import TeacherCache, TeacherCacheMissError, cache_file_path
-        from clip3dreid_plugin.teacher.weights import weights_label_for
+        from clip3dreid_plugin.teacher.cache import TeacherCache, TeacherCacheMissError
 
-        path = cache_file_path(t.cache_dir, cfg.data.sources[0], t.name, weights_label_for(t.pretrained or None,
-                                                                                           t.name))
+        path = _run_cache_path(cfg)
         if osp.isfile(path):
             try:
                 return TeacherCache.load(path).lookup([image_path])[1][0], f"the teacher cache {path}"
