@@ -16,7 +16,7 @@ import logging
 import os
 import os.path as osp
 from collections import OrderedDict
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, List, Mapping
 
 import numpy as np
 import torch
@@ -121,8 +121,12 @@ def load_checkpoint(fpath: str, map_location: Any = "cpu") -> Dict[str, Any]:
                                   "or written by another program?") from err
 
 
-def load_pretrained_weights(model: torch.nn.Module, fpath: str) -> None:
+def load_pretrained_weights(model: torch.nn.Module, fpath: str) -> List[str]:
     """Loads matching weights from ``fpath`` into ``model`` (``module.`` prefixes stripped).
+
+    Returns:
+        The model's state keys the file did not fill (they keep their initial values). Those outside the
+        classifier (whose size follows the number of training identities) are named in a warning.
 
     Raises:
         CheckpointError: ``fpath`` is unreadable, or no layer of it matches the model.
@@ -141,3 +145,9 @@ def load_pretrained_weights(model: torch.nn.Module, fpath: str) -> None:
     model.load_state_dict(own)
     skipped = len(state) - len(matched)
     logger.info("Loaded %d tensors from %s (%d skipped: name or shape mismatch)", len(matched), fpath, skipped)
+    unfilled = [k for k in own if k not in matched]
+    others = [k for k in unfilled if "classifier" not in k]
+    if others:
+        logger.warning("%d tensors of the model are not in %s and keep their initial values, e.g. %s", len(others),
+                       fpath, ", ".join(others[:3]))
+    return unfilled

@@ -384,7 +384,7 @@ def test_evaluate_shapes(neutral, model_root):
     assert cKDTree(pb).query(pa)[0].mean() == pytest.approx(d.min(1).mean())
 
 
-def test_eval_shape_script(tmp_path, model_root):
+def test_eval_shape_script(tmp_path, model_root, caplog):
     main = load_script("eval_shape").main
 
     betas = np.random.default_rng(1).normal(size=(4, 10)).astype(np.float32)
@@ -401,14 +401,23 @@ def test_eval_shape_script(tmp_path, model_root):
     # right predictions sit at the sampling floor (~7 mm at 10,000 points); wrong ones well above it
     assert res["chamfer_mm"][2] < 9.0 and res["chamfer_mm"][3] < 9.0
     assert res["chamfer_mm"][0] > 15.0 and res["chamfer_mm"][1] > 15.0
+    # Beside it, the error of predicting the body model's mean shape (betas 0) for every image.
+    neutral = load_body_model(model_root, "neutral")
+    ref = np.zeros(4)
+    for g, idx in (("neutral", [0, 2, 3]), ("female", [1])):  # scored per gender, as the script groups them
+        ref[idx] = evaluate_shapes(np.zeros((len(idx), 10)), gt[idx], neutral, num_points=10000, seed=0,
+                                   gt_body_model=load_body_model(model_root, g))["chamfer_mm"]
+    assert res["mean_shape_chamfer_mm"] == pytest.approx(float(np.mean(ref)), rel=1e-6)
+    assert f"predicting the mean shape (betas 0) for every one: {np.mean(ref):.2f} mm" in caplog.text
     assert main(["--body-model", model_root, "--pred-npz", str(tmp_path / "missing.npz"), "--gt-npz",
                  str(tmp_path / "gt.npz")]) == 2
 
 
-def test_make_body_model_script(tmp_path):
+def test_make_body_model_script(tmp_path, caplog):
     main = load_script("make_body_model").main
 
     assert main(["--out", str(tmp_path), "--num-vertices", "400"]) == 0
+    assert f"written to {tmp_path / 'smpl'}" in caplog.text  # a line on success
     model = load_body_model(str(tmp_path), "male")
     assert 400 <= model.num_vertices < 600
 

@@ -435,11 +435,13 @@ def test_dataset_info_json_and_table(trees, capsys):
     assert info.main(["--dataset", "market1501", "--root", trees[0] + "_missing"]) == 2
 
 
-def test_dataset_info_check_images(fresh, capsys):
+def test_dataset_info_check_images(fresh, capsys, caplog):
     info = load_script("dataset_info")
     make_ltcc(fresh)
     assert info.main(["--dataset", "ltcc", "--root", fresh, "--check-images", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["unreadable_images"] == 0
+    n_files = sum(len(files) for _, _, files in os.walk(osp.join(fresh, "LTCC_ReID")))
+    assert f"--check-images: all {n_files} image files of train, query and gallery open" in caplog.text
     with open(osp.join(fresh, "LTCC_ReID", "test", "020_2_c5_000013.png"), "wb") as f:
         f.write(b"not an image")
     assert info.main(["--dataset", "ltcc", "--root", fresh, "--check-images", "--json"]) == 1

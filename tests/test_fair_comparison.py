@@ -4,7 +4,6 @@ scripts, run as written apart from paths and sizes), and baseline/clip3dreid rec
 from __future__ import annotations
 
 import glob
-import json
 import os
 import os.path as osp
 import re
@@ -16,14 +15,13 @@ import pytest
 import torch
 import torchreid
 
-from clip3dreid_plugin.config import load_config
+from clip3dreid_plugin.config import ConfigError, load_config
 from clip3dreid_plugin.engine import CLIP3DReIDEngine, LossSwitches
 from clip3dreid_plugin.losses import global_distill_loss
 from clip3dreid_plugin.models.build import build_model
 from clip3dreid_plugin.models.clip3dreid import CLIP3DReID
 from clip3dreid_plugin.models.imagenet import PretrainedWeightsError
 from fixtures.dataset_trees import make_ccvid, write_image
-from fixtures.tiny_clip import TINY_CLIP_CONFIG, write_tiny_clip_weights
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOY = osp.join(REPO, "configs", "toy", "resnet50_baseline_64x32.yaml")
@@ -271,16 +269,11 @@ def test_train_mode_returns_what_torchreids_losses_expect():
 
 # ------------------------------------------------------------------------------- the full method, from objects
 @pytest.fixture(scope="module")
-def clip768(tmp_path_factory):
-    """A tiny CLIP whose embedding is ViT-L/14's width (768), so the student's default teacher_dim fits."""
-    import open_clip
+def clip64(tmp_path_factory):
+    """A tiny CLIP with 64-d features: not ViT-L/14's 768, the width torchreid's build_model gives the student."""
+    from fixtures.tiny_clip import tiny_clip
 
-    folder = tmp_path_factory.mktemp("clip768")
-    name = "clip3dreid-tiny-768"
-    path = folder / f"{name}.json"
-    path.write_text(json.dumps({**TINY_CLIP_CONFIG, "embed_dim": 768}), encoding="utf-8")
-    open_clip.add_model_config(str(path))
-    return name, write_tiny_clip_weights(str(folder / "w.pt"), name=name)
+    return tiny_clip(str(tmp_path_factory.mktemp("clip64")))
 
 
 @pytest.fixture(scope="module")
@@ -295,7 +288,7 @@ def body_and_meshes(tmp_path_factory):
     return body, meshes
 
 
-def test_clip3dreid_engine_from_objects_trains_every_term(ltcc_root, tmp_path, clip768, body_and_meshes):
+def test_clip3dreid_engine_from_objects_trains_every_term(ltcc_root, tmp_path, clip64, body_and_meshes):
     from clip3dreid_plugin.data.frames import item_image_paths
     from clip3dreid_plugin.teacher.cache import build_teacher_cache
     from clip3dreid_plugin.teacher.clip_teacher import CLIPTeacher
@@ -303,7 +296,7 @@ def test_clip3dreid_engine_from_objects_trains_every_term(ltcc_root, tmp_path, c
     body, meshes = body_and_meshes
     dm = torchreid.data.ImageDataManager(root=ltcc_root, sources="ltcc", height=64, width=32, workers=0)
     cache = str(tmp_path / "ltcc_cache.pt")
-    build_teacher_cache(CLIPTeacher(clip768[0], clip768[1]), item_image_paths(dm.train_loader.dataset.train), cache,
+    build_teacher_cache(CLIPTeacher(clip64[0], clip64[1]), item_image_paths(dm.train_loader.dataset.train), cache,
                         progress=False, dataset="ltcc")
     code = _substitute(_readme_example("clip3dreid-engine"), {
         'root="reid-data"': f"root={ltcc_root!r}", "height=384, width=192": "height=64, width=32, workers=0",
@@ -328,6 +321,10 @@ def test_clip3dreid_engine_from_objects_trains_every_term(ltcc_root, tmp_path, c
     finally:
         CLIP3DReIDEngine.forward_backward = original
     engine, model = ns["engine"], ns["model"]
+    # build_model gave Psi and Phi 768-d inputs; the engine sized them to the cache's 64-d teacher before training.
+    assert model.teacher_dim == 64 and model.image_head[0].in_features == model.text_head[0].in_features == 64
+    trained = {id(p) for group in engine.optimizer.param_groups for p in group["params"]}
+    assert all(id(p) in trained for p in model.parameters())
     assert len(summaries) == 2  # 16 training images, batches of 8
     s = summaries[0]
     assert {"ce", "ot", "global", "ot_syn", "3d", "loss"} <= set(s)
@@ -345,6 +342,39 @@ def test_clip3dreid_engine_from_objects_trains_every_term(ltcc_root, tmp_path, c
     rank1 = engine.last_metrics["ltcc"]["general_rank1"]
     assert rank1 == pytest.approx(_rank1_by_hand(model, ns["datamanager"], "ltcc", flip=True), abs=1e-6)
     assert not any(k.startswith("teacher") for k in model.state_dict())
+
+
+def test_a_width_mismatch_after_training_started_is_one_line(ltcc_root, clip64):
+    from clip3dreid_plugin.teacher.clip_teacher import CLIPTeacher
+
+    dm = torchreid.data.ImageDataManager(root=ltcc_root, sources="ltcc", height=64, width=32, workers=0)
+    model = CLIP3DReID(dm.num_train_pids, local_dim=32, agg_hidden_dim=16, head_hidden_dim=16, teacher_dim=8)
+    opt = torchreid.optim.build_optimizer(model, optim="adam", lr=0.001)
+    model(torch.randn(2, 3, 64, 32)).sum().backward()
+    opt.step()  # the optimizer has state: its heads can no longer be swapped
+    with pytest.raises(ConfigError, match="teacher's features are 64-d but the student's Psi and Phi take 8-d"):
+        CLIP3DReIDEngine(dm, model, opt, use_gpu=False, teacher=CLIPTeacher(clip64[0], clip64[1]))
+
+
+def test_a_plain_script_driving_the_engine_prints_its_evaluation(ltcc_root, tmp_path):
+    """No logging set-up in the script: the engine's evaluation table still reaches the console."""
+    script = f"""
+import torchreid
+import clip3dreid_plugin
+from clip3dreid_plugin.engine import CLIP3DReIDEngine, LossSwitches
+
+clip3dreid_plugin.register()
+dm = torchreid.data.ImageDataManager(root={ltcc_root!r}, sources="ltcc", height=64, width=32, workers=0,
+                                     batch_size_train=8)
+model = torchreid.models.build_model("clip3dreid", num_classes=dm.num_train_pids, loss="softmax", pretrained=False)
+opt = torchreid.optim.build_optimizer(model, optim="adam", lr=0.001)
+engine = CLIP3DReIDEngine(dm, model, opt, use_gpu=False, switches=LossSwitches(use_ot=False, use_global=False))
+engine.run(save_dir={str(tmp_path / "log")!r}, max_epoch=1)
+"""
+    env = dict(os.environ, CLIP3DREID_PROGRESS="0", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "** ltcc **" in proc.stdout and "protocol |   mAP" in proc.stdout, proc.stdout[-2000:]
 
 
 def test_engine_needs_a_teacher_for_distillation_terms(ltcc_root):

@@ -402,6 +402,9 @@ def test_download_prints_sha256_and_checks_it(tmp_path, monkeypatch, capsys):
     root = tmp_path / "right"
     assert download_datasets.main(["--dataset", "ccvid", "--root", str(root), "--sha256", digest.upper()]) == 0
     assert digest in capsys.readouterr().out and (root / "CCVID" / "train.txt").is_file()
+    with pytest.raises(SystemExit) as exit_:
+        download_datasets.main(["--dataset", "ccvid", "--root", str(tmp_path / "x"), "--sha256", "abc"])
+    assert exit_.value.code == 2 and "64 hex digits" in capsys.readouterr().err
 
 
 def test_download_of_a_hostile_archive_fails_and_writes_nothing_outside(tmp_path, monkeypatch):

@@ -173,6 +173,10 @@ def test_manifest_trains_through_the_train_script_and_writes_metrics(manifest_ro
         assert m == ckpt["metrics"]["ccmanifest"]
         cmc = rec[which]["cmc"]["ccmanifest"]["general"]
         assert cmc[0] == pytest.approx(m["general_rank1"]) and cmc[4] == pytest.approx(m["general_rank5"])
+        # The random-ranking floor of each protocol, for clip3dreid-compare's plots (exactness: test_pictures.py).
+        chance = rec[which]["chance_cmc"]["ccmanifest"]
+        assert set(chance) == {"general", "sc", "cc"} and all(len(c) == 50 for c in chance.values())
+        assert all(0 < c[0] <= c[-1] <= 1 for c in chance.values())
 
 
 def test_dataset_info_works_on_a_manifest(manifest_root, capsys):
@@ -215,6 +219,7 @@ def test_compare_prints_the_runs_numbers_and_plots_one_curve_per_run(tmp_path, c
     runs = compare.load_runs(dirs)
     fig = compare.plot_cmc(runs, "last", "ltcc", "general", str(tmp_path / "one.png"))
     lines = fig.axes[0].lines
-    assert [ln.get_label() for ln in lines] == ["base", "mine"]
+    # Records without chance_cmc (written before runs stored it) get no chance line.
+    assert [ln.get_label() for ln in lines] == ["base (mAP 27.5, R1 50.0)", "mine (mAP 30.1, R1 60.0)"]
     assert list(lines[1].get_ydata()) == pytest.approx([60.0, 80.0, 100.0])
     assert compare.main([str(tmp_path / "nothing_here")]) == 2

@@ -308,10 +308,13 @@ class _BareEngine:
         self._models = {"model": torch.nn.Linear(2, 2)}
         self._optims, self._scheds = {"model": None}, {"model": None}
         self.best_metric, self.evaluations, self._rng_after_train, self.is_main = 0.0, {}, None, True
-        self.scaler = scaler
+        self.scaler, self.keep_checkpoints = scaler, 2
 
     def get_model_names(self):
         return ["model"]
+
+    def checkpoint_extras(self) -> dict:
+        return self._mixin.checkpoint_extras(self)
 
     def save(self, save_dir: str) -> None:
         self._mixin.save_model(self, 0, 0.0, save_dir)

@@ -37,6 +37,10 @@ def test_quickstart_runs_every_step_and_the_baseline_beats_chance(tmp_path, teac
     # The table is printed once, with the chance row, the teacher of each row and one verdict line.
     assert proc.stdout.count("| resnet50 (torchreid) |") == 1 and "| random ranking (chance" in proc.stdout
     assert proc.stdout.count(f"| clip3dreid (teacher: {used}) |") == 1
+    with open(osp.join(work, "quickstart.log"), encoding="utf-8") as f:
+        assert f.read().count("| resnet50 (torchreid) |") == 1  # and once in the log file
+    for run in ("resnet50", "clip3dreid"):  # every run folder says how its model was trained
+        assert osp.isfile(osp.join(work, run, "config.yaml")), run
     student = res["results"][f"clip3dreid (teacher: {used})"]["synthcc"]
     line = quickstart.verdict(100 * (student["cc_mAP"] - base["cc_mAP"]), used)
     assert res["verdict"] == line and proc.stdout.count("verdict: ") == 1 and line in proc.stdout

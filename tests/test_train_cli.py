@@ -22,7 +22,7 @@ SMALL = ("model.name", "resnet18")
 
 
 def _opts(root: str, out: str, *extra: str) -> list:
-    # Flags must precede the KEY VALUE overrides (argparse REMAINDER), so extras go before data.root.
+    # Options may stand anywhere on the line (CLIParser); the extras go before data.root.
     return ["--config-file", TOY, "--device", "cpu", "--output-dir", out, "--seed", "3", *extra, "data.root", root]
 
 
@@ -79,6 +79,25 @@ def test_eval_only_reproduces_final_metrics(toy_market_root, tmp_path):
     for k, v in trained["market1501"].items():
         assert evaluated["market1501"][k] == pytest.approx(v, abs=1e-9), k
     assert not osp.isdir(osp.join(str(tmp_path / "eval"), "model"))  # evaluate-only writes no checkpoint
+
+
+def test_keep_checkpoints_leaves_the_latest_and_the_best_and_resumes(toy_market_root, tmp_path):
+    root, _ = toy_market_root
+    out = str(tmp_path / "run")
+    keep = ("runtime.keep_checkpoints", "2", "test.eval_freq", "1", *SMALL)
+    assert train_net.main(_opts(root, out, "train.max_epoch", "5", *keep)) == 0
+    folder = osp.join(out, "model")
+    assert sorted(os.listdir(folder)) == ["model-best.pth.tar", "model.pth.tar-4", "model.pth.tar-5"]
+    best = _state(osp.join(folder, "model-best.pth.tar"))
+    # The best is whichever epoch scored highest, kept even when its own model.pth.tar-N was removed.
+    assert 1 <= best["epoch"] <= 5 and best["best_metric"] == max(
+        _state(osp.join(folder, f))["best_metric"] for f in ("model.pth.tar-4", "model.pth.tar-5"))
+
+    assert train_net.main(_opts(root, out, "--resume", "auto", "train.max_epoch", "6", *keep)) == 0
+    assert sorted(os.listdir(folder)) == ["model-best.pth.tar", "model.pth.tar-5", "model.pth.tar-6"]
+    last = _state(osp.join(folder, "model.pth.tar-6"))
+    # It went on from epoch 5: one more epoch of 4 steps on top of 5 x 4 (36 images, batches of 8, last dropped).
+    assert last["epoch"] == 6 and last["optimizer"]["state"][0]["step"] == 24
 
 
 def _one_line_error(capsys, argv, *needles):

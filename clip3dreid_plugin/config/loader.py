@@ -120,13 +120,21 @@ def load_config(config_file: Optional[str] = None, opts: Sequence[str] = ()) -> 
     opts = list(opts)
     if len(opts) % 2:
         raise ConfigError(f"overrides must be KEY VALUE pairs, got an odd list: {opts}")
-    for key in opts[0::2]:
+    for i, key in enumerate(opts[0::2]):
         node = cfg
         parts = key.split(".")
-        for i, p in enumerate(parts):
+        for p in parts:
             if not isinstance(node, CN) or p not in node:
                 raise ConfigError(f"unknown config key '{key}' on the command line")
             node = node[p]
+        value = opts[2 * i + 1]
+        if isinstance(node, (list, tuple)) and isinstance(value, str) and value.lstrip().startswith("["):
+            # YAML's flow syntax, as the recipes write lists: data.sources "[market1501, ltcc]" (quoted for the
+            # shell); yacs alone would only read Python literals such as "['market1501', 'ltcc']".
+            try:
+                opts[2 * i + 1] = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise ConfigError(f"invalid override: '{key}' takes a list such as [a, b], got {value!r}") from None
     try:
         cfg.merge_from_list(opts)
     except (KeyError, ValueError, TypeError, AssertionError) as err:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime
 import glob
 import logging
+import os
 import os.path as osp
 import re
 import time
@@ -40,10 +41,11 @@ from clip3dreid_plugin.utils.distributed import (all_gather_objects, all_gather_
                                                  get_rank, get_world_size)
 from clip3dreid_plugin.utils.progress import progress
 from clip3dreid_plugin.utils.rng import rng_state, set_rng_state
+from clip3dreid_plugin.utils.runtime import ensure_console_logging
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ClothesAwareEngineMixin", "EvalSettings", "latest_checkpoint", "unwrap"]
+__all__ = ["ClothesAwareEngineMixin", "EvalSettings", "latest_checkpoint", "prune_checkpoints", "unwrap"]
 
 _CKPT_RE = re.compile(r"model\.pth\.tar-(\d+)$")
 
@@ -56,6 +58,28 @@ def latest_checkpoint(save_dir: str, name: str = "model") -> Optional[str]:
         if m and int(m.group(1)) > best_ep:
             best, best_ep = p, int(m.group(1))
     return best
+
+
+def prune_checkpoints(folder: str, keep: int, epoch: int) -> List[str]:
+    """Deletes the ``model.pth.tar-N`` files of ``folder`` with ``N <= epoch`` but the ``keep`` latest of them.
+
+    ``model-best.pth.tar`` is a file of its own and always stays; files of a later epoch (left by an earlier, longer
+    run) are not this run's to delete. ``keep`` 0 keeps every file.
+
+    Returns:
+        The deleted paths.
+    """
+    if keep <= 0:
+        return []
+    found = []
+    for p in glob.glob(osp.join(folder, "model.pth.tar-*")):
+        m = _CKPT_RE.search(p)
+        if m and int(m.group(1)) <= epoch:
+            found.append((int(m.group(1)), p))
+    gone = [p for _, p in sorted(found)[:-keep]]
+    for p in gone:
+        os.remove(p)
+    return gone
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -96,6 +120,8 @@ class ClothesAwareEngineMixin:
     Args:
         eval_settings: protocols, flip averaging and checkpoint selection (default ``EvalSettings()``).
         ckpt_freq: save a checkpoint every this many epochs (0: only at evaluations and the last epoch).
+        keep_checkpoints: keep the latest this many ``model.pth.tar-N`` files (plus ``model-best.pth.tar``); 0 keeps
+            all. The default matches ``runtime.keep_checkpoints``.
         is_main: this process writes checkpoints and logs (rank 0 under ``torch.distributed``).
         show_progress: progress bars on training and feature extraction.
         device: the run's device, e.g. ``cuda:1``; None: ``cuda`` (the current device) if ``use_gpu`` else ``cpu``.
@@ -105,10 +131,12 @@ class ClothesAwareEngineMixin:
     pooling_method: str = "avg"
 
     def __init__(self, *args, eval_settings: Optional[EvalSettings] = None, ckpt_freq: int = 1, is_main: bool = True,
-                 show_progress: bool = True, device: Optional[torch.device] = None, **kwargs):
+                 show_progress: bool = True, device: Optional[torch.device] = None, keep_checkpoints: int = 2,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_settings = eval_settings or EvalSettings()
         self.ckpt_freq = ckpt_freq
+        self.keep_checkpoints = keep_checkpoints
         self.is_main = is_main
         self.show_progress = show_progress
         if device is None:
@@ -118,6 +146,8 @@ class ClothesAwareEngineMixin:
         self.last_metrics: Dict[str, Dict[str, float]] = {}
         # Full CMC curves of the last evaluation, {target: {protocol: [max_rank floats]}}.
         self.last_cmc: Dict[str, Dict[str, List[float]]] = {}
+        # The expected CMC of a random ranking on each target's split, {target: {protocol: [max_rank floats]}}.
+        self.last_chance_cmc: Dict[str, Dict[str, List[float]]] = {}
         # The last and the best evaluation: {"epoch", "metrics", "cmc"} each (what metrics.json records).
         self.evaluations: Dict[str, dict] = {}
         # (target, protocols, distmat, save_dir, topk) of each target whose ranked results test() draws at its end.
@@ -154,11 +184,19 @@ class ClothesAwareEngineMixin:
                 "rng": own,  # rank 0's, what checkpoints without rng_per_rank hold
                 "rng_per_rank": per_rank,
                 "scaler": scaler.state_dict() if scaler is not None else None,
+                **self.checkpoint_extras(),
             }
             path = compat.save_checkpoint(state, osp.join(save_dir, name, f"model.pth.tar-{epoch + 1}"))
             if is_best:
                 compat.save_checkpoint(state, osp.join(save_dir, name, "model-best.pth.tar"))
             logger.info("saved %s%s", path, " (best)" if is_best else "")
+            # Only once the new file is complete: a run killed now still resumes from it.
+            for gone in prune_checkpoints(osp.join(save_dir, name), self.keep_checkpoints, epoch + 1):
+                logger.info("removed %s (runtime.keep_checkpoints %d)", gone, self.keep_checkpoints)
+
+    def checkpoint_extras(self) -> dict:
+        """Entries an engine adds to every checkpoint it writes (none here)."""
+        return {}
 
     def resume(self, fpath: str, name: str = "model") -> int:
         """Restores model, optimizer and scheduler from ``fpath``; returns the epoch to start from."""
@@ -205,6 +243,7 @@ class ClothesAwareEngineMixin:
             ``{dataset: {metric: value}}`` of the last evaluation.
         """
         _refuse_cuhk03(use_metric_cuhk03)  # before training, not at the first evaluation
+        ensure_console_logging()
         eval_kw = dict(dist_metric=dist_metric, normalize_feature=normalize_feature, visrank=visrank,
                        visrank_topk=visrank_topk, save_dir=save_dir, use_metric_cuhk03=use_metric_cuhk03,
                        ranks=ranks, rerank=rerank)
@@ -283,7 +322,8 @@ class ClothesAwareEngineMixin:
     # ------------------------------------------------------------------ evaluation
     def _record_evaluation(self, which: str, epoch: int) -> None:
         """Keeps the current evaluation as the ``last`` or ``best`` one, after ``epoch`` epochs (0: evaluation only)."""
-        self.evaluations[which] = {"epoch": epoch, "metrics": self.last_metrics, "cmc": self.last_cmc}
+        self.evaluations[which] = {"epoch": epoch, "metrics": self.last_metrics, "cmc": self.last_cmc,
+                                   "chance_cmc": self.last_chance_cmc}
 
     def selection_score(self, metrics: Dict[str, Dict[str, float]]) -> float:
         """Score used to pick the best checkpoint: the first target's CC rank-1 when defined."""
@@ -401,6 +441,7 @@ class ClothesAwareEngineMixin:
             as ``Test/<name>/rank1|mAP``.
         """
         from clip3dreid_plugin.evaluation import evaluate_all
+        from clip3dreid_plugin.evaluation.chance import chance_cmc
         from clip3dreid_plugin.evaluation.distance import FeatureDistances, chunked_distmat
 
         name = dataset_name
@@ -428,6 +469,8 @@ class ClothesAwareEngineMixin:
         lines = [f"** {name} ** (camera rule: {getattr(self.datamanager, 'camera_rules', {}).get(name, 'camid')})",
                  "  protocol |   mAP  | " + " | ".join(f"R{r:<4d}" for r in ranks)]
         self.last_cmc[name] = {mode: [float(v) for v in cmc] for mode, (cmc, _) in out.items()}
+        self.last_chance_cmc[name] = {mode: chance_cmc(q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, mode,
+                                                       self.eval_settings.max_rank) for mode in out}
         for mode, (cmc, mAP) in out.items():
             metrics[f"{mode}_mAP"] = float(mAP)
             for r in ranks:

@@ -25,6 +25,10 @@ def _clip3dreid_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gp
     from clip3dreid_plugin.teacher.source import build_teacher_source
 
     switches = LossSwitches.from_cfg(cfg)
+    if cfg.test.evaluate:
+        # Inference uses the student alone (as in the paper): evaluating needs no teacher, no teacher cache, no
+        # synthetic bodies and no body model, so none is built.
+        switches = LossSwitches(use_ce=True, use_ot=False, use_global=False, use_3d=False)
     teacher = None
     if switches.use_ot or switches.use_global or switches.use_3d:
         teacher = build_teacher_source(cfg, _train_paths_per_source(datamanager), device=common["device"])
@@ -105,4 +109,4 @@ def build_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: boo
         device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
     return builder(cfg, datamanager, model, optimizer, scheduler, use_gpu, eval_settings=EvalSettings.from_cfg(cfg),
                    ckpt_freq=cfg.runtime.ckpt_freq, is_main=is_main, show_progress=cfg.runtime.progress,
-                   device=device)
+                   device=device, keep_checkpoints=cfg.runtime.keep_checkpoints)

@@ -28,7 +28,7 @@ import torchreid
 
 from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.data.frames import batch_frame_paths
-from clip3dreid_plugin.engine.base import ClothesAwareEngineMixin
+from clip3dreid_plugin.engine.base import ClothesAwareEngineMixin, unwrap
 from clip3dreid_plugin.engine.diagnostics import CollapseMonitor
 from clip3dreid_plugin.losses import OTLoss, global_distill_loss
 from clip3dreid_plugin.teacher.source import as_teacher_source
@@ -60,6 +60,28 @@ class LossSwitches:
         weights = {"ce": 1.0, "triplet": self.triplet_weight, "ot": self.alpha, "global": self.beta,
                    "ot_syn": self.gamma, "3d": self.gamma}
         return {f"w_{k}": weights[k] * v for k, v in terms.items() if k in weights}
+
+
+def _fit_teacher_width(model, optimizer, teacher) -> None:
+    """Gives a student of torchreid's ``build_model`` (which cannot pass a width) Psi and Phi of the teacher's width.
+
+    Only before the first step, on the plain module: the new heads replace the old ones in the optimizer, which has
+    no state yet. Otherwise a width mismatch is a one-line error instead of a bare ``addmm`` shape error later.
+    """
+    width = getattr(teacher, "embed_dim", None)
+    student = unwrap(model)
+    if width is None or getattr(student, "teacher_dim", width) == width:
+        return
+    if student is not model or (optimizer is not None and optimizer.state):
+        raise ConfigError(f"the teacher's features are {width}-d but the student's Psi and Phi take "
+                          f"{student.teacher_dim}-d inputs: build it with clip3dreid.teacher_dim {width}")
+    old = student.teacher_dim
+    swap = student.resize_teacher_heads(width)
+    if optimizer is not None:
+        for group in optimizer.param_groups:
+            group["params"] = [swap.get(id(p), p) for p in group["params"]]
+    logger.info("clip3dreid: the teacher's features are %d-d, so Psi and Phi now take %d-d inputs (built for %d)",
+                width, width, old)
 
 
 class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
@@ -102,6 +124,7 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         super().__init__(datamanager, use_gpu, **kwargs)
         switches = switches if switches is not None else LossSwitches()
         teacher = as_teacher_source(teacher, datamanager)
+        _fit_teacher_width(model, optimizer, teacher)
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -129,6 +152,14 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         self.pooling_method = pooling_method
         self.monitor = CollapseMonitor(diagnostics_every)
         self._diagnostics: Dict[str, float] = {}
+
+    def checkpoint_extras(self) -> dict:
+        """``teacher_text``: the phrase features ``[M, 2, d]`` the student was trained against, their pairs and the
+        teacher's name (a few hundred KB, never the teacher itself), so that inference tools such as
+        ``clip3dreid-visualize-transport`` need no teacher. A source of the user's own without ``text_record``
+        adds nothing."""
+        record = getattr(self.teacher, "text_record", None)
+        return {"teacher_text": record()} if callable(record) else {}
 
     def _autocast(self):
         if self.amp == "none":

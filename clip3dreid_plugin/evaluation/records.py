@@ -4,7 +4,8 @@ Layout::
 
     {"model": "clip3dreid", "seed": 1, "config_file": "...", "config_sha256": "...",
      "last": {"epoch": 12, "metrics": {target: {"general_mAP": ..., "general_rank1": ..., ...}},
-              "cmc": {target: {protocol: [CMC at ranks 1..max_rank]}}},
+              "cmc": {target: {protocol: [CMC at ranks 1..max_rank]}},
+              "chance_cmc": {target: {protocol: [the expected CMC of a random ranking]}}},
      "best": {... the evaluation that picked model-best ...}}
 
 Metrics are fractions; ``epoch`` 0 marks an evaluation-only run.

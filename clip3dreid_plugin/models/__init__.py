@@ -14,4 +14,8 @@ MODEL_FACTORIES: Dict[str, Callable] = {
     "shape_probe": shape_probe,  # ResNet-50 regressing true body shape (synthcc's shape-visibility probe)
 }
 
-__all__ = ["MODEL_FACTORIES"]
+#: Models whose ``pretrained=True`` loads weights their checkpoints never hold (the frozen CLIP), so a checkpoint
+#: does not replace them; every other model's checkpoint overwrites its ImageNet weights.
+PRETRAINED_OUTSIDE_CHECKPOINT = frozenset({"clip_zeroshot", "clip_linear"})
+
+__all__ = ["MODEL_FACTORIES", "PRETRAINED_OUTSIDE_CHECKPOINT"]

@@ -13,7 +13,7 @@ from yacs.config import CfgNode as CN
 
 from clip3dreid_plugin import compat
 from clip3dreid_plugin.config.loader import ConfigError
-from clip3dreid_plugin.models import MODEL_FACTORIES
+from clip3dreid_plugin.models import MODEL_FACTORIES, PRETRAINED_OUTSIDE_CHECKPOINT
 from clip3dreid_plugin.models.imagenet import PretrainedWeightsError, ensure_pretrained_file, torchreid_pretrained_url
 
 logger = logging.getLogger(__name__)
@@ -26,11 +26,19 @@ def model_kwargs_from_cfg(cfg: CN) -> Dict[str, Any]:
     return {"cfg": cfg}
 
 
-def build_model(cfg: CN, num_classes: int, use_gpu: bool) -> nn.Module:
+def build_model(cfg: CN, num_classes: int, use_gpu: bool, checkpoint: str = "") -> nn.Module:
     """Builds ``cfg.model.name`` from torchreid's registry (call ``register()`` first).
 
     With ``model.pretrained True``, a torchreid model's ImageNet file is put in torch's model-zoo cache first (or a
     one-line error names it), so that torchreid's own loader never meets a dead network.
+
+    Args:
+        cfg: the merged config.
+        num_classes: classifier size.
+        use_gpu: torchreid's flag.
+        checkpoint: a checkpoint the caller loads into the model next. Its weights replace the ImageNet ones, so
+            those are neither loaded nor asked for (an evaluation needs no ImageNet file); the frozen CLIP of
+            ``clip_zeroshot`` / ``clip_linear`` is never in a checkpoint and is still loaded.
 
     Raises:
         ConfigError: the name is not a registered model.
@@ -44,13 +52,17 @@ def build_model(cfg: CN, num_classes: int, use_gpu: bool) -> nn.Module:
             + ", ".join(sorted(table)[:12]) + ", ... (see torchreid.models.show_avai_models())"
         )
     factory = table[name]
-    fetches_own = bool(cfg.model.pretrained) and name not in MODEL_FACTORIES
+    pretrained = bool(cfg.model.pretrained)
+    if pretrained and checkpoint and name not in PRETRAINED_OUTSIDE_CHECKPOINT:
+        logger.info("model.pretrained: ImageNet weights not loaded, %s replaces them", checkpoint)
+        pretrained = False
+    fetches_own = pretrained and name not in MODEL_FACTORIES
     if fetches_own:
         url = torchreid_pretrained_url(name, factory)
         if url is not None:
             ensure_pretrained_file(url, f"torchreid's '{name}'")
             fetches_own = False
-    kwargs = dict(num_classes=num_classes, loss=cfg.loss.name, pretrained=cfg.model.pretrained, use_gpu=use_gpu)
+    kwargs = dict(num_classes=num_classes, loss=cfg.loss.name, pretrained=pretrained, use_gpu=use_gpu)
     params = inspect.signature(factory).parameters
     if "cfg" in params:
         kwargs.update(model_kwargs_from_cfg(cfg))
@@ -73,8 +85,11 @@ def build_model(cfg: CN, num_classes: int, use_gpu: bool) -> nn.Module:
 def build_inference_model(cfg: CN, weights: str = "") -> nn.Module:
     """Eval-mode model of ``cfg.model.name`` with ``weights`` loaded (classifier size read from the file).
 
+    With ``weights`` no ImageNet file is needed: the checkpoint replaces those weights (see :func:`build_model`).
+
     Raises:
         FileNotFoundError: ``weights`` does not exist.
+        CheckpointError: ``weights`` leaves tensors of the model (other than the classifier) unfilled.
     """
     num_classes = 1
     if weights:
@@ -83,7 +98,21 @@ def build_inference_model(cfg: CN, weights: str = "") -> nn.Module:
         for k, v in state.items():
             if k.endswith("classifier.weight"):
                 num_classes = v.shape[0]
-    model = build_model(cfg, num_classes, use_gpu=False)
+            # A student trained from objects took its teacher's width, which its config may not say (Phi's input).
+            if cfg.model.name == "clip3dreid" and k.endswith(("image_head.0.weight", "image_head.weight")) \
+                    and v.shape[1] != cfg.clip3dreid.teacher_dim:
+                logger.info("clip3dreid.teacher_dim %d, read from %s (the config says %d)", v.shape[1], weights,
+                            cfg.clip3dreid.teacher_dim)
+                cfg = cfg.clone()
+                cfg.defrost()
+                cfg.clip3dreid.teacher_dim = int(v.shape[1])
+    model = build_model(cfg, num_classes, use_gpu=False, checkpoint=weights)
     if weights:
-        compat.load_pretrained_weights(model, weights)
+        # At inference every tensor matters but the classifier (sized by the number of training identities).
+        unfilled = [k for k in compat.load_pretrained_weights(model, weights) if "classifier" not in k]
+        if unfilled:
+            raise compat.CheckpointError(
+                f"'{weights}' does not fit the {cfg.model.name} model its config describes: {len(unfilled)} tensors "
+                f"are missing or of another shape (e.g. {unfilled[0]}); use the config the run wrote "
+                "(RUN/config.yaml) as --config-file")
     return model.eval()

@@ -178,6 +178,8 @@ class CLIP3DReID(nn.Module):
             del self.bnneck.bias
             self.bnneck.register_buffer("bias", torch.zeros(local_dim))
         self.classifier = nn.Linear(local_dim, num_classes, bias=classifier_init == "torchreid")
+        self._head_args = (local_dim, head_type, head_hidden_dim, fixed_text_head)
+        self.teacher_dim = teacher_dim
         self.text_head = build_head(teacher_dim, local_dim, head_type, head_hidden_dim)  # Psi
         if fixed_text_head:
             # Built after the trained head it replaces, so every other layer starts from the same weights as with
@@ -191,6 +193,27 @@ class CLIP3DReID(nn.Module):
             nn.init.zeros_(self.classifier.bias)
         else:
             nn.init.normal_(self.classifier.weight, std=0.001)
+
+    def resize_teacher_heads(self, teacher_dim: int) -> Dict[int, nn.Parameter]:
+        """Rebuilds Psi and Phi, freshly initialised, for ``teacher_dim``-wide teacher features.
+
+        torchreid's ``build_model`` cannot pass the teacher's width, so a student built through it has the default
+        (768, ViT-L/14); :class:`~clip3dreid_plugin.engine.CLIP3DReIDEngine` calls this before the first step when
+        its teacher is another width. The new heads sit on the old ones' device.
+
+        Returns:
+            ``id`` of each old parameter -> its replacement (same name, another input width), for the optimizer.
+        """
+        local_dim, head_type, hidden, fixed = self._head_args
+        device = next(self.image_head.parameters()).device
+        old_text, old_image = dict(self.text_head.named_parameters()), dict(self.image_head.named_parameters())
+        self.text_head = (FixedIsometry(teacher_dim, local_dim) if fixed
+                          else build_head(teacher_dim, local_dim, head_type, hidden)).to(device)
+        self.image_head = build_head(teacher_dim, local_dim, head_type, hidden).to(device)
+        self.teacher_dim = teacher_dim
+        swap = {id(old_text[n]): p for n, p in self.text_head.named_parameters()}
+        swap.update({id(old_image[n]): p for n, p in self.image_head.named_parameters()})
+        return swap
 
     def load_imagenet(self, path: str) -> None:
         """Loads a torchvision ResNet state dict (``conv1.*``, ``layer1.*``, ...) into the trunk.

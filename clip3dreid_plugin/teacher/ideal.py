@@ -78,6 +78,7 @@ class IdealTeacherSource:
         self.labels = torch.tensor([list(labels_by_path[p]) for p in self.paths], dtype=torch.long)
         self.betas = torch.tensor([list(betas_by_path[p]) for p in self.paths], dtype=torch.float32)
         num_pairs = self.labels.size(1) if self.paths else len(DESCRIPTOR_PAIRS)
+        self.seed = seed
         self._text = orthonormal_phrase_features(num_pairs, embed_dim, seed)
         self.projection = shape_projection(self.betas.size(1) if self.paths else 0, embed_dim, seed)
         self.g = F.normalize(self.betas @ self.projection.T, dim=-1)
@@ -125,3 +126,9 @@ class IdealTeacherSource:
     def gather_text(self, labels: torch.Tensor) -> torch.Tensor:
         """``[B, M]`` labels -> ``[B, M, d]`` phrase features."""
         return gather_text_features(self._text, labels)
+
+    def text_record(self) -> dict:
+        """Phrase features ``[M, 2, d]``, pairs and the teacher's name (see ``CacheTeacherSource.text_record``)."""
+        pairs = DESCRIPTOR_PAIRS[: self._text.size(0)]
+        return {"features": self._text.clone(), "pairs": [list(p) for p in pairs],
+                "teacher": f"ideal teacher (synthcc ground truth, teacher.ideal_seed {self.seed})"}

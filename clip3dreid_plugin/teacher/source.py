@@ -58,6 +58,13 @@ class CacheTeacherSource:
         """``[B, M]`` labels -> ``[B, M, d]`` text features."""
         return self.cache.gather_text_features(labels)
 
+    def text_record(self) -> dict:
+        """What a checkpoint keeps of this teacher: its phrase features ``[M, 2, d]``, pairs and where they came
+        from (see :meth:`CLIP3DReIDEngine.checkpoint_extras`)."""
+        fp = self.cache.fingerprint
+        return {"features": self.cache.text_features.float().cpu(), "pairs": [list(p) for p in self.cache.pairs],
+                "teacher": f"teacher cache {self.cache.source} ({fp.get('teacher')}, weights {fp.get('weights')})"}
+
 
 class OnlineTeacherSource:
     """Runs the frozen CLIP teacher on every training batch.
@@ -83,6 +90,11 @@ class OnlineTeacherSource:
 
     def gather_text(self, labels: torch.Tensor) -> torch.Tensor:
         return self.teacher.gather_text_features(labels)
+
+    def text_record(self) -> dict:
+        """Phrase features ``[M, 2, d]``, pairs and the teacher's name (see :meth:`CacheTeacherSource.text_record`)."""
+        return {"features": self.teacher.descriptor_text_features().float().cpu(),
+                "pairs": [list(p) for p in self.teacher.pairs], "teacher": f"CLIP ({self.teacher.extra_repr()})"}
 
 
 def build_teacher(cfg: CN, device="cpu") -> CLIPTeacher:

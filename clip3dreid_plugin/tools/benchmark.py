@@ -13,7 +13,6 @@ loading is excluded and the numbers compare model + loss + optimizer work only.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
 import statistics
@@ -24,6 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from clip3dreid_plugin.tools.common import CLIParser
 from clip3dreid_plugin.utils.io import atomic_write_json
 from clip3dreid_plugin.utils.runtime import DEVICE_HELP
 
@@ -269,7 +269,7 @@ def _table(res: Dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description="Training, labelling and evaluation throughput on one device.")
+    p = CLIParser(description="Training, labelling and evaluation throughput on one device.")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--height", type=int, default=384)

@@ -17,7 +17,6 @@ build that has ``CascadeClassifier``).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import os.path as osp
@@ -27,6 +26,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+
+from clip3dreid_plugin.tools.common import CLIParser
 
 logger = logging.getLogger("blur_faces")
 
@@ -177,7 +178,7 @@ def process_tree(src: str, dst: str, detect: Detector, overwrite: bool = False, 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 2 bad arguments or no detector)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = CLIParser(description=__doc__.split("\n")[0])
     parser.add_argument("--src", required=True, help="dataset folder to read, e.g. ROOT/Celeb-reID")
     parser.add_argument("--dst", required=True, help="folder to write, e.g. ROOT/Celeb-reID-blur")
     parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --dst")

@@ -13,7 +13,6 @@ arguments rebuild it. Rendering is headless (EGL or OSMesa).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os.path as osp
 import sys
@@ -24,6 +23,7 @@ from clip3dreid_plugin.body.render import HeadlessGLError
 from clip3dreid_plugin.body.smpl_io import BodyModelError
 from clip3dreid_plugin.config.defaults import get_cfg
 from clip3dreid_plugin.body.synthcc import SynthCCError, build_synthcc
+from clip3dreid_plugin.tools.common import CLIParser
 
 logger = logging.getLogger("build_synthcc")
 
@@ -31,7 +31,7 @@ logger = logging.getLogger("build_synthcc")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 2 bad input or environment)."""
     sc = get_cfg().synthcc  # the config's synthcc.* defaults, so the script and the quickstart agree
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = CLIParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", required=True, help="data root; the set goes to ROOT/synthcc")
     parser.add_argument("--body-model", default="",
                         help="folder with smpl/SMPL_{FEMALE,MALE}.pkl (default: write the procedural body "

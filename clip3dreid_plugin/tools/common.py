@@ -1,13 +1,82 @@
-"""What the command-line tools share: logging set-up, the one-line report of user errors, and for the inference
-tools the student and its transform."""
+"""What the command-line tools share: the argument parser, logging set-up, the one-line report of user errors, and
+for the inference tools the student and its transform."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple
+import argparse
+import re
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
-import torch
-from yacs.config import CfgNode
+if TYPE_CHECKING:  # a command's parser is built before torch is imported (``--help`` stays fast)
+    import torch
+    from yacs.config import CfgNode
 
-__all__ = ["start_cli", "error_line", "report_error", "user_error_types", "load_student", "eval_transform"]
+__all__ = ["CLIParser", "add_overrides", "start_cli", "error_line", "report_error", "user_error_types",
+           "load_student", "run_config_for", "eval_transform"]
+
+
+class CLIParser(argparse.ArgumentParser):
+    """The argument parser of every command of the plugin: options anywhere on the line, errors in one line.
+
+    Options may come before, between or after the ``KEY VALUE`` config overrides (argparse's
+    ``parse_intermixed_args``), so ``clip3dreid-train --config-file CFG data.root /data --output-dir out`` and
+    ``clip3dreid-train --output-dir out --config-file CFG data.root /data`` mean the same. After a bare ``--``
+    every token is an override. A token that is not an option of this command (or an option after ``--``) ends
+    in one line naming it and where it belongs.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Before Python 3.13 argparse takes "-1e-4" for an unknown option; a config value may be any number.
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
+
+    def _long_options(self) -> List[str]:
+        return [s for a in self._actions for s in a.option_strings if s.startswith("--") and s != "--help"]
+
+    def _misplaced(self, token: str) -> str:
+        """The one-line message for ``token``, which this command does not take where it stands."""
+        name = token.split("=", 1)[0]
+        has_overrides = any(a.dest == "opts" for a in self._actions)
+        if not name.startswith("-"):
+            return (f"unexpected argument '{token}': {self.prog} takes no KEY VALUE config overrides"
+                    if not has_overrides else f"unexpected argument '{token}'")
+        if "." in name.lstrip("-") and has_overrides:
+            return (f"'{name}' is not an option: config overrides are KEY VALUE pairs without dashes, "
+                    f"e.g. '{name.lstrip('-')} VALUE'")
+        where = " anywhere on the line, before or after the KEY VALUE overrides" if has_overrides else ""
+        return f"unknown option '{name}'; {self.prog} takes {', '.join(self._long_options())}{where}"
+
+    def parse_args(self, args: Optional[Sequence[str]] = None, namespace=None) -> argparse.Namespace:
+        """``parse_intermixed_args`` plus the checks above; exits with status 2 and one line on a bad token."""
+        import sys
+
+        argv = list(sys.argv[1:] if args is None else args)
+        # argparse's intermixed parsing mishandles a bare "--" (Python 3.11), so the tail after it is split off here.
+        tail: List[str] = []
+        if "--" in argv:
+            cut = argv.index("--")
+            argv, tail = argv[:cut], argv[cut + 1:]
+        ns, extras = self.parse_known_intermixed_args(argv, namespace)
+        if extras:
+            self.error(self._misplaced(extras[0]))
+        if tail:
+            if not hasattr(ns, "opts"):
+                self.error(self._misplaced(tail[0]))
+            own = set(self._long_options())
+            for token in tail:
+                if token.split("=", 1)[0] in own:
+                    self.error(f"'{token}' is an option of {self.prog}, but after '--' it reads as a config key: "
+                               f"put it before the '--'")
+            ns.opts = list(ns.opts) + tail
+        return ns
+
+    def error(self, message: str):
+        """One line on stderr (``error: ...``, as every user error of the plugin) and exit status 2."""
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def add_overrides(parser: argparse.ArgumentParser, help: str = "config overrides, e.g. data.root /data") -> None:
+    """The positional ``KEY VALUE`` config overrides (``args.opts``) of a command that takes them."""
+    parser.add_argument("opts", nargs="*", metavar="KEY VALUE", help=f"{help} (options may follow them)")
 
 
 def start_cli(stream=None) -> None:
@@ -78,13 +147,24 @@ def report_error(err: BaseException) -> int:
     return 2
 
 
+def run_config_for(weights: str) -> str:
+    """The ``config.yaml`` a training run wrote beside a checkpoint of it (``RUN/model/<file>`` -> ``RUN``), or
+    empty when there is none."""
+    import os.path as osp
+
+    path = osp.join(osp.dirname(osp.dirname(osp.abspath(weights))), "config.yaml") if weights else ""
+    return path if path and osp.isfile(path) else ""
+
+
 def load_student(config_file: str, opts: Sequence[str], weights: str) -> Tuple[CfgNode, torch.nn.Module]:
     """Merges the config, registers the plugin and builds the eval-mode model from a checkpoint.
 
     Args:
-        config_file: YAML recipe; empty for the defaults.
+        config_file: YAML recipe; empty for the ``config.yaml`` of the checkpoint's run when there is one (the
+            model it trained), else the defaults.
         opts: ``KEY VALUE`` overrides.
-        weights: checkpoint path; empty keeps the initialised weights.
+        weights: checkpoint path; empty keeps the initialised weights. It replaces the ImageNet weights, so none
+            are needed.
 
     Returns:
         ``(cfg, model)``.
@@ -92,12 +172,17 @@ def load_student(config_file: str, opts: Sequence[str], weights: str) -> Tuple[C
     Raises:
         ConfigError: a bad key or value (named in the message).
         FileNotFoundError: the checkpoint is missing.
-        RuntimeError: the checkpoint does not fit the model.
+        CheckpointError: the checkpoint is unreadable or does not fit the model.
     """
+    import logging
+
     import clip3dreid_plugin
     from clip3dreid_plugin.config import load_config
     from clip3dreid_plugin.models.build import build_inference_model
 
+    if not config_file and run_config_for(weights):
+        config_file = run_config_for(weights)
+        logging.getLogger(__name__).info("config: %s (written by the run of %s)", config_file, weights)
     cfg = load_config(config_file or None, list(opts))
     clip3dreid_plugin.register()
     return cfg, build_inference_model(cfg, weights)

@@ -12,7 +12,6 @@ Example::
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import os.path as osp
@@ -20,6 +19,7 @@ import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from clip3dreid_plugin.evaluation.records import read_metrics
+from clip3dreid_plugin.tools.common import CLIParser
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +66,12 @@ def comparison_table(runs: Sequence[Run], which: str = "last") -> str:
 def plot_cmc(runs: Sequence[Run], which: str, target: str, protocol: str, path: str):
     """Writes the CMC curves of every run that has one for ``target``/``protocol`` to ``path`` (PNG).
 
+    Each run's legend entry carries its mAP and rank-1; the dashed curve is the expected CMC of a random ranking on
+    the same split (``chance_cmc`` in ``metrics.json``), the floor to read the others against. A record written
+    before runs stored it has no chance curve, and a warning says so.
+
     Returns:
-        The matplotlib figure (closed); its axes hold one line per plotted run.
+        The matplotlib figure (closed); its axes hold one line per plotted run, then the chance line.
     """
     import matplotlib
 
@@ -75,14 +79,25 @@ def plot_cmc(runs: Sequence[Run], which: str, target: str, protocol: str, path: 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
+    chance = None
     for label, rec in runs:
-        cmc = rec.get(which, {}).get("cmc", {}).get(target, {}).get(protocol)
+        ev = rec.get(which, {})
+        cmc = ev.get("cmc", {}).get(target, {}).get(protocol)
         if cmc:
-            ax.plot(range(1, len(cmc) + 1), [100 * v for v in cmc], label=label)
+            m = ev.get("metrics", {}).get(target, {})
+            scores = (f" (mAP {100 * m[f'{protocol}_mAP']:.1f}, R1 {100 * m[f'{protocol}_rank1']:.1f})"
+                      if f"{protocol}_mAP" in m and f"{protocol}_rank1" in m else "")
+            ax.plot(range(1, len(cmc) + 1), [100 * v for v in cmc], label=label + scores)
+        chance = chance or ev.get("chance_cmc", {}).get(target, {}).get(protocol)
+    if chance:
+        ax.plot(range(1, len(chance) + 1), [100 * v for v in chance], linestyle="--", color="0.4",
+                label=f"chance: random ranking (R1 {100 * chance[0]:.1f})")
+    else:
+        logger.warning("CMC %s/%s: no chance curve (the runs' metrics.json predate chance_cmc)", target, protocol)
     ax.set(xlabel="rank", ylabel="matching rate (%)", title=f"{target}, {protocol} protocol ({which} evaluation)",
            ylim=(0, 100))
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -104,7 +119,7 @@ def write_comparison(runs: Sequence[Run], output: str, which: str = "last") -> T
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description="Compare clip3dreid-train runs: a markdown table and CMC plots.")
+    p = CLIParser(description="Compare clip3dreid-train runs: a markdown table and CMC plots.")
     p.add_argument("run_dirs", nargs="+", help="output folders of clip3dreid-train runs (each holds metrics.json)")
     p.add_argument("--which", default="last", choices=["last", "best"],
                    help="the last evaluation (default) or the one that picked model-best")

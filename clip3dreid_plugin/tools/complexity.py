@@ -10,7 +10,6 @@ Usage::
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from typing import Dict, List, Optional, Sequence
@@ -19,6 +18,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from clip3dreid_plugin.tools.common import CLIParser
 from clip3dreid_plugin.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def teacher_complexity(name: str) -> Dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = CLIParser(description=__doc__.splitlines()[0])
     p.add_argument("--height", type=int, default=384)
     p.add_argument("--width", type=int, default=192)
     p.add_argument("--num-classes", type=int, default=77, help="classifier size (77 = LTCC train ids)")

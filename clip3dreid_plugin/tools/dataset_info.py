@@ -15,12 +15,13 @@ of the dataset: the chance level a trained model's numbers should be read agains
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from clip3dreid_plugin.tools.common import CLIParser
 
 logger = logging.getLogger("dataset_info")
 
@@ -75,8 +76,12 @@ def collect_info(name: str, root: str) -> dict:
     return info
 
 
-def check_images(ds) -> List[str]:
-    """Opens every image (every frame of a video dataset) of every split; returns the error messages."""
+def check_images(ds) -> Tuple[List[str], int]:
+    """Opens every image (every frame of a video dataset) of every split.
+
+    Returns:
+        ``(error messages, number of files opened)``.
+    """
     from clip3dreid_plugin.data.frames import item_image_paths
     from clip3dreid_plugin.utils.progress import progress
     from datasets_ext.image_io import ImageReadError, read_image
@@ -88,7 +93,7 @@ def check_images(ds) -> List[str]:
             read_image(path)
         except ImageReadError as err:
             errors.append(str(err))
-    return errors
+    return errors, len(paths)
 
 
 def format_table(info: dict) -> str:
@@ -111,7 +116,7 @@ def format_table(info: dict) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 1 unreadable images, 2 bad dataset)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = CLIParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", required=True, help="registered dataset name, e.g. ltcc, prcc, ccvid")
     parser.add_argument("--root", required=True, help="folder holding the dataset folder (or the dataset folder)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -136,13 +141,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ds = info.pop("_dataset")
     status = 0
     if args.check_images:
-        errors = check_images(ds)
+        errors, checked = check_images(ds)
         info["unreadable_images"] = len(errors)
         for msg in errors[:20]:
             logger.error("%s", msg)
         if errors:
-            logger.error("%d unreadable image(s)", len(errors))
+            logger.error("%d unreadable image(s) of %d", len(errors), checked)
             status = 1
+        else:
+            logger.info("--check-images: all %d image files of train, query and gallery open", checked)
     if args.chance > 0:
         if info["kind"] == "video":
             logger.error("--chance is for image datasets; '%s' is a video dataset", args.dataset)

@@ -15,10 +15,10 @@ download or extraction failed, 2 on bad arguments.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import os.path as osp
+import re
 import stat
 import sys
 import tarfile
@@ -26,6 +26,7 @@ import zipfile
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
 
+from clip3dreid_plugin.tools.common import CLIParser
 from clip3dreid_plugin.utils.paths import stays_inside
 
 logger = logging.getLogger("download_datasets")
@@ -296,7 +297,7 @@ def download(name: str, root: str, sha256: Optional[str] = None) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status."""
     names = sorted(SOURCES) + sorted(ALIASES)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = CLIParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", required=True, choices=names)
     parser.add_argument("--root", required=True, help="folder that will hold the dataset folder")
     parser.add_argument("--no-download", action="store_true", help="only print instructions and the expected tree")
@@ -304,6 +305,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="expected SHA-256 of the downloaded archive (printed after every download); "
                              "a different archive is not extracted")
     args = parser.parse_args(argv)
+    if args.sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", args.sha256.strip()):
+        parser.error(f"--sha256 takes the 64 hex digits of a SHA-256, got '{args.sha256}'")
     from clip3dreid_plugin.tools.common import start_cli
 
     start_cli(stream=sys.stderr)

@@ -13,7 +13,6 @@ canonical pose with 10,000 area-weighted surface samples each; see
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from typing import Dict, Optional, Sequence
@@ -22,6 +21,7 @@ import numpy as np
 
 from clip3dreid_plugin.body.shape_eval import evaluate_shapes
 from clip3dreid_plugin.body.smpl_io import BodyModel, BodyModelError, load_body_model
+from clip3dreid_plugin.tools.common import CLIParser, add_overrides
 from clip3dreid_plugin.utils.io import atomic_write_json
 
 logger = logging.getLogger("eval_shape")
@@ -43,14 +43,10 @@ def predict_from_images(config_file: str, weights: str, images_dir: str, opts: S
     import torch
     import torchreid
 
-    import clip3dreid_plugin
-    from clip3dreid_plugin.config import load_config
     from clip3dreid_plugin.data.synthetic import GENDER_IDS, SyntheticMeshDataset
-    from clip3dreid_plugin.models.build import build_inference_model
+    from clip3dreid_plugin.tools.common import load_student
 
-    cfg = load_config(config_file or None, ["model.name", "clip3dreid", *opts])
-    clip3dreid_plugin.register()
-    model = build_inference_model(cfg, weights)
+    cfg, model = load_student(config_file, ["model.name", "clip3dreid", *opts], weights)
     _, tf = torchreid.data.transforms.build_transforms(cfg.data.height, cfg.data.width, transforms=None,
                                                        norm_mean=list(cfg.data.norm_mean),
                                                        norm_std=list(cfg.data.norm_std))
@@ -65,14 +61,53 @@ def predict_from_images(config_file: str, weights: str, images_dir: str, opts: S
             "gender": np.array([inv[int(g)] for g in ds.genders])}
 
 
+def chamfer_per_sample(pred_betas: np.ndarray, gt: Dict[str, np.ndarray], model: BodyModel,
+                       args) -> np.ndarray:
+    """Chamfer distance (mm) of each predicted shape ``pred_betas [B, 10]`` to its ground truth.
+
+    Args:
+        pred_betas: predicted shape coefficients, built with ``model`` (the ``--gender`` body).
+        gt: ``{'betas' [B, 10] (+ 'gender' [B])}`` or ``{'vertices' [B, V, 3], 'faces' [F, 3]}``.
+        model: the prediction's body model.
+        args: the parsed command line (``body_model``, ``gender``, ``num_points``, ``seed``, ``align``).
+
+    Returns:
+        ``[B]`` distances in mm.
+
+    Raises:
+        ValueError: sizes disagree, or ``gt`` holds neither betas nor vertices.
+    """
+    per_sample = np.zeros(len(pred_betas))
+    if "vertices" in gt:
+        res = evaluate_shapes(pred_betas, gt["vertices"], model, gt_faces=gt.get("faces"),
+                              num_points=args.num_points, seed=args.seed, align=args.align)
+        return np.asarray(res["chamfer_mm"], dtype=np.float64)
+    if "betas" not in gt:
+        raise ValueError(f"{args.gt_npz} has neither 'betas' nor 'vertices' (keys: {sorted(gt)})")
+    genders = gt["gender"].astype(str) if "gender" in gt else np.full(len(gt["betas"]), args.gender)
+    if len(genders) != len(gt["betas"]) or len(gt["betas"]) != len(pred_betas):
+        raise ValueError(f"size mismatch: {len(pred_betas)} predictions, {len(gt['betas'])} gt betas, "
+                         f"{len(genders)} genders")
+    models: Dict[str, BodyModel] = {args.gender: model}
+    for g in np.unique(genders):
+        idx = np.flatnonzero(genders == g)
+        if g not in models:
+            models[g] = load_body_model(args.body_model, str(g))
+        res = evaluate_shapes(pred_betas[idx], gt["betas"][idx], model, gt_body_model=models[g],
+                              num_points=args.num_points, seed=args.seed, align=args.align)
+        per_sample[idx] = res["chamfer_mm"]
+    return per_sample
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 2 bad input)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = CLIParser(description=__doc__.split("\n")[0])
     parser.add_argument("--body-model", required=True, help="root folder with smpl/SMPL_{NEUTRAL,MALE,FEMALE}.pkl")
     parser.add_argument("--pred-npz", default="", help=".npz with betas [B, 10]")
     parser.add_argument("--gt-npz", default="", help=".npz with betas [B, 10] (+ gender [B]) or vertices + faces")
     parser.add_argument("--images-dir", default="", help="rendered set (meta.npz + images): predict with the student")
-    parser.add_argument("--config-file", default="", help="student config (with --images-dir)")
+    parser.add_argument("--config-file", default="",
+                        help="student config (with --images-dir; default: the config.yaml of the checkpoint's run)")
     parser.add_argument("--weights", default="", help="student checkpoint (with --images-dir)")
     parser.add_argument("--gender", default="neutral", choices=["neutral", "male", "female"],
                         help="body model of the predictions")
@@ -80,7 +115,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--align", choices=["centroid", "none"], default="centroid")
     parser.add_argument("--json", default=None, help="write the result (mean and per-sample) to this file")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="student config overrides KEY VALUE (--images-dir)")
+    add_overrides(parser, "student config overrides KEY VALUE (--images-dir)")
     args = parser.parse_args(argv)
     from clip3dreid_plugin.tools.common import start_cli
 
@@ -98,34 +133,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if "betas" not in pred:
             raise ValueError(f"{args.pred_npz} has no 'betas' array (keys: {sorted(pred)})")
         model = load_body_model(args.body_model, args.gender)
-        per_sample = np.zeros(len(pred["betas"]))
-        if "vertices" in gt:
-            res = evaluate_shapes(pred["betas"], gt["vertices"], model, gt_faces=gt.get("faces"),
-                                  num_points=args.num_points, seed=args.seed, align=args.align)
-            per_sample = res["chamfer_mm"]
-        elif "betas" in gt:
-            genders = gt["gender"].astype(str) if "gender" in gt else np.full(len(gt["betas"]), args.gender)
-            if len(genders) != len(gt["betas"]) or len(gt["betas"]) != len(pred["betas"]):
-                raise ValueError(f"size mismatch: {len(pred['betas'])} predictions, {len(gt['betas'])} gt betas, "
-                                 f"{len(genders)} genders")
-            models: Dict[str, BodyModel] = {args.gender: model}
-            for g in np.unique(genders):
-                idx = np.flatnonzero(genders == g)
-                if g not in models:
-                    models[g] = load_body_model(args.body_model, str(g))
-                res = evaluate_shapes(pred["betas"][idx], gt["betas"][idx], model, gt_body_model=models[g],
-                                      num_points=args.num_points, seed=args.seed, align=args.align)
-                per_sample[idx] = res["chamfer_mm"]
-        else:
-            raise ValueError(f"{args.gt_npz} has neither 'betas' nor 'vertices' (keys: {sorted(gt)})")
+        per_sample = chamfer_per_sample(pred["betas"], gt, model, args)
+        # The reference a shape head has to beat: every prediction the body model's mean shape (betas 0).
+        mean_shape = chamfer_per_sample(np.zeros_like(pred["betas"]), gt, model, args)
     except (BodyModelError, FileNotFoundError, ValueError) as err:
         logger.error("%s", err)
         return 2
     mean = float(per_sample.mean()) if len(per_sample) else float("nan")
-    logger.info("mean Chamfer distance over %d shapes: %.2f mm", len(per_sample), mean)
+    reference = float(mean_shape.mean()) if len(mean_shape) else float("nan")
+    logger.info("mean Chamfer distance over %d shapes: %.2f mm; predicting the mean shape (betas 0) for every one: "
+                "%.2f mm", len(per_sample), mean, reference)
     if args.json:
-        atomic_write_json({"mean_chamfer_mm": mean, "chamfer_mm": per_sample.tolist(), "num_points": args.num_points,
-                           "align": args.align, "pred_gender": args.gender}, args.json)
+        atomic_write_json({"mean_chamfer_mm": mean, "chamfer_mm": per_sample.tolist(),
+                           "mean_shape_chamfer_mm": reference, "num_points": args.num_points, "align": args.align,
+                           "pred_gender": args.gender}, args.json)
     return 0
 
 

@@ -5,12 +5,13 @@
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import glob
 import os.path as osp
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from clip3dreid_plugin.tools.common import CLIParser
 
 __all__ = ["read_scalars", "main"]
 
@@ -36,7 +37,7 @@ def read_scalars(logdir: str) -> Dict[str, List[Tuple[int, float]]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description="Export TensorBoard scalars (losses, lr, test metrics) to CSV.")
+    p = CLIParser(description="Export TensorBoard scalars (losses, lr, test metrics) to CSV.")
     p.add_argument("--logdir", required=True)
     p.add_argument("--output", required=True, help="CSV file")
     p.add_argument("--tags", nargs="*", default=None, help="only these tags (default: all)")

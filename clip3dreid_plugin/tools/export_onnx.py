@@ -10,13 +10,14 @@ reported and must stay under ``--atol``.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
+
+from clip3dreid_plugin.tools.common import CLIParser, add_overrides
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +46,12 @@ def onnx_parity(model: torch.nn.Module, path: str, height: int, width: int, batc
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description="Export the student to ONNX and check it against PyTorch.")
+    p = CLIParser(description="Export the student to ONNX and check it against PyTorch.")
     p.add_argument("--config-file", default="")
     p.add_argument("--weights", default="", help="checkpoint; empty exports the initialised model")
     p.add_argument("--output", required=True)
     p.add_argument("--atol", type=float, default=1e-4)
-    p.add_argument("opts", nargs=argparse.REMAINDER)
+    add_overrides(p)
     args = p.parse_args(argv)
     from clip3dreid_plugin.config import ConfigError
     from clip3dreid_plugin.tools.common import load_student, start_cli

@@ -10,7 +10,6 @@ Writes ``feats.npy`` (``[N, D]`` float32, L2-normalised unless ``--no-normalize`
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import os.path as osp
@@ -20,6 +19,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
+from clip3dreid_plugin.tools.common import CLIParser, add_overrides
 from clip3dreid_plugin.utils.runtime import DEVICE_HELP
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def extract(model: torch.nn.Module, paths: Sequence[str], transform, batch_size:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description="Extract features of a folder of images into .npy.")
+    p = CLIParser(description="Extract features of a folder of images into .npy.")
     p.add_argument("--config-file", default="")
     p.add_argument("--weights", default="", help="checkpoint (model.pth.tar-N / model-best.pth.tar)")
     p.add_argument("--input", required=True, help="folder of images (searched recursively)")
@@ -74,7 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--flip", action="store_true", help="add the horizontally flipped image's feature")
     p.add_argument("--no-normalize", action="store_true")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("opts", nargs=argparse.REMAINDER)
+    add_overrides(p)
     args = p.parse_args(argv)
     from clip3dreid_plugin.config import ConfigError
     from clip3dreid_plugin.tools.common import eval_transform, load_student, start_cli

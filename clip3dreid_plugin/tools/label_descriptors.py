@@ -14,13 +14,14 @@ writes, per dataset, ``<dataset>__labels.csv`` (image path + the chosen phrase o
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
 import os
 import os.path as osp
 import sys
 from typing import List, Optional, Sequence
+
+from clip3dreid_plugin.tools.common import CLIParser, add_overrides
 
 logger = logging.getLogger("label_descriptors")
 
@@ -73,11 +74,11 @@ def write_report(cache, out_dir: str, dataset: str, image_paths: Optional[Sequen
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 2 bad config/teacher/cache)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = CLIParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config-file", default="", help="YAML config (with _BASE_ inheritance)")
     parser.add_argument("--report", default="", metavar="OUT_DIR", help="also write label CSVs to OUT_DIR")
     parser.add_argument("--workers", type=int, default=None, help="image-decoding workers (default data.workers)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    add_overrides(parser, "config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
     if not logging.getLogger().handlers:
         from clip3dreid_plugin.tools.common import start_cli

@@ -12,19 +12,19 @@ files (https://smpl.is.tue.mpg.de).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from typing import Optional, Sequence
 
 from clip3dreid_plugin.body.procedural import write_procedural_smpl
+from clip3dreid_plugin.tools.common import CLIParser
 
 logger = logging.getLogger("make_body_model")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = CLIParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="root folder; files go to OUT/smpl/")
     parser.add_argument("--num-vertices", type=int, default=1000, help="approximate vertices per mesh")
     args = parser.parse_args(argv)

@@ -16,12 +16,14 @@ Steps (``bash scripts/quickstart.sh`` runs them after installing):
 """
 from __future__ import annotations
 
-import argparse
 import logging
+import os
 import os.path as osp
 import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from clip3dreid_plugin.tools.common import CLIParser
 
 logger = logging.getLogger("clip3dreid.quickstart")
 
@@ -106,7 +108,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _main(argv: Optional[Sequence[str]]) -> int:
     from clip3dreid_plugin.utils.runtime import DEVICE_HELP, quiet_torchreid_warnings, resolve_device, setup_logging
 
-    p = argparse.ArgumentParser(description="Run CLIP3DReID and the ResNet-50 baseline end to end on synthcc.")
+    p = CLIParser(description="Run CLIP3DReID and the ResNet-50 baseline end to end on synthcc.")
     p.add_argument("--work-dir", default="work_dirs/quickstart", help="data, caches, logs and results go here")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--clip-weights", default="", help="local CLIP ViT-B/32 (OpenAI) weights (for --teacher clip)")
@@ -122,6 +124,11 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     device = resolve_device(args.device)  # a bad --device fails here, not after the data are built
 
     quiet_torchreid_warnings()
+    # Every run rebuilds the work dir's results, so its log starts afresh: appended to, a rerun's log held the
+    # table of the run before it as well.
+    log_file = osp.join(args.work_dir, "quickstart.log")
+    if osp.isfile(log_file):
+        os.remove(log_file)
     setup_logging(args.work_dir, "quickstart.log")
     t0 = time.time()
     from clip3dreid_plugin.body.procedural import write_procedural_smpl

@@ -13,7 +13,6 @@ Rendering is headless (EGL or OSMesa; see ``clip3dreid_plugin/body/render.py``).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from typing import Optional, Sequence
@@ -23,13 +22,14 @@ from clip3dreid_plugin.body.render import HeadlessGLError
 from clip3dreid_plugin.body.smpl_io import BodyModelError
 from clip3dreid_plugin.body.synthetic import read_synthetic_meta
 from clip3dreid_plugin.body.synthetic_set import SyntheticSetError, render_synthetic_set
+from clip3dreid_plugin.tools.common import CLIParser
 
 logger = logging.getLogger("render_synthetic")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 2 bad input or environment)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = CLIParser(description=__doc__.split("\n")[0])
     parser.add_argument("--body-model", required=True, help="root folder with smpl/SMPL_{FEMALE,MALE}.pkl")
     parser.add_argument("--num-female", type=int, default=500, help="female subjects")
     parser.add_argument("--num-male", type=int, default=500, help="male subjects")

@@ -1,11 +1,13 @@
 """Train / evaluate any torchreid or plugin model from a yacs config (``clip3dreid-train``).
 
-Usage::
+Usage (options may stand before or after the ``KEY VALUE`` overrides)::
 
     clip3dreid-train --config-file configs/ltcc/resnet50_baseline_384x192.yaml \
-        data.root /data [KEY VALUE ...]
-    clip3dreid-train --config-file CFG --eval-only model.load_weights log/model/model-best.pth.tar
-    clip3dreid-train --config-file CFG --resume auto     # continue from the last checkpoint
+        data.root /data [KEY VALUE ...] [--output-dir DIR]
+    clip3dreid-train --config-file CFG --eval-only data.root /data model.load_weights log/model/model-best.pth.tar
+    clip3dreid-train --config-file CFG --resume auto data.root /data     # continue from the last checkpoint
+
+Every run writes its merged ``config.yaml`` into its output folder before anything else.
 """
 from __future__ import annotations
 
@@ -16,15 +18,17 @@ import os.path as osp
 import sys
 from typing import Optional, Sequence
 
+from clip3dreid_plugin.tools.common import CLIParser, add_overrides
 from clip3dreid_plugin.utils.runtime import DEVICE_HELP, quiet_torchreid_warnings
 
 logger = logging.getLogger("clip3dreid")
 
-__all__ = ["main", "build_parser", "setup_cfg", "build", "run", "wrap_for_training"]
+__all__ = ["main", "build_parser", "setup_cfg", "build", "run", "resume_checkpoint", "wrap_for_training",
+           "write_run_config"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train or evaluate a torchreid/CLIP3DReID model.")
+    p = CLIParser(description="Train or evaluate a torchreid/CLIP3DReID model.")
     p.add_argument("--config-file", default="", help="YAML config (may use _BASE_ inheritance)")
     p.add_argument("--device", default=None, help=f"{DEVICE_HELP} (overrides runtime.device)")
     p.add_argument("--eval-only", action="store_true", help="only evaluate (test.evaluate True)")
@@ -34,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="random seed (overrides train.seed)")
     p.add_argument("--amp", default=None, choices=["none", "bf16", "fp16"],
                    help="autocast the student forward (overrides runtime.amp; bf16 works on CPU)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    add_overrides(p)
     return p
 
 
@@ -57,6 +61,28 @@ def setup_cfg(args: argparse.Namespace):
         cfg.runtime.amp = args.amp
     cfg.freeze()
     return cfg
+
+
+def resume_checkpoint(cfg) -> str:
+    """The checkpoint ``model.resume`` names: the path itself; for ``auto`` the latest ``model.pth.tar-N`` in
+    ``data.save_dir`` (empty while there is none); empty when not resuming."""
+    from clip3dreid_plugin.engine import latest_checkpoint
+
+    if cfg.model.resume == "auto":
+        return latest_checkpoint(cfg.data.save_dir) or ""
+    return cfg.model.resume
+
+
+def write_run_config(cfg) -> str:
+    """Writes the merged config to ``data.save_dir/config.yaml`` (atomically); returns its path.
+
+    Every run folder holds one, so that how a model was trained can be read next to its checkpoints.
+    """
+    from clip3dreid_plugin.utils.io import atomic_write
+
+    path = osp.join(cfg.data.save_dir, "config.yaml")
+    atomic_write(path, lambda fh: fh.write(cfg.dump().encode("utf-8")))
+    return path
 
 
 def wrap_for_training(model, distributed: bool, trainable: bool, device, compile_model: bool = False,
@@ -121,7 +147,9 @@ def build(cfg):
     # than one (global) batch, as the identity samplers do.
     sampler_fn = unused_sampler if cfg.test.evaluate else (distributed_sampler if distributed else None)
     datamanager = build_datamanager(cfg, use_gpu, train_sampler_fn=sampler_fn, eval_shard=(rank, world))
-    model = build_model(cfg, datamanager.num_train_pids, use_gpu)
+    # A checkpoint to load replaces the ImageNet weights: an evaluation or a resumed run needs no ImageNet file.
+    model = build_model(cfg, datamanager.num_train_pids, use_gpu,
+                        checkpoint=cfg.model.load_weights or resume_checkpoint(cfg))
     if cfg.model.load_weights:
         compat.load_pretrained_weights(model, cfg.model.load_weights)
     if distributed and cfg.runtime.sync_bn:
@@ -159,17 +187,16 @@ def run(cfg, config_file: str = "") -> dict:
     """
     from clip3dreid_plugin import compat
     from clip3dreid_plugin.config import engine_run_kwargs
-    from clip3dreid_plugin.engine import latest_checkpoint
     from clip3dreid_plugin.engine.base import unwrap
     from clip3dreid_plugin.utils import distributed as dist_utils
 
+    if int(os.environ.get("RANK", "0")) == 0:  # only rank 0 of a torchrun job writes files
+        logger.info("config written to %s", write_run_config(cfg))
     engine = build(cfg)
     run_kw = engine_run_kwargs(cfg)
-    resume = cfg.model.resume
-    if resume == "auto":
-        resume = latest_checkpoint(cfg.data.save_dir) or ""
-        if not resume:
-            logger.info("--resume auto: no checkpoint in %s, starting from scratch", cfg.data.save_dir)
+    resume = resume_checkpoint(cfg)
+    if cfg.model.resume == "auto" and not resume:
+        logger.info("--resume auto: no checkpoint in %s, starting from scratch", cfg.data.save_dir)
     if resume and not cfg.test.evaluate:
         run_kw["start_epoch"] = engine.resume(resume)
     elif resume:
@@ -200,11 +227,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         save_dir = cfg.data.save_dir
         is_main = int(os.environ.get("RANK", "0")) == 0  # only rank 0 of a torchrun job writes files
         setup_logging(save_dir, "train.log" if not cfg.test.evaluate else "test.log", is_main=is_main)
-        if is_main:
-            os.makedirs(save_dir, exist_ok=True)
-            with open(osp.join(save_dir, "config.yaml"), "w", encoding="utf-8") as f:
-                f.write(cfg.dump())
-            logger.info("config written to %s", osp.join(save_dir, "config.yaml"))
         run(cfg, args.config_file)
     except Exception as err:
         from clip3dreid_plugin.tools.common import report_error

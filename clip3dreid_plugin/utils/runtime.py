@@ -15,8 +15,8 @@ import torch
 
 from clip3dreid_plugin.config.loader import ConfigError
 
-__all__ = ["DEVICE_HELP", "setup_logging", "set_seed", "resolve_device", "activate_device", "check_amp_support",
-           "quiet_torchreid_warnings"]
+__all__ = ["DEVICE_HELP", "ensure_console_logging", "setup_logging", "set_seed", "resolve_device", "activate_device",
+           "check_amp_support", "quiet_torchreid_warnings"]
 
 #: The help of every command's ``--device``; :func:`resolve_device` is what validates the value.
 DEVICE_HELP = "auto | cpu | cuda | cuda:N; auto picks cuda when available"
@@ -56,6 +56,14 @@ def setup_logging(save_dir: str = "", filename: str = "train.log", level: int = 
         fh._clip3dreid = True  # type: ignore[attr-defined]
         root.addHandler(fh)
     return root
+
+
+def ensure_console_logging() -> None:
+    """The console logging of :func:`setup_logging` for a program that configured none, such as a plain Python
+    script driving an engine, so that its evaluation tables print as torchreid's own engines print theirs. A root
+    logger with any handler (a command of the plugin, ``logging.basicConfig``, pytest) is left as it is."""
+    if not logging.getLogger().handlers:
+        setup_logging()
 
 
 def set_seed(seed: int, deterministic: bool = False) -> None:
