@@ -36,6 +36,49 @@ def _torchrun(nproc: int, root: str, out: str, *extra: str, port: int, tiny_clip
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
+def _descendants(pid: int) -> list:
+    """Every process below ``pid`` (from /proc): torchrun starts its workers in sessions of their own."""
+    children: dict = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="utf-8") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL for torchrun and all its workers at once, as a lost machine does; a worker left alive would go on
+    writing (and pruning) the checkpoints the test resumes from."""
+    pids = _descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    deadline = time.time() + 30
+    while any(osp.exists(f"/proc/{p}") and _is_alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.1)
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _finish(proc: subprocess.Popen, timeout: float = 400) -> str:
     out, _ = proc.communicate(timeout=timeout)
     text = out.decode(errors="replace")
@@ -99,8 +142,7 @@ def test_kill_distributed_run_and_resume_with_other_world_size(toy_market_root, 
     deadline = time.time() + 300
     while not osp.isfile(first) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_tree(proc)
     assert osp.isfile(first)
     for f in os.listdir(osp.join(out, "model")):
         if f != "model.pth.tar-1":
