@@ -1,5 +1,6 @@
 """Multi-process correctness that needs no GPU: one model at evaluation (rank 0's BN statistics on every rank), a
-synthetic stream per rank re-seeded every epoch, DDP only around a model that trains."""
+synthetic stream per rank re-seeded every epoch, DDP only around a model that trains, SyncBatchNorm conversion that
+keeps frozen tensors frozen."""
 from __future__ import annotations
 
 import pytest
@@ -11,6 +12,7 @@ import torchvision.transforms as T
 from clip3dreid_plugin.body.procedural import write_procedural_smpl
 from clip3dreid_plugin.body.synthetic_set import render_synthetic_set
 from clip3dreid_plugin.data.synthetic import SyntheticMeshDataset, SyntheticStream, synthetic_batch_size
+from clip3dreid_plugin.models import MODEL_FACTORIES
 from clip3dreid_plugin.utils.distributed import broadcast_buffers
 
 
@@ -110,6 +112,83 @@ def test_a_model_with_nothing_to_train_is_not_wrapped_in_ddp():
     compiled = wrap_for_training(frozen, distributed=False, trainable=False, device=torch.device("cpu"),
                                  compile_model=True)
     assert compiled is not frozen and unwrap(compiled) is frozen
+
+
+# (model name, config overrides): every registered model, and the student with each head option that adds a tensor.
+_SYNC_BN_CASES = [(name, []) for name in sorted(MODEL_FACTORIES)] + [
+    ("clip3dreid", ["clip3dreid.bnneck", "True"]),
+    ("clip3dreid", ["clip3dreid.bnneck", "True", "clip3dreid.fixed_text_head", "True"]),
+]
+
+
+@pytest.mark.parametrize("name, opts", _SYNC_BN_CASES)
+def test_sync_batchnorm_conversion_keeps_every_tensor_what_it_was(tmp_path, name, opts):
+    """runtime.sync_bn's conversion, on the CPU (it needs no GPU and no process group): every batch norm becomes a
+    SyncBatchNorm, a buffer stays a buffer (the BN-neck's bias, which torch's own conversion fails on), requires_grad
+    and values are unchanged, the checkpoint keys too, and the converted model computes the same outputs."""
+    import copy
+
+    from torchreid.reid.utils.torchtools import open_all_layers
+
+    from clip3dreid_plugin.config import get_cfg
+    from clip3dreid_plugin.models.build import build_model
+    from clip3dreid_plugin.utils.distributed import convert_sync_batchnorm
+    from fixtures.tiny_clip import tiny_clip
+
+    clip_name, weights = tiny_clip(str(tmp_path))
+    cfg = get_cfg()
+    cfg.merge_from_list(["model.name", name, "model.pretrained", "False", "clip3dreid.backbone", "resnet18",
+                         "clip3dreid.local_dim", "64", "clip3dreid.agg_hidden_dim", "16", "clip3dreid.head_hidden_dim",
+                         "16", "clip3dreid.teacher_dim", "64", "teacher.name", clip_name, "teacher.pretrained", weights,
+                         *opts])
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes=5, use_gpu=False)
+    reference = copy.deepcopy(model)
+    kinds = {n: ("parameter", p.requires_grad) for n, p in model.named_parameters()}
+    kinds.update({n: ("buffer", b.requires_grad) for n, b in model.named_buffers()})
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    n_bn = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+    converted = convert_sync_batchnorm(model)
+    assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules()) == n_bn
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(m, torch.nn.SyncBatchNorm)
+                   for m in converted.modules())
+    after = {n: ("parameter", p.requires_grad) for n, p in converted.named_parameters()}
+    after.update({n: ("buffer", b.requires_grad) for n, b in converted.named_buffers()})
+    assert after == kinds
+    assert converted.state_dict().keys() == state.keys()
+    for k, v in converted.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    if "clip3dreid.bnneck" in opts:
+        assert isinstance(converted.bnneck, torch.nn.SyncBatchNorm) and kinds["bnneck.bias"] == ("buffer", False)
+        open_all_layers(converted)  # what torchreid's engines do every epoch: the bias must stay out of reach
+        assert "bnneck.bias" not in dict(converted.named_parameters())
+
+    x = torch.randn(4, 3, 64, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(converted.eval()(x), reference.eval()(x), rtol=0, atol=0)
+        if name not in ("clip_zeroshot",):  # evaluation-only
+            # Training mode outside a process group normalises with the batch's statistics, as batch norm does.
+            got, want = converted.train()(x), reference.train()(x)
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+            for (k, v), (_, w) in zip(converted.state_dict().items(), reference.state_dict().items()):
+                assert torch.equal(v, w), k  # the running statistics moved alike
+
+
+def test_sync_bn_on_a_cpu_torchrun_is_a_one_line_config_error(monkeypatch, tmp_path):
+    """torch refuses SyncBatchNorm on CPU tensors only at the first training forward, with its own ValueError; the
+    train command stops before the process group forms and names the option."""
+    from clip3dreid_plugin.config import ConfigError
+    from clip3dreid_plugin.tools import train_net
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    args = train_net.build_parser().parse_args(["--device", "cpu", "--output-dir", str(tmp_path),
+                                                "data.root", str(tmp_path), "runtime.sync_bn", "True"])
+    with pytest.raises(ConfigError, match=r"^runtime.sync_bn True needs CUDA") as err:
+        train_net.build(train_net.setup_cfg(args))
+    assert "\n" not in str(err.value)
+    assert not dist.is_initialized()
 
 
 def test_runtime_deterministic_asks_torch_for_deterministic_kernels():

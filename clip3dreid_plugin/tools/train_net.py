@@ -104,6 +104,10 @@ def build(cfg):
     device = activate_device(resolve_device(cfg.runtime.device,
                                             int(os.environ.get("LOCAL_RANK", "0")) if launched else None))
     check_amp_support(cfg.runtime.amp, device)
+    if launched and cfg.runtime.sync_bn and device.type != "cuda":
+        # Checked before the process group forms; torch's own refusal comes only at the first training forward.
+        raise ConfigError(f"runtime.sync_bn True needs CUDA (SyncBatchNorm synchronises GPU tensors only), but this "
+                          f"run is on {device}: set runtime.sync_bn False")
     distributed = dist_utils.init_distributed(cfg.runtime.dist_backend, device.type)
     rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
     use_gpu = device.type == "cuda"
@@ -125,7 +129,7 @@ def build(cfg):
     if cfg.model.load_weights:
         compat.load_pretrained_weights(model, cfg.model.load_weights)
     if distributed and cfg.runtime.sync_bn:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = dist_utils.convert_sync_batchnorm(model)
     model = model.to(device)
     if cfg.runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -1,4 +1,4 @@
-"""torch.distributed helpers: init from ``torchrun`` variables, rank queries, ordered all-gather."""
+"""torch.distributed helpers: init from ``torchrun`` variables, rank queries, ordered all-gather, SyncBatchNorm."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +10,8 @@ import torch.distributed as dist
 logger = logging.getLogger(__name__)
 
 __all__ = ["init_distributed", "is_distributed", "get_rank", "get_world_size", "is_main_process",
-           "all_gather_ordered", "all_gather_objects", "all_reduce_sum", "broadcast_buffers", "barrier", "cleanup"]
+           "all_gather_ordered", "all_gather_objects", "all_reduce_sum", "broadcast_buffers", "barrier", "cleanup",
+           "convert_sync_batchnorm"]
 
 
 def is_distributed() -> bool:
@@ -127,4 +128,37 @@ def all_gather_objects(obj) -> list:
         return [obj]
     out = [None] * get_world_size()
     dist.all_gather_object(out, obj)  # under NCCL it uses the current GPU, which the run has set
+    return out
+
+
+def convert_sync_batchnorm(module: torch.nn.Module, process_group=None) -> torch.nn.Module:
+    """Every batch norm in ``module`` as a :class:`torch.nn.SyncBatchNorm` holding the very same tensors.
+
+    torch's ``SyncBatchNorm.convert_sync_batchnorm`` assigns ``weight`` and ``bias`` as parameters: on a batch norm
+    whose bias is a buffer (the student's BN-neck, kept out of training that way) it raises a ``TypeError``, and were
+    it to succeed the bias would train again. Here each converted layer takes over the original's parameter and
+    buffer tables as they are, so a buffer stays a buffer, ``requires_grad`` is unchanged and no value is copied.
+    Modules kept outside the module tree (the CLIP teacher's network) are not visited.
+
+    Args:
+        module: a model, or a single batch norm (then a new layer is returned).
+        process_group: the group whose ranks share batch statistics; None = the whole world.
+
+    Returns:
+        ``module`` with its batch norms replaced (or the new layer when ``module`` is one).
+    """
+    out = module
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, torch.nn.SyncBatchNorm):
+        out = torch.nn.SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                     module.track_running_stats, process_group)
+        out._parameters.clear()
+        out._parameters.update(module._parameters)
+        out._buffers.clear()
+        out._buffers.update(module._buffers)
+        out._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
+        out.training = module.training
+        if hasattr(module, "qconfig"):
+            out.qconfig = module.qconfig
+    for name, child in module.named_children():
+        out.add_module(name, convert_sync_batchnorm(child, process_group))
     return out
