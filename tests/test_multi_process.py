@@ -273,18 +273,27 @@ def test_every_cli_takes_a_gpu_index_and_reports_a_bad_one_in_one_line(capsys, t
     assert not (tmp_path / "qs").exists()
 
 
-def test_bf16_on_a_gpu_without_bfloat16_is_refused(monkeypatch):
+@pytest.mark.parametrize("capability, refused", [((7, 0), True), ((7, 5), True), ((8, 0), False), ((9, 0), False)])
+def test_bf16_on_a_gpu_without_native_bfloat16_is_refused(monkeypatch, capability, refused):
+    """The refusal reads the compute capability: torch.cuda.is_bf16_supported() counts emulation and says True on a
+    V100 (7.0) or a T4 (7.5), so it is made to say True here and must not decide."""
     from clip3dreid_plugin.config import ConfigError
     from clip3dreid_plugin.utils.runtime import check_amp_support
 
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100")
-    with pytest.raises(ConfigError, match=r"runtime.amp bf16 \(--amp\): Tesla V100 does not support bfloat16"):
+    if refused:
+        with pytest.raises(ConfigError, match=r"^runtime.amp bf16 \(--amp\): Tesla V100 \(compute capability "
+                                              rf"{capability[0]}.{capability[1]}, below 8.0\) has no native bfloat16"
+                           ) as err:
+            check_amp_support("bf16", torch.device("cuda", 0))
+        assert "\n" not in str(err.value)
+    else:
         check_amp_support("bf16", torch.device("cuda", 0))
     check_amp_support("bf16", torch.device("cpu"))  # CPU autocast has bfloat16
     check_amp_support("fp16", torch.device("cuda", 0))
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    check_amp_support("bf16", torch.device("cuda", 0))
+    check_amp_support("none", torch.device("cuda", 0))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

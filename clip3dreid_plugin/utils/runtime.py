@@ -16,7 +16,7 @@ import torch
 from clip3dreid_plugin.config.loader import ConfigError
 
 __all__ = ["DEVICE_HELP", "setup_logging", "set_seed", "resolve_device", "activate_device", "check_amp_support",
-           "quiet_torchreid_warnings"]
+           "has_native_bf16", "quiet_torchreid_warnings"]
 
 #: The help of every command's ``--device``; :func:`resolve_device` is what validates the value.
 DEVICE_HELP = "auto | cpu | cuda | cuda:N; auto picks cuda when available"
@@ -130,11 +130,20 @@ def activate_device(device: torch.device) -> torch.device:
 
 
 def check_amp_support(amp: str, device: torch.device) -> None:
-    """Refuses ``runtime.amp bf16`` on a GPU without bfloat16 (before Ampere), which would fail or crawl later.
+    """Refuses ``runtime.amp bf16`` on a GPU without native bfloat16 (compute capability below 8.0, before Ampere),
+    which would fail or crawl later.
+
+    ``torch.cuda.is_bf16_supported()`` is not the test: it counts emulation and says True on a V100 or a T4.
 
     Raises:
         ConfigError: bf16 asked for on such a GPU.
     """
-    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"runtime.amp bf16 (--amp): {torch.cuda.get_device_name(device)} does not support bfloat16; "
-                          "use --amp fp16 or --amp none")
+    if amp == "bf16" and device.type == "cuda" and not has_native_bf16(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise ConfigError(f"runtime.amp bf16 (--amp): {torch.cuda.get_device_name(device)} (compute capability "
+                          f"{major}.{minor}, below 8.0) has no native bfloat16; use --amp fp16 or --amp none")
+
+
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively: the CPU, or a GPU of compute capability 8.0 or above."""
+    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 0)
