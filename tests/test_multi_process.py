@@ -1,6 +1,6 @@
 """Multi-process correctness that needs no GPU: one model at evaluation (rank 0's BN statistics on every rank), a
-synthetic stream per rank re-seeded every epoch, DDP only around a model that trains, SyncBatchNorm conversion that
-keeps frozen tensors frozen."""
+synthetic stream per rank re-seeded every epoch, DDP only around a model that trains and with the gradients of one
+process, SyncBatchNorm conversion that keeps frozen tensors frozen."""
 from __future__ import annotations
 
 import pytest
@@ -189,6 +189,103 @@ def test_sync_bn_on_a_cpu_torchrun_is_a_one_line_config_error(monkeypatch, tmp_p
         train_net.build(train_net.setup_cfg(args))
     assert "\n" not in str(err.value)
     assert not dist.is_initialized()
+
+
+def _student_batch(step: int, part: int):
+    """The images, identities, text features and teacher features of one half of one step's batch."""
+    g = torch.Generator().manual_seed(100 * step + part)
+    return (torch.randn(4, 3, 32, 16, generator=g), torch.randint(0, 5, (4,), generator=g),
+            torch.randn(4, 3, 8, generator=g), torch.randn(4, 8, generator=g))
+
+
+def _student_loss(model, batch) -> torch.Tensor:
+    """The engine's default terms (CE, L_OT, L_global); phi gets no gradient without the 3D term."""
+    from clip3dreid_plugin.losses import OTLoss, global_distill_loss
+
+    x, pids, text, teacher = batch
+    out = model(x, text_feats=text, teacher_feats=teacher, return_dict=True)
+    return (torch.nn.functional.cross_entropy(out["logits"], pids, label_smoothing=0.1)
+            + 0.3 * OTLoss()(out["local"], out["text_proj"]) + 0.5 * global_distill_loss(out["teacher_proj"],
+                                                                                      out["f_id"]))
+
+
+def _small_student():
+    from clip3dreid_plugin.models.clip3dreid import CLIP3DReID
+
+    torch.manual_seed(0)
+    return CLIP3DReID(5, backbone="resnet18", local_dim=16, agg_hidden_dim=8, head_hidden_dim=8, teacher_dim=8).train()
+
+
+def _ddp_gradient_worker(rank: int, store: str, out, ddp_kwargs, steps: int):
+    """Trains under DDP; rank 0 also computes, before each step, the single-process gradient from the same weights:
+    the mean of the two half batches' gradients. Reports per step the largest deviation and the gradient-less
+    parameters, and a checksum of the gradients so that the ranks can be compared."""
+    from clip3dreid_plugin.tools.train_net import wrap_for_training
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        model = _small_student()
+        ddp = wrap_for_training(model, distributed=True, trainable=True, device=torch.device("cpu"),
+                                ddp_kwargs=ddp_kwargs)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        report = []
+        try:
+            for step in range(steps):
+                want = {}
+                if rank == 0:
+                    single = _small_student()
+                    single.load_state_dict(model.state_dict())
+                    for part in range(2):
+                        (_student_loss(single, _student_batch(step, part)) / 2).backward()
+                    want = {n: p.grad for n, p in single.named_parameters() if p.grad is not None}
+                opt.zero_grad(set_to_none=True)
+                _student_loss(ddp, _student_batch(step, rank)).backward()
+                grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+                dev = max((float((grads[n] - w).abs().max() / w.abs().max().clamp_min(1e-30)) for n, w in want.items()
+                           if n in grads), default=0.0)
+                report.append((dev, sorted(set(want) ^ set(grads)) if rank == 0 else [],
+                               sorted(n for n, _ in model.named_parameters() if n not in grads),
+                               [float(g.double().sum()) for _, g in sorted(grads.items())]))
+                opt.step()
+        except RuntimeError as err:
+            out.put((rank, "error", str(err).splitlines()[0]))
+            return
+        out.put((rank, "ok", report))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("fixbase_epoch", [0, 1])
+def test_ddp_options_give_the_gradients_of_one_process(tmp_path, fixbase_epoch):
+    """Two gloo ranks train the student under the DDP options the train command picks (static_graph, or the
+    unused-parameter search for fixbase runs) with phi unused (no 3D term). In each of 3 steps (static_graph changes
+    what DDP does after the first) both ranks hold the gradient one process gets from the same weights by averaging
+    the two half batches' gradients, and phi has none. Plain DDP, told nothing, fails on the second step: the
+    unused head is really there."""
+    from clip3dreid_plugin.config import get_cfg
+    from clip3dreid_plugin.tools.train_net import ddp_options
+
+    cfg = get_cfg()
+    cfg.train.fixbase_epoch = fixbase_epoch
+    options = ddp_options(cfg)
+    assert options == ({"find_unused_parameters": True} if fixbase_epoch else {"static_graph": True})
+    got = _spawn_two(_ddp_gradient_worker, tmp_path, options, 3)
+    assert [g[1] for g in got] == ["ok", "ok"], got
+    (_, _, rank0), (_, _, rank1) = got
+    shape_head = sorted(n for n, _ in _small_student().named_parameters() if n.startswith("shape_head."))
+    assert len(rank0) == 3 and shape_head
+    for step, ((dev, mismatch, unused, sums), (_, _, unused1, sums1)) in enumerate(zip(rank0, rank1)):
+        assert mismatch == [], (step, mismatch)  # the same parameters got a gradient as in one process
+        assert unused == unused1 == shape_head, step
+        assert dev < 1e-5, (step, dev)
+        assert sums == sums1, step  # the ranks hold one gradient
+
+
+def test_plain_ddp_fails_on_the_students_unused_head(tmp_path):
+    got = _spawn_two(_ddp_gradient_worker, tmp_path, {}, 2)
+    assert [g[1] for g in got] == ["error", "error"], got
+    assert "Expected to have finished reduction in the prior iteration" in got[0][2]
 
 
 def test_runtime_deterministic_asks_torch_for_deterministic_kernels():

@@ -45,7 +45,7 @@ def test_shape_loss_zero_for_perfect_prediction_and_gradient_reaches_phi(body_di
     assert float(loss_fn(betas + 0.5, betas, genders)) > 1e-6
 
     model = CLIP3DReID(3, local_dim=32, agg_hidden_dim=16, head_hidden_dim=16, teacher_dim=8).train()
-    out = model(torch.randn(2, 3, 64, 32), return_dict=True)
+    out = model(torch.randn(2, 3, 64, 32), return_dict=True, with_betas=True)
     loss_fn(out["betas"], torch.zeros(2, 10), genders[:2]).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.shape_head.parameters())
 

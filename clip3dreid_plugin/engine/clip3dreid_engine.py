@@ -184,7 +184,8 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
             imgs = imgs.contiguous(memory_format=torch.channels_last)
         with self._autocast():
             out = self.model(imgs, text_feats=text_feats, teacher_feats=teacher_feats,
-                             num_real=B if syn is not None and self.separate_synthetic_bn else None, return_dict=True)
+                             num_real=B if syn is not None and self.separate_synthetic_bn else None, return_dict=True,
+                             with_betas=s.use_3d)
         f_id = out["f_id"].float()
         terms: Dict[str, torch.Tensor] = {}
         total = f_id.new_zeros(())
