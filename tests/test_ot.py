@@ -1,4 +1,5 @@
-"""OT distillation loss against POT, and the global distillation loss by hand.
+"""OT distillation loss against POT, the global distillation loss by hand, and the identity losses against
+torchreid's.
 
 References are computed one sample at a time with POT on torch tensors (autodiff through POT's own
 iterations), run far past convergence, so they are independent of the batched log-domain solver.
@@ -363,6 +364,52 @@ def test_torchreid_losses_are_reexported():
     logp = torch.log_softmax(logits, dim=1)[0]
     expected = -(logp[0] * (0.9 + 0.1 / 3) + (logp[1] + logp[2]) * 0.1 / 3)
     assert ce(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("label_smooth", [True, False])
+def test_device_cross_entropy_equals_torchreids(label_smooth):
+    """The engine's cross-entropy (F.cross_entropy with label_smoothing) gives torchreid's CrossEntropyLoss values
+    and gradients, without its CPU one-hot targets (no value read back)."""
+    import torchreid
+
+    from clip3dreid_plugin.losses import cross_entropy
+    from fixtures.host_syncs import count_host_syncs
+
+    gen = torch.Generator().manual_seed(11)
+    for num_classes, batch in ((3, 1), (7, 16), (751, 64)):
+        # float32: torchreid builds its smoothed targets in float32 whatever the logits' dtype.
+        logits = (3 * torch.randn(batch, num_classes, generator=gen)).requires_grad_()
+        targets = torch.randint(0, num_classes, (batch,), generator=gen)
+        ref_fn = torchreid.losses.CrossEntropyLoss(num_classes=num_classes, use_gpu=False, label_smooth=label_smooth)
+        ref = ref_fn(logits, targets)
+        (ref_grad,) = torch.autograd.grad(ref, logits)
+        with count_host_syncs() as syncs:
+            got = cross_entropy(logits, targets, label_smooth)
+            (got_grad,) = torch.autograd.grad(got, logits)
+        assert syncs.calls == []
+        assert float(got) == pytest.approx(float(ref), rel=1e-6), num_classes
+        torch.testing.assert_close(got_grad, ref_grad, rtol=1e-5, atol=1e-8)
+
+
+def test_device_triplet_loss_equals_torchreids():
+    """Batch-hard triplet with masked reductions gives torchreid's TripletLoss (a boolean index per anchor)."""
+    import torchreid
+
+    from clip3dreid_plugin.losses import batch_hard_triplet
+    from fixtures.host_syncs import count_host_syncs
+
+    gen = torch.Generator().manual_seed(12)
+    for margin in (0.3, 5.0):
+        feats = torch.randn(16, 32, generator=gen, dtype=torch.float64).requires_grad_()
+        pids = torch.arange(16) // 4  # P x K = 4 x 4, as the identity sampler draws
+        ref = torchreid.losses.TripletLoss(margin=margin)(feats, pids)
+        (ref_grad,) = torch.autograd.grad(ref, feats)
+        with count_host_syncs() as syncs:
+            got = batch_hard_triplet(feats, pids, margin)
+            (got_grad,) = torch.autograd.grad(got, feats)
+        assert syncs.calls == []
+        assert float(ref) > 0 and float(got) == pytest.approx(float(ref), rel=1e-12), margin
+        torch.testing.assert_close(got_grad, ref_grad, rtol=1e-10, atol=1e-14)
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -30,7 +30,7 @@ from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.data.frames import batch_frame_paths
 from clip3dreid_plugin.engine.base import ClothesAwareEngineMixin
 from clip3dreid_plugin.engine.diagnostics import CollapseMonitor
-from clip3dreid_plugin.losses import OTLoss, global_distill_loss
+from clip3dreid_plugin.losses import OTLoss, batch_hard_triplet, cross_entropy, global_distill_loss
 from clip3dreid_plugin.teacher.source import as_teacher_source
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
             L_OT, L_global or the 3D term is on.
         switches: loss weights and ablation switches (default: CE + L_OT + L_global, the paper's weights).
         ot_loss: the OT loss module (default ``OTLoss()``: lambda 1, 100 iterations).
-        label_smooth: label smoothing of the cross-entropy.
+        label_smooth: label smoothing of the cross-entropy (torchreid's, eps 0.1).
         triplet_margin: margin of the optional triplet term.
         synthetic: optional iterator of synthetic batches ``{'img', 'labels', 'betas', 'gender'}`` (3D term).
         shape_loss: optional :class:`~clip3dreid_plugin.losses.shape3d.ShapeLoss` (3D term).
@@ -109,9 +109,8 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         self.teacher = teacher  # not registered: never checkpointed, never trained
         self.switches = switches
         self.ot_loss = ot_loss if ot_loss is not None else OTLoss()
-        self.criterion_ce = torchreid.losses.CrossEntropyLoss(
-            num_classes=datamanager.num_train_pids, use_gpu=self.use_gpu, label_smooth=label_smooth)
-        self.criterion_tri = torchreid.losses.TripletLoss(margin=triplet_margin)
+        self.label_smooth = label_smooth
+        self.triplet_margin = triplet_margin
         self.synthetic = synthetic
         self.separate_synthetic_bn = separate_synthetic_bn
         self.shape_loss = shape_loss
@@ -190,10 +189,10 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         terms: Dict[str, torch.Tensor] = {}
         total = f_id.new_zeros(())
         if s.use_ce:
-            terms["ce"] = self.criterion_ce(out["logits"][:B].float(), pids)
+            terms["ce"] = cross_entropy(out["logits"][:B].float(), pids, self.label_smooth)
             total = total + terms["ce"]
         if s.triplet_weight > 0:
-            terms["triplet"] = self.criterion_tri(f_id[:B], pids)
+            terms["triplet"] = batch_hard_triplet(f_id[:B], pids, self.triplet_margin)
             total = total + s.triplet_weight * terms["triplet"]
         local = out["local"]
         # Not local[:B] / local[B:]: each slice's backward zero-fills a gradient the size of the whole
