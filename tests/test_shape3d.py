@@ -67,6 +67,34 @@ def test_targets_use_each_images_gendered_body(body_dir):
         ShapeLoss(models[GENDER_IDS["neutral"]], models, reduction="max")
 
 
+def test_gendered_targets_need_no_host_sync_and_match_each_rows_own_body(body_dir):
+    """Each target row through its own gender's body, computed row by row here, equals the loss's device-side pick
+    (every body on every row, torch.where), which reads nothing back; the gradient reaches the prediction. A gender
+    without a model gives NaN, and check_genders refuses such a set up front."""
+    from fixtures.host_syncs import count_host_syncs
+
+    models = {GENDER_IDS[g]: load_body_model(body_dir, g) for g in ("female", "male", "neutral")}
+    loss_fn = ShapeLoss(models[GENDER_IDS["neutral"]], models)
+    gen = torch.Generator().manual_seed(3)
+    pred = torch.randn(6, 10, generator=gen).requires_grad_()
+    true = torch.randn(6, 10, generator=gen)
+    genders = torch.tensor([0, 1, 2, 1, 1, 0])
+    with count_host_syncs() as syncs:
+        loss = loss_fn(pred, true, genders)
+        (grad,) = torch.autograd.grad(loss, pred)
+    assert syncs.calls == []
+    by_row = [float(((models[2].canonical_vertices(pred[i:i + 1].detach())
+                      - models[int(genders[i])].canonical_vertices(true[i:i + 1])) ** 2).sum()) for i in range(6)]
+    assert float(loss) == pytest.approx(sum(by_row) / 6, rel=1e-5)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+    partial = ShapeLoss(models[GENDER_IDS["neutral"]], {0: models[0], 1: models[1]})
+    assert torch.isnan(partial(pred, true, genders))
+    with pytest.raises(KeyError, match=r"gender id\(s\) \[2\]"):
+        partial.check_genders(genders)
+    loss_fn.check_genders(genders)
+
+
 def test_synthetic_dataset_and_batch_ratio(synthetic_dir):
     ds = SyntheticMeshDataset(synthetic_dir)
     assert len(ds) == 12

@@ -90,6 +90,11 @@ class SyntheticStream:
                                  num_workers=workers, generator=self._gen, persistent_workers=workers > 0)
         self.set_epoch(0)
 
+    @property
+    def genders(self) -> torch.Tensor:
+        """The gender ids of the whole set ``[n]``."""
+        return self.loader.dataset.genders
+
     def set_epoch(self, epoch: int) -> None:
         """Restarts the stream with the shuffle of ``(seed, rank, epoch)``."""
         state = np.random.SeedSequence([self.seed, self.rank, int(epoch)]).generate_state(2, dtype=np.uint32)

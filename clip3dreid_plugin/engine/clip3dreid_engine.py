@@ -116,6 +116,8 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         self.shape_loss = shape_loss
         if switches.use_3d and (synthetic is None or shape_loss is None):
             raise ConfigError("loss.clip3dreid.use_3d needs body.synthetic_dir and body.model_dir")
+        if switches.use_3d and hasattr(synthetic, "genders") and hasattr(shape_loss, "check_genders"):
+            shape_loss.check_genders(synthetic.genders)  # now: the step itself cannot check without a sync
         if (switches.use_ot or switches.use_global or switches.use_3d) and teacher is None:
             raise ValueError("L_OT, L_global and the 3D term need a teacher (a teacher-cache file, a CLIPTeacher "
                              "or a teacher source): pass teacher=..., or switch them off")
