@@ -155,6 +155,15 @@ def test_training_with_the_3d_term_lowers_it(tmp_path, toy_market_root, body_dir
     assert last["3d"] < first["3d"]
     assert last["ot_syn"] < first["ot_syn"]
 
+    # A step with the 3D term makes no call that would make the host wait for a GPU (see test_clip3dreid_engine).
+    from fixtures.host_syncs import count_host_syncs, optimizer_host_tensors
+
+    engine.ot_loss.host_checks = False
+    with count_host_syncs(host_tensors=optimizer_host_tensors(engine.optimizer)) as syncs:
+        engine.forward_backward(batch)
+    assert syncs.calls == [], syncs.calls
+    engine.ot_loss.host_checks = None
+
     # The real and synthetic rows reach the OT loss as the two parts of one split of the model's local map
     # (slices would each zero-fill a gradient the size of the whole map in the backward).
     seen = []

@@ -252,8 +252,14 @@ class ClothesAwareEngineMixin:
                 self.writer = None
 
     def train(self, print_freq: int = 10, fixbase_epoch: int = 0, open_layers=None) -> Dict[str, float]:
-        """One epoch over ``self.train_loader``; logs the mean of every loss term."""
-        meters = torchreid.utils.MetricMeter()
+        """One epoch over ``self.train_loader``; logs the mean of every loss term.
+
+        The terms ``forward_backward`` returns as tensors are read back every ``print_freq`` steps, all pending steps
+        at once (:class:`~clip3dreid_plugin.engine.loss_log.LossLog`), not in every step.
+        """
+        from clip3dreid_plugin.engine.loss_log import LossLog
+
+        log = LossLog()
         self.set_model_mode("train")
         # The plain module: torchreid looks layers up by name, and DDP's "module." prefix would hide them.
         self.two_stepped_transfer_learning(self.epoch, fixbase_epoch, open_layers, model=unwrap(self.model))
@@ -265,17 +271,20 @@ class ClothesAwareEngineMixin:
         bar = progress(self.train_loader, total=self.num_batches, desc=f"epoch {self.epoch + 1}/{self.max_epoch}",
                        enabled=self.show_progress and self.is_main)
         for self.batch_idx, data in enumerate(bar):
-            summary = self.forward_backward(data)
-            meters.update(summary)
+            n_iter = self.epoch * self.num_batches + self.batch_idx
+            log.add(n_iter, self.forward_backward(data))
             if self.writer is not None:
-                n_iter = self.epoch * self.num_batches + self.batch_idx
-                for k, v in summary.items():
-                    self.writer.add_scalar(f"Train/{k}", v, n_iter)
                 self.writer.add_scalar("Train/lr", self.get_current_lr(), n_iter)
-            if hasattr(bar, "set_postfix") and (self.batch_idx + 1) % max(1, print_freq) == 0:
-                bar.set_postfix({k: f"{m.avg:.3f}" for k, m in meters.meters.items()})
+            if (self.batch_idx + 1) % max(1, print_freq) == 0 or self.batch_idx + 1 == self.num_batches:
+                for step, values in log.flush():
+                    if self.writer is not None:
+                        for k, v in values.items():
+                            self.writer.add_scalar(f"Train/{k}", v, step)
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in log.means().items()})
         self.update_lr()
-        means = {k: m.avg for k, m in meters.meters.items()}
+        log.flush()  # steps past len(train_loader), should a loader yield more
+        means = log.means()
         logger.info("epoch %d/%d done in %.1fs | %s | lr %.2e", self.epoch + 1, self.max_epoch, time.time() - t_epoch,
                     " ".join(f"{k} {v:.4f}" for k, v in means.items()), self.get_current_lr())
         return means

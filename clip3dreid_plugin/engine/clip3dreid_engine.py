@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from typing import Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 import torch
 import torchreid
@@ -55,7 +55,7 @@ class LossSwitches:
         return cls(c.alpha, c.beta, c.gamma, c.use_ce, c.use_ot, c.use_global, c.use_3d, c.triplet_weight,
                    c.global_reduction)
 
-    def weighted(self, terms: Dict[str, float]) -> Dict[str, float]:
+    def weighted(self, terms: Dict[str, Any]) -> Dict[str, Any]:
         """Each term of Eq. 10 times its weight (``w_<term>``), so a log shows which term dominates the total."""
         weights = {"ce": 1.0, "triplet": self.triplet_weight, "ot": self.alpha, "global": self.beta,
                    "ot_syn": self.gamma, "3d": self.gamma}
@@ -172,14 +172,14 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         if s.use_ot or s.use_global:
             g, labels = self.teacher.lookup(list(paths), imgs)
             if s.use_ot:
-                text_feats = self.teacher.gather_text(labels.to(dev))
+                text_feats = self.teacher.gather_text(labels.to(dev, non_blocking=True))
             if s.use_global:
-                teacher_feats = g.to(dev)
+                teacher_feats = g.to(dev, non_blocking=True)
         syn = None
         if s.use_3d:
             syn = next(self.synthetic)
             imgs = torch.cat([imgs, syn["img"].to(dev, non_blocking=True)])
-            syn_text = self.teacher.gather_text(syn["labels"].to(dev))
+            syn_text = self.teacher.gather_text(syn["labels"].to(dev, non_blocking=True))
             text_feats = syn_text if text_feats is None else torch.cat([text_feats, syn_text])
         if self.channels_last:
             imgs = imgs.contiguous(memory_format=torch.channels_last)
@@ -210,20 +210,27 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
             # text_proj holds [real (only when use_ot); synthetic] rows, in that order.
             text_syn = out["text_proj"][B:] if s.use_ot else out["text_proj"]
             terms["ot_syn"] = self.ot_loss(local_syn, text_syn)
-            terms["3d"] = self.shape_loss(out["betas"][B:], syn["betas"].to(dev), syn["gender"].to(dev))
+            terms["3d"] = self.shape_loss(out["betas"][B:], syn["betas"].to(dev, non_blocking=True),
+                                          syn["gender"].to(dev, non_blocking=True))
             total = total + s.gamma * (terms["ot_syn"] + terms["3d"])
         terms["loss"] = total
         self._diagnostics = self.monitor(f_id[:B], local_real if s.use_ot else None,
                                          out["text_proj"][:B] if s.use_ot else None)
         return terms
 
-    def forward_backward(self, data: dict) -> Dict[str, float]:
+    def forward_backward(self, data: dict) -> Dict[str, Union[float, torch.Tensor]]:
+        """One training step.
+
+        Returns:
+            Every term (and ``w_<term>``, weighted) as a detached 0-dim tensor on the device, not read back: the loop
+            reads them once per print interval. The collapse diagnostics, on the steps that compute them, are floats.
+        """
         terms = self.compute_losses(data)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms["loss"]).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        summary = {k: float(v.detach()) for k, v in terms.items()}
+        summary: Dict[str, Union[float, torch.Tensor]] = {k: v.detach() for k, v in terms.items()}
         summary.update(self.switches.weighted(summary))
         summary.update(self._diagnostics)
         return summary
