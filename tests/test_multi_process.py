@@ -288,6 +288,27 @@ def test_plain_ddp_fails_on_the_students_unused_head(tmp_path):
     assert "Expected to have finished reduction in the prior iteration" in got[0][2]
 
 
+def test_runtime_tf32_sets_the_cuda_matmul_precision_and_leaves_the_cpu_alone(monkeypatch):
+    """runtime.tf32 through torch's new per-backend API where it exists (mixing it with the legacy allow_tf32 is an
+    error in torch >= 2.9), allow_tf32 before; a CPU run changes nothing."""
+    from types import SimpleNamespace
+
+    from clip3dreid_plugin.utils.runtime import set_matmul_tf32
+
+    new = SimpleNamespace(fp32_precision="none")
+    monkeypatch.setattr(torch.backends.cuda, "matmul", new)
+    set_matmul_tf32(True, torch.device("cpu"))
+    assert new.fp32_precision == "none"
+    set_matmul_tf32(True, torch.device("cuda", 0))
+    assert new.fp32_precision == "tf32"
+    set_matmul_tf32(False, torch.device("cuda", 0))
+    assert new.fp32_precision == "ieee"
+    legacy = SimpleNamespace(allow_tf32=False)
+    monkeypatch.setattr(torch.backends.cuda, "matmul", legacy)
+    set_matmul_tf32(True, torch.device("cuda", 1))
+    assert legacy.allow_tf32 is True and not hasattr(legacy, "fp32_precision")
+
+
 def test_runtime_deterministic_asks_torch_for_deterministic_kernels():
     from clip3dreid_plugin.utils.runtime import set_seed
 

@@ -87,11 +87,13 @@ class OnlineTeacherSource:
 
 
 def build_teacher(cfg: CN, device="cpu") -> CLIPTeacher:
-    """The :class:`CLIPTeacher` described by ``cfg.teacher`` (and the student's ``cfg.data.norm_*``)."""
+    """The :class:`CLIPTeacher` described by ``cfg.teacher`` (and the student's ``cfg.data.norm_*``), in
+    ``teacher.precision`` as resolved for ``device`` (``auto``: float32 on the CPU, half precision on a GPU)."""
     t = cfg.teacher
     return CLIPTeacher(t.name, t.pretrained or None, device=device, pairs=parse_pairs(t.descriptor_pairs),
                        template=resolve_template(t.prompt_template), resize_mode=t.resize_mode,
-                       student_mean=tuple(cfg.data.norm_mean), student_std=tuple(cfg.data.norm_std))
+                       student_mean=tuple(cfg.data.norm_mean), student_std=tuple(cfg.data.norm_std),
+                       precision=t.precision)
 
 
 def build_teacher_source(cfg: CN, datasets: Sequence[Tuple[str, Sequence[str]]], device="cpu"):

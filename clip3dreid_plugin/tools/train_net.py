@@ -111,7 +111,8 @@ def build(cfg):
     from clip3dreid_plugin.engine.build import build_engine
     from clip3dreid_plugin.models.build import build_model
     from clip3dreid_plugin.utils import distributed as dist_utils
-    from clip3dreid_plugin.utils.runtime import activate_device, check_amp_support, resolve_device, set_seed
+    from clip3dreid_plugin.utils.runtime import (activate_device, check_amp_support, resolve_device, set_matmul_tf32,
+                                                 set_seed)
 
     clip3dreid_plugin.register()
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -119,6 +120,7 @@ def build(cfg):
     device = activate_device(resolve_device(cfg.runtime.device,
                                             int(os.environ.get("LOCAL_RANK", "0")) if launched else None))
     check_amp_support(cfg.runtime.amp, device)
+    set_matmul_tf32(cfg.runtime.tf32, device)
     if launched and cfg.runtime.sync_bn and device.type != "cuda":
         # Checked before the process group forms; torch's own refusal comes only at the first training forward.
         raise ConfigError(f"runtime.sync_bn True needs CUDA (SyncBatchNorm synchronises GPU tensors only), but this "
