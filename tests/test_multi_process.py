@@ -427,6 +427,41 @@ def test_explicit_cuda_index_becomes_the_current_device():
         torch.cuda.set_device(before)
 
 
+def _run_on_main_worker(rank: int, store: str, out, fail: bool):
+    from clip3dreid_plugin.utils import distributed as dist_utils
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        calls = []
+
+        def work():
+            calls.append(rank)
+            if fail:
+                raise MemoryError("no room for the re-ranking")
+            return torch.arange(6, dtype=torch.float64).view(2, 3) * 10
+
+        try:
+            got = dist_utils.run_on_main(work)
+            out.put((rank, calls, got.tolist(), str(got.dtype)))
+        except Exception as err:
+            out.put((rank, calls, type(err).__name__, str(err)))
+    finally:
+        dist_utils.cleanup()
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_run_on_main_computes_on_rank0_and_gives_every_rank_the_result(tmp_path, fail):
+    """Re-ranking's pattern: rank 0 alone does the work, the other rank gets its tensor (shape and dtype kept);
+    when rank 0 fails, both raise rather than one waiting for ever."""
+    got = _spawn_two(_run_on_main_worker, tmp_path, fail)
+    assert [g[1] for g in got] == [[0], []]  # only rank 0 ran it
+    if not fail:
+        assert got[0][2:] == got[1][2:] == ([[0.0, 10.0, 20.0], [30.0, 40.0, 50.0]], "torch.float64")
+    else:
+        assert got[0][2:] == ("MemoryError", "no room for the re-ranking")
+        assert got[1][2] == "RuntimeError" and "MemoryError: no room for the re-ranking" in got[1][3]
+
+
 def _sharded_eval_worker(rank: int, store: str, out, poison_row: int):
     from clip3dreid_plugin.evaluation import evaluate_all
     from clip3dreid_plugin.evaluation.distance import FeatureDistances

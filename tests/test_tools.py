@@ -50,6 +50,93 @@ def test_visrank_writes_one_grid_per_valid_query_of_each_protocol(tmp_path):
     assert len(os.listdir(osp.join(out, "visrank_ltcc_cc"))) == 1
 
 
+def _visrank_items(folder, num, seed, num_ids, num_cams, num_clothes):
+    """``num`` items ``(path, pid, camid, dsetid, clothes)`` with a small image each (a colour per item)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(num):
+        path = osp.join(folder, f"s{seed}_{i:03d}.png")
+        Image.fromarray(rng.integers(0, 255, size=(16, 8, 3), dtype=np.uint8)).save(path)
+        items.append((path, int(rng.integers(num_ids)), int(rng.integers(num_cams)), 0, int(rng.integers(num_clothes))))
+    return items
+
+
+def _brute_force_shown(d, query, gallery, mode, topk):
+    """Each valid query's shown items by a full stable sort: not-junk items by distance, then the junk items that
+    torchreid does not hide (same identity and camera), by distance; gallery index breaks ties."""
+    good, junk = protocol_masks(query, gallery, mode)
+    hidden = protocol_masks(query, gallery, "general")[1]
+    keep = np.flatnonzero(good.any(1))
+    shown = []
+    for i in keep:
+        order = np.lexsort((np.arange(len(gallery)), d[i], junk[i]))
+        shown.append([j for j in order if not hidden[i, j]][:topk])
+    return keep, shown
+
+
+@pytest.mark.parametrize("mode", ["general", "cc", "sc"])
+def test_blockwise_ranked_gallery_equals_a_brute_force_ranking(tmp_path, mode, monkeypatch):
+    """The items each grid shows, found a block of queries at a time (a block of 7 here), equal a full stable
+    sort of every row; on a gallery this small some queries show fewer than topk items, and some show junk."""
+    from clip3dreid_plugin.evaluation import visrank
+    from clip3dreid_plugin.evaluation.distance import FeatureDistances
+
+    query = _visrank_items(str(tmp_path), 40, 1, 12, 3, 3)
+    gallery = _visrank_items(str(tmp_path), 60, 2, 12, 3, 3)
+    gen = torch.Generator().manual_seed(0)
+    qf, gf = torch.randn(40, 8, generator=gen, dtype=torch.float64), torch.randn(60, 8, generator=gen,
+                                                                                 dtype=torch.float64)
+    distances = FeatureDistances(qf, gf)
+    d = distances[0:40].numpy()
+    monkeypatch.setattr(visrank, "_RANK_BLOCK_ELEMS", 7 * 60)
+    for topk in (5, 60):
+        keep, shown = visrank.ranked_gallery(distances, query, gallery, mode, topk)
+        want_keep, want_shown = _brute_force_shown(d, query, gallery, mode, topk)
+        assert keep.tolist() == want_keep.tolist() and len(keep) > 5
+        assert [[j for j in row if j >= 0] for row in shown.tolist()] == [list(map(int, r)) for r in want_shown]
+        if topk == 60:
+            assert any(len(r) < 60 for r in want_shown)  # hidden items are never shown
+            _, junk = protocol_masks(query, gallery, mode)
+            assert any(junk[i, j] for i, row in zip(keep, shown) for j in row if j >= 0) is (mode != "general")
+
+
+@pytest.mark.parametrize("mode", ["general", "cc", "sc"])
+def test_ranked_grids_equal_those_of_the_whole_matrix(tmp_path, mode, monkeypatch):
+    """Today's drawing from blocks (of 6 queries here) writes the same files, byte for byte, as handing torchreid
+    the whole query x gallery matrix with junk pushed to the end (what visrank did before). The gallery is large
+    enough that every grid shows items that are not junk only, where the two orders cannot differ."""
+    import torchreid
+
+    from clip3dreid_plugin.evaluation import visrank
+    from clip3dreid_plugin.evaluation.distance import FeatureDistances
+
+    query = _visrank_items(str(tmp_path), 20, 3, 5, 4, 2)
+    gallery = _visrank_items(str(tmp_path), 150, 4, 5, 4, 2)
+    gen = torch.Generator().manual_seed(1)
+    qf, gf = torch.randn(20, 8, generator=gen), torch.randn(150, 8, generator=gen)
+    distances = FeatureDistances(qf, gf)
+    topk = 4
+
+    old = str(tmp_path / "old")
+    good, junk = protocol_masks(query, gallery, mode)
+    keep = np.flatnonzero(good.any(1))
+    full = np.array(distances[0:20].numpy(), dtype=np.float64)
+    full[junk] = full.max() + 1.0
+    torchreid.utils.visualize_ranked_results(full[keep], ([query[i] for i in keep], list(gallery)), "image",
+                                             width=8, height=16, save_dir=old, topk=topk)
+    monkeypatch.setattr(visrank, "_DRAW_BLOCK", 6)
+    new = str(tmp_path / "new")
+    n = visrank.visualize_ranked_results_protocol(distances, query, gallery, mode, new, width=8, height=16,
+                                                  topk=topk)
+    assert n == len(keep) > 6
+    assert sorted(os.listdir(new)) == sorted(os.listdir(old))
+    for name in os.listdir(old):
+        with open(osp.join(old, name), "rb") as a, open(osp.join(new, name), "rb") as b:
+            assert a.read() == b.read(), name
+
+
 def test_extract_features_matches_the_model(trained, tmp_path):
     root, _, ckpt = trained
     folder = osp.join(root, "market1501", "query")

@@ -31,13 +31,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchreid
 from torch.utils.tensorboard import SummaryWriter
 
 from clip3dreid_plugin import compat
 from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.utils.distributed import (all_gather_objects, all_gather_ordered, broadcast_buffers,
-                                                 get_rank, get_world_size)
+                                                 get_rank, get_world_size, run_on_main)
 from clip3dreid_plugin.utils.progress import progress
 from clip3dreid_plugin.utils.rng import rng_state, set_rng_state
 
@@ -205,6 +204,8 @@ class ClothesAwareEngineMixin:
             ``{dataset: {metric: value}}`` of the last evaluation.
         """
         _refuse_cuhk03(use_metric_cuhk03)  # before training, not at the first evaluation
+        if rerank:
+            self._refuse_rerank_beyond_memory()
         eval_kw = dict(dist_metric=dist_metric, normalize_feature=normalize_feature, visrank=visrank,
                        visrank_topk=visrank_topk, save_dir=save_dir, use_metric_cuhk03=use_metric_cuhk03,
                        ranks=ranks, rerank=rerank)
@@ -293,6 +294,19 @@ class ClothesAwareEngineMixin:
     def _record_evaluation(self, which: str, epoch: int) -> None:
         """Keeps the current evaluation as the ``last`` or ``best`` one, after ``epoch`` epochs (0: evaluation only)."""
         self.evaluations[which] = {"epoch": epoch, "metrics": self.last_metrics, "cmc": self.last_cmc}
+
+    def _refuse_rerank_beyond_memory(self) -> None:
+        """``test.rerank`` on a target larger than rank 0's host memory can re-rank: one line, before training.
+
+        Rank 0 decides (it alone re-ranks) and every rank raises, so none trains on while the others stop.
+        """
+        from clip3dreid_plugin.evaluation.rerank import rerank_memory_error
+
+        sizes = {name: (len(sets["query"]), len(sets["gallery"]))
+                 for name, sets in getattr(self.datamanager, "test_dataset", {}).items()}
+        message = all_gather_objects(rerank_memory_error(sizes) if get_rank() == 0 else None)[0]
+        if message:
+            raise ConfigError(message)
 
     def selection_score(self, metrics: Dict[str, Dict[str, float]]) -> float:
         """Score used to pick the best checkpoint: the first target's CC rank-1 when defined."""
@@ -385,16 +399,19 @@ class ClothesAwareEngineMixin:
             return self.device
         return torch.device(want)
 
-    def _draw_ranked_results(self, name: str, protocols: Sequence[str], distmat: torch.Tensor, save_dir: str,
+    def _draw_ranked_results(self, name: str, protocols: Sequence[str], distmat, save_dir: str,
                              topk: int) -> None:
-        """Writes the ranked-result images of every protocol of target ``name`` (``test.visrank``)."""
+        """Writes the ranked-result images of every protocol of target ``name`` (``test.visrank``).
+
+        ``distmat`` is the target's :class:`~clip3dreid_plugin.evaluation.distance.FeatureDistances` (or its
+        re-ranked ``[Q, G]`` matrix): the ranking reads it a block of queries at a time.
+        """
         from clip3dreid_plugin.evaluation.visrank import visualize_ranked_results_protocol
 
         query, gallery = self.datamanager.fetch_test_loaders(name)
-        dm = distmat.cpu().numpy()
         for mode in protocols:
             visualize_ranked_results_protocol(
-                dm, query, gallery, mode, save_dir=osp.join(save_dir, f"visrank_{name}_{mode}"),
+                distmat, query, gallery, mode, save_dir=osp.join(save_dir, f"visrank_{name}_{mode}"),
                 data_type=self.datamanager.data_type, width=self.datamanager.width, height=self.datamanager.height,
                 topk=topk)
 
@@ -410,7 +427,8 @@ class ClothesAwareEngineMixin:
             as ``Test/<name>/rank1|mAP``.
         """
         from clip3dreid_plugin.evaluation import evaluate_all
-        from clip3dreid_plugin.evaluation.distance import FeatureDistances, chunked_distmat
+        from clip3dreid_plugin.evaluation.distance import FeatureDistances
+        from clip3dreid_plugin.evaluation.rerank import rerank_distances
 
         name = dataset_name
         protocols = self.protocols_for(name)
@@ -421,10 +439,9 @@ class ClothesAwareEngineMixin:
         if normalize_feature:
             qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
         if rerank:
-            # k-reciprocal re-ranking needs the whole query-gallery, query-query and gallery-gallery matrices (on
-            # the CPU, in numpy); every rank computes them, so none waits alone.
-            qq, gg, qg = (chunked_distmat(a, b, dist_metric).cpu().numpy() for a, b in ((qf, qf), (gf, gf), (qf, gf)))
-            distances = torch.as_tensor(torchreid.utils.re_ranking(qg, qq, gg))
+            # k-reciprocal re-ranking needs the whole query-gallery, query-query and gallery-gallery matrices in host
+            # memory: rank 0 alone re-ranks (run() checked that it can) and hands the result to every rank.
+            distances = run_on_main(lambda: rerank_distances(qf, gf, dist_metric))
         else:
             # Distances of one block of queries at a time, computed when ranked: no [Q, G] matrix.
             distances = FeatureDistances(qf, gf, dist_metric)
@@ -449,7 +466,6 @@ class ClothesAwareEngineMixin:
                 self.writer.add_scalar(f"Test/{name}/{k}", v, self.epoch)
         self.last_metrics[name] = metrics
         if visrank and self.is_main:
-            distmat = distances if rerank else chunked_distmat(qf, gf, dist_metric)
-            self._visrank_jobs.append((name, protocols, distmat.cpu(), save_dir, visrank_topk))
+            self._visrank_jobs.append((name, protocols, distances, save_dir, visrank_topk))
         cmc, mAP = out["general"] if "general" in out else out[protocols[0]]
         return float(cmc[0]), float(mAP)
