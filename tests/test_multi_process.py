@@ -315,6 +315,9 @@ def test_runtime_deterministic_asks_torch_for_deterministic_kernels():
     try:
         set_seed(0, deterministic=True)
         assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+        assert torch.backends.cudnn.deterministic
+        # What the option promises (README): ops without a deterministic kernel warn rather than stop the run.
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
     finally:
         set_seed(0, deterministic=False)
     assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark

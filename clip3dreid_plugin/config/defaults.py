@@ -120,7 +120,7 @@ def add_clip3dreid_config(cfg: CN) -> CN:
     # ---------------------------------------------------------------- runtime
     cfg.runtime = CN()
     cfg.runtime.device = "auto"  # auto | cpu | cuda | cuda:N: auto picks cuda when available
-    cfg.runtime.deterministic = False  # cudnn.deterministic + no benchmark, for bit-reproducible runs
+    cfg.runtime.deterministic = False  # torch's deterministic kernels where they exist, no cuDNN benchmark (README)
     cfg.runtime.ckpt_freq = 1  # save a resumable checkpoint every N epochs (0 = only at the end)
     cfg.runtime.amp = "none"  # none | bf16 | fp16 autocast for the student forward
     cfg.runtime.channels_last = True  # NHWC layout for conv models (faster ResNet steps on CPU, see BENCHMARKS.md)

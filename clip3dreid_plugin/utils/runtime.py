@@ -60,7 +60,15 @@ def setup_logging(save_dir: str = "", filename: str = "train.log", level: int = 
 
 def set_seed(seed: int, deterministic: bool = False) -> None:
     """Seeds python, numpy and torch (all devices); ``deterministic`` also asks torch for deterministic kernels,
-    otherwise cuDNN may benchmark its kernels (``runtime.deterministic``)."""
+    otherwise cuDNN may benchmark its kernels (``runtime.deterministic``).
+
+    What ``deterministic`` guarantees: cuDNN picks deterministic algorithms and does not benchmark, cuBLAS gets a
+    fixed workspace, and every op that has a deterministic implementation uses it. An op without one (on CUDA, e.g.
+    the backward of ``AdaptiveAvgPool2d`` in the ResNet trunks) warns, naming itself, and stays nondeterministic: a
+    CUDA run then repeats only up to those ops. torch's strict mode would stop the run there instead, which would
+    rule the option out for every trunk the plugin trains. On the CPU, the tests repeat runs bit for bit with one
+    thread per process (the resume tests compare weights exactly).
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -70,7 +78,7 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
-        # warn_only: an op without a deterministic kernel warns, naming itself, instead of stopping the run.
+        # warn_only: an op without a deterministic kernel warns, naming itself, instead of stopping the run (above).
         torch.use_deterministic_algorithms(True, warn_only=True)
     else:
         # A process may seed twice (tests, the quickstart's two runs): undo an earlier deterministic request.
