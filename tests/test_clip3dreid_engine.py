@@ -1,6 +1,7 @@
-"""CLIP3DReIDEngine: every loss term trains, ablation switches cut terms from the graph, bad teacher
-caches fail with the image or dataset named, bf16 autocast stays close to fp32, torch.compile matches eager,
-video clips train as their frames, scripts/train.py runs it; on a GPU, every precision trains on CUDA."""
+"""CLIP3DReIDEngine: every loss term trains, ablation switches cut terms from the graph, a step makes no host sync
+and the loop reads the losses once per print interval, bad teacher caches fail with the image or dataset named,
+bf16 autocast stays close to fp32, torch.compile matches eager, video clips train as their frames, scripts/train.py
+runs it; on a GPU, every precision trains on CUDA."""
 from __future__ import annotations
 
 import math
@@ -94,6 +95,59 @@ def test_repeated_batch_lowers_every_term_and_switches_cut_the_graph(clip_setup,
         model = eng.model
         assert all(p.grad is None for p in getattr(model, head).parameters()), head
         assert any(p.grad is not None for p in model.aggregator.parameters())
+
+
+@pytest.mark.parametrize("extra", [[], ["loss.clip3dreid.triplet_weight", "1.0"]])
+def test_a_training_step_makes_no_host_synchronising_call(clip_setup, tmp_path, extra):
+    """One step of the default recipe (CE + L_OT + L_global, with the cached teacher; and with the triplet term):
+    forward, losses, backward, optimizer step. On the CPU nothing waits, so what is checked is that no call that
+    would make the host wait for a GPU is made (fixtures/host_syncs.py: reads of values, copies to the host, ops with
+    data-dependent output sizes). The OT solver runs as it does off the CPU (host_checks False). The step counters
+    of the optimizer stay on the host in a CUDA run too and are left out. Not covered: the collapse diagnostics,
+    which read their figures every runtime.diag_freq steps (not this step), and the loop's read of the losses once
+    per print interval."""
+    from fixtures.host_syncs import count_host_syncs, optimizer_host_tensors
+
+    cfg = _cfg(*_argv(*clip_setup, str(tmp_path / "sync")), *extra)
+    _build_cache(cfg)
+    engine = _engine(cfg)
+    engine.ot_loss.host_checks = False
+    batch = next(iter(engine.train_loader))
+    engine.forward_backward(batch)  # the first step: diagnostics, optimizer state, the cache's device copy
+    with count_host_syncs(host_tensors=optimizer_host_tensors(engine.optimizer)) as syncs:
+        summary = engine.forward_backward(batch)
+    assert syncs.calls == [], syncs.calls
+    assert set(summary) >= {"loss", "ce", "ot", "global"} and all(torch.is_tensor(v) for v in summary.values())
+    # The control: the counter sees the reads that torchreid's CE and a host-checked Sinkhorn make.
+    engine.ot_loss.host_checks = True
+    with count_host_syncs(host_tensors=optimizer_host_tensors(engine.optimizer)) as syncs:
+        engine.forward_backward(batch)
+    assert any("ot.py" in where for _, where in syncs.calls), syncs.calls
+
+
+def test_loss_log_reads_the_pending_steps_in_one_transfer_and_keeps_each_step():
+    """The loop's record of the terms: adding a step reads nothing; a flush reads every pending step with one
+    transfer and gives each step its own values (TensorBoard's points); the means count a term only where it was."""
+    from clip3dreid_plugin.engine.loss_log import LossLog
+    from fixtures.host_syncs import count_host_syncs
+
+    log = LossLog()
+    steps = [{"loss": torch.tensor(1.0 + i), "ce": torch.tensor(0.5 * i, dtype=torch.float64)} for i in range(5)]
+    steps[0]["diag_fid_norm"] = 3.0  # a float, as the diagnostics are, on their steps only
+    steps[3]["diag_fid_norm"] = 5.0
+    with count_host_syncs() as syncs:
+        for i, st in enumerate(steps[:3]):
+            log.add(10 + i, st)
+    assert syncs.calls == []
+    with count_host_syncs() as syncs:
+        first = log.flush()
+    assert [c for c, _ in syncs.calls] == ["Tensor.tolist"]
+    assert first == [(10, {"loss": 1.0, "ce": 0.0, "diag_fid_norm": 3.0}), (11, {"loss": 2.0, "ce": 0.5}),
+                     (12, {"loss": 3.0, "ce": 1.0})]
+    for i, st in enumerate(steps[3:], 3):
+        log.add(10 + i, st)
+    assert [at for at, _ in log.flush()] == [13, 14] and log.flush() == []
+    assert log.means() == {"loss": 3.0, "ce": 1.0, "diag_fid_norm": 4.0}
 
 
 def test_bf16_autocast_on_cpu_is_finite_and_close_to_fp32(clip_setup, tmp_path):

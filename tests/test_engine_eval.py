@@ -77,6 +77,23 @@ def test_rerank_works_with_every_protocol(cc_root, tmp_path):
         assert 0.0 <= res["prcc"][f"{mode}_mAP"] <= 1.0
 
 
+def test_rerank_too_large_for_the_host_stops_before_training(cc_root, tmp_path, monkeypatch, capsys):
+    """test.rerank on a target rank 0 cannot re-rank in its memory: the run ends with one line before the first
+    training step (no checkpoint), not at its first evaluation."""
+    from clip3dreid_plugin.evaluation import rerank
+
+    monkeypatch.setattr(rerank, "available_memory_bytes", lambda: 1000)  # the fixture needs a few kB
+    out = str(tmp_path / "rr_big")
+    rc = train_net.main(["--config-file", TOY, "--device", "cpu", "--output-dir", out, "data.root", cc_root,
+                         "data.sources", "['prcc']", "data.targets", "['prcc']", "train.batch_size", "4",
+                         "train.max_epoch", "1", "test.rerank", "True"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    line = [ln for ln in err.splitlines() if "test.rerank True" in ln]
+    assert len(line) == 1 and "re-ranking prcc's" in line[0] and "GB of host memory" in line[0], err
+    assert not glob.glob(osp.join(out, "model", "*"))
+
+
 def test_video_dataset_trains_and_evaluates_tracklets(cc_root, tmp_path):
     res = _run(cc_root, str(tmp_path / "vid"), "data.type", "video", "data.sources", "['ccvid']",
                "data.targets", "['ccvid']", "video.seq_len", "2", "train.batch_size", "2")

@@ -297,6 +297,54 @@ def test_reranked_distances_in_every_mode():
     assert out["general"][1] == pytest.approx(float(ref_map), abs=1e-12)
 
 
+def test_rerank_distances_equal_torchreids_from_the_full_matrices():
+    """The plugin's re-ranking writes the three distance matrices into host memory a block at a time: the result is
+    torchreid's re_ranking of the matrices torchreid's compute_distance_matrix gives."""
+    from clip3dreid_plugin.evaluation import rerank
+
+    gen = torch.Generator().manual_seed(4)
+    qf, gf = torch.randn(15, 16, generator=gen), torch.randn(70, 16, generator=gen)
+    dist = torchreid.metrics.compute_distance_matrix
+    want = torchreid.utils.re_ranking(dist(qf, gf).numpy(), dist(qf, qf).numpy(), dist(gf, gf).numpy())
+    old_block = rerank._BLOCK_ELEMS
+    rerank._BLOCK_ELEMS = 7 * 70  # several blocks per matrix
+    try:
+        got = rerank.rerank_distances(qf, gf)
+    finally:
+        rerank._BLOCK_ELEMS = old_block
+    assert got.shape == (15, 70) and got.dtype == torch.from_numpy(want).dtype
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_rerank_memory_estimate_covers_torchreids_measured_peak():
+    """rerank_memory_bytes against tracemalloc's peak of a real re-ranking (its numpy arrays, inputs included), with
+    fewer and with more queries than gallery items: never below it, and within 10% above."""
+    import tracemalloc
+
+    from clip3dreid_plugin.evaluation.rerank import rerank_distances, rerank_memory_bytes
+
+    gen = torch.Generator().manual_seed(5)
+    for nq, ng in ((100, 500), (450, 150)):
+        qf, gf = torch.randn(nq, 16, generator=gen), torch.randn(ng, 16, generator=gen)
+        tracemalloc.start()
+        try:
+            rerank_distances(qf, gf)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert 0.9 * rerank_memory_bytes(nq, ng) < peak <= rerank_memory_bytes(nq, ng), (nq, ng, peak)
+
+
+def test_rerank_beyond_memory_is_one_line_naming_the_size_and_the_need():
+    from clip3dreid_plugin.evaluation.rerank import rerank_memory_error
+
+    sizes = {"prcc": (100, 200), "last": (10176, 125353)}
+    msg = rerank_memory_error(sizes, available=64 * 10 ** 9)
+    assert msg.startswith("test.rerank True: re-ranking last's 10176 queries x 125353 gallery items needs about "
+                          "435.9 GB of host memory") and "64.0 GB are available" in msg and "\n" not in msg
+    assert rerank_memory_error({"prcc": (100, 200)}, available=64 * 10 ** 9) is None
+
+
 # --------------------------------------------------------------- (8) evaluate_all vs evaluate
 @pytest.mark.parametrize("method", METHODS)
 def test_evaluate_all_equals_separate_calls(method):

@@ -326,7 +326,7 @@ def test_clip3dreid_engine_from_objects_trains_every_term(ltcc_root, tmp_path, c
     trained = {id(p) for group in engine.optimizer.param_groups for p in group["params"]}
     assert all(id(p) in trained for p in model.parameters())
     assert len(summaries) == 2  # 16 training images, batches of 8
-    s = summaries[0]
+    s = {k: float(v) for k, v in summaries[0].items()}  # the terms stay device tensors until the loop reads them
     assert {"ce", "ot", "global", "ot_syn", "3d", "loss"} <= set(s)
     sw = LossSwitches(alpha=0.3, beta=0.5, gamma=0.3)
     assert s["w_ot"] == pytest.approx(sw.alpha * s["ot"]) and s["w_global"] == pytest.approx(sw.beta * s["global"])

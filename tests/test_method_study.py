@@ -224,7 +224,7 @@ def test_shape_probe_engine_regresses_true_shapes(synthcc_root, tmp_path):
     imgs = torch.randn(4, 3, 64, 32)
     with torch.no_grad():
         expect = F.mse_loss(copy.deepcopy(model).train()(imgs), torch.tensor([shapes[p] for p in paths]))
-    got = engine.forward_backward({"img": imgs, "impath": paths, "pid": torch.zeros(4)})["shape_mse"]
+    got = float(engine.forward_backward({"img": imgs, "impath": paths, "pid": torch.zeros(4)})["shape_mse"])
     assert got == pytest.approx(float(expect), rel=1e-5)
     with pytest.raises(KeyError, match="elsewhere.png"):
         engine.targets(["/elsewhere.png"])

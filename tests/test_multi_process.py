@@ -1,5 +1,6 @@
 """Multi-process correctness that needs no GPU: one model at evaluation (rank 0's BN statistics on every rank), a
-synthetic stream per rank re-seeded every epoch, DDP only around a model that trains."""
+synthetic stream per rank re-seeded every epoch, DDP only around a model that trains and with the gradients of one
+process, SyncBatchNorm conversion that keeps frozen tensors frozen."""
 from __future__ import annotations
 
 import pytest
@@ -11,6 +12,7 @@ import torchvision.transforms as T
 from clip3dreid_plugin.body.procedural import write_procedural_smpl
 from clip3dreid_plugin.body.synthetic_set import render_synthetic_set
 from clip3dreid_plugin.data.synthetic import SyntheticMeshDataset, SyntheticStream, synthetic_batch_size
+from clip3dreid_plugin.models import MODEL_FACTORIES
 from clip3dreid_plugin.utils.distributed import broadcast_buffers
 
 
@@ -112,12 +114,210 @@ def test_a_model_with_nothing_to_train_is_not_wrapped_in_ddp():
     assert compiled is not frozen and unwrap(compiled) is frozen
 
 
+# (model name, config overrides): every registered model, and the student with each head option that adds a tensor.
+_SYNC_BN_CASES = [(name, []) for name in sorted(MODEL_FACTORIES)] + [
+    ("clip3dreid", ["clip3dreid.bnneck", "True"]),
+    ("clip3dreid", ["clip3dreid.bnneck", "True", "clip3dreid.fixed_text_head", "True"]),
+]
+
+
+@pytest.mark.parametrize("name, opts", _SYNC_BN_CASES)
+def test_sync_batchnorm_conversion_keeps_every_tensor_what_it_was(tmp_path, name, opts):
+    """runtime.sync_bn's conversion, on the CPU (it needs no GPU and no process group): every batch norm becomes a
+    SyncBatchNorm, a buffer stays a buffer (the BN-neck's bias, which torch's own conversion fails on), requires_grad
+    and values are unchanged, the checkpoint keys too, and the converted model computes the same outputs."""
+    import copy
+
+    from torchreid.reid.utils.torchtools import open_all_layers
+
+    from clip3dreid_plugin.config import get_cfg
+    from clip3dreid_plugin.models.build import build_model
+    from clip3dreid_plugin.utils.distributed import convert_sync_batchnorm
+    from fixtures.tiny_clip import tiny_clip
+
+    clip_name, weights = tiny_clip(str(tmp_path))
+    cfg = get_cfg()
+    cfg.merge_from_list(["model.name", name, "model.pretrained", "False", "clip3dreid.backbone", "resnet18",
+                         "clip3dreid.local_dim", "64", "clip3dreid.agg_hidden_dim", "16", "clip3dreid.head_hidden_dim",
+                         "16", "clip3dreid.teacher_dim", "64", "teacher.name", clip_name, "teacher.pretrained", weights,
+                         *opts])
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes=5, use_gpu=False)
+    reference = copy.deepcopy(model)
+    kinds = {n: ("parameter", p.requires_grad) for n, p in model.named_parameters()}
+    kinds.update({n: ("buffer", b.requires_grad) for n, b in model.named_buffers()})
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    n_bn = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+    converted = convert_sync_batchnorm(model)
+    assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules()) == n_bn
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(m, torch.nn.SyncBatchNorm)
+                   for m in converted.modules())
+    after = {n: ("parameter", p.requires_grad) for n, p in converted.named_parameters()}
+    after.update({n: ("buffer", b.requires_grad) for n, b in converted.named_buffers()})
+    assert after == kinds
+    assert converted.state_dict().keys() == state.keys()
+    for k, v in converted.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    if "clip3dreid.bnneck" in opts:
+        assert isinstance(converted.bnneck, torch.nn.SyncBatchNorm) and kinds["bnneck.bias"] == ("buffer", False)
+        open_all_layers(converted)  # what torchreid's engines do every epoch: the bias must stay out of reach
+        assert "bnneck.bias" not in dict(converted.named_parameters())
+
+    x = torch.randn(4, 3, 64, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(converted.eval()(x), reference.eval()(x), rtol=0, atol=0)
+        if name not in ("clip_zeroshot",):  # evaluation-only
+            # Training mode outside a process group normalises with the batch's statistics, as batch norm does.
+            got, want = converted.train()(x), reference.train()(x)
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+            for (k, v), (_, w) in zip(converted.state_dict().items(), reference.state_dict().items()):
+                assert torch.equal(v, w), k  # the running statistics moved alike
+
+
+def test_sync_bn_on_a_cpu_torchrun_is_a_one_line_config_error(monkeypatch, tmp_path):
+    """torch refuses SyncBatchNorm on CPU tensors only at the first training forward, with its own ValueError; the
+    train command stops before the process group forms and names the option."""
+    from clip3dreid_plugin.config import ConfigError
+    from clip3dreid_plugin.tools import train_net
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    args = train_net.build_parser().parse_args(["--device", "cpu", "--output-dir", str(tmp_path),
+                                                "data.root", str(tmp_path), "runtime.sync_bn", "True"])
+    with pytest.raises(ConfigError, match=r"^runtime.sync_bn True needs CUDA") as err:
+        train_net.build(train_net.setup_cfg(args))
+    assert "\n" not in str(err.value)
+    assert not dist.is_initialized()
+
+
+def _student_batch(step: int, part: int):
+    """The images, identities, text features and teacher features of one half of one step's batch."""
+    g = torch.Generator().manual_seed(100 * step + part)
+    return (torch.randn(4, 3, 32, 16, generator=g), torch.randint(0, 5, (4,), generator=g),
+            torch.randn(4, 3, 8, generator=g), torch.randn(4, 8, generator=g))
+
+
+def _student_loss(model, batch) -> torch.Tensor:
+    """The engine's default terms (CE, L_OT, L_global); phi gets no gradient without the 3D term."""
+    from clip3dreid_plugin.losses import OTLoss, global_distill_loss
+
+    x, pids, text, teacher = batch
+    out = model(x, text_feats=text, teacher_feats=teacher, return_dict=True)
+    return (torch.nn.functional.cross_entropy(out["logits"], pids, label_smoothing=0.1)
+            + 0.3 * OTLoss()(out["local"], out["text_proj"]) + 0.5 * global_distill_loss(out["teacher_proj"],
+                                                                                      out["f_id"]))
+
+
+def _small_student():
+    from clip3dreid_plugin.models.clip3dreid import CLIP3DReID
+
+    torch.manual_seed(0)
+    return CLIP3DReID(5, backbone="resnet18", local_dim=16, agg_hidden_dim=8, head_hidden_dim=8, teacher_dim=8).train()
+
+
+def _ddp_gradient_worker(rank: int, store: str, out, ddp_kwargs, steps: int):
+    """Trains under DDP; rank 0 also computes, before each step, the single-process gradient from the same weights:
+    the mean of the two half batches' gradients. Reports per step the largest deviation and the gradient-less
+    parameters, and a checksum of the gradients so that the ranks can be compared."""
+    from clip3dreid_plugin.tools.train_net import wrap_for_training
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        model = _small_student()
+        ddp = wrap_for_training(model, distributed=True, trainable=True, device=torch.device("cpu"),
+                                ddp_kwargs=ddp_kwargs)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        report = []
+        try:
+            for step in range(steps):
+                want = {}
+                if rank == 0:
+                    single = _small_student()
+                    single.load_state_dict(model.state_dict())
+                    for part in range(2):
+                        (_student_loss(single, _student_batch(step, part)) / 2).backward()
+                    want = {n: p.grad for n, p in single.named_parameters() if p.grad is not None}
+                opt.zero_grad(set_to_none=True)
+                _student_loss(ddp, _student_batch(step, rank)).backward()
+                grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+                dev = max((float((grads[n] - w).abs().max() / w.abs().max().clamp_min(1e-30)) for n, w in want.items()
+                           if n in grads), default=0.0)
+                report.append((dev, sorted(set(want) ^ set(grads)) if rank == 0 else [],
+                               sorted(n for n, _ in model.named_parameters() if n not in grads),
+                               [float(g.double().sum()) for _, g in sorted(grads.items())]))
+                opt.step()
+        except RuntimeError as err:
+            out.put((rank, "error", str(err).splitlines()[0]))
+            return
+        out.put((rank, "ok", report))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("fixbase_epoch", [0, 1])
+def test_ddp_options_give_the_gradients_of_one_process(tmp_path, fixbase_epoch):
+    """Two gloo ranks train the student under the DDP options the train command picks (static_graph, or the
+    unused-parameter search for fixbase runs) with phi unused (no 3D term). In each of 3 steps (static_graph changes
+    what DDP does after the first) both ranks hold the gradient one process gets from the same weights by averaging
+    the two half batches' gradients, and phi has none. Plain DDP, told nothing, fails on the second step: the
+    unused head is really there."""
+    from clip3dreid_plugin.config import get_cfg
+    from clip3dreid_plugin.tools.train_net import ddp_options
+
+    cfg = get_cfg()
+    cfg.train.fixbase_epoch = fixbase_epoch
+    options = ddp_options(cfg)
+    assert options == ({"find_unused_parameters": True} if fixbase_epoch else {"static_graph": True})
+    got = _spawn_two(_ddp_gradient_worker, tmp_path, options, 3)
+    assert [g[1] for g in got] == ["ok", "ok"], got
+    (_, _, rank0), (_, _, rank1) = got
+    shape_head = sorted(n for n, _ in _small_student().named_parameters() if n.startswith("shape_head."))
+    assert len(rank0) == 3 and shape_head
+    for step, ((dev, mismatch, unused, sums), (_, _, unused1, sums1)) in enumerate(zip(rank0, rank1)):
+        assert mismatch == [], (step, mismatch)  # the same parameters got a gradient as in one process
+        assert unused == unused1 == shape_head, step
+        assert dev < 1e-5, (step, dev)
+        assert sums == sums1, step  # the ranks hold one gradient
+
+
+def test_plain_ddp_fails_on_the_students_unused_head(tmp_path):
+    got = _spawn_two(_ddp_gradient_worker, tmp_path, {}, 2)
+    assert [g[1] for g in got] == ["error", "error"], got
+    assert "Expected to have finished reduction in the prior iteration" in got[0][2]
+
+
+def test_runtime_tf32_sets_the_cuda_matmul_precision_and_leaves_the_cpu_alone(monkeypatch):
+    """runtime.tf32 through torch's new per-backend API where it exists (mixing it with the legacy allow_tf32 is an
+    error in torch >= 2.9), allow_tf32 before; a CPU run changes nothing."""
+    from types import SimpleNamespace
+
+    from clip3dreid_plugin.utils.runtime import set_matmul_tf32
+
+    new = SimpleNamespace(fp32_precision="none")
+    monkeypatch.setattr(torch.backends.cuda, "matmul", new)
+    set_matmul_tf32(True, torch.device("cpu"))
+    assert new.fp32_precision == "none"
+    set_matmul_tf32(True, torch.device("cuda", 0))
+    assert new.fp32_precision == "tf32"
+    set_matmul_tf32(False, torch.device("cuda", 0))
+    assert new.fp32_precision == "ieee"
+    legacy = SimpleNamespace(allow_tf32=False)
+    monkeypatch.setattr(torch.backends.cuda, "matmul", legacy)
+    set_matmul_tf32(True, torch.device("cuda", 1))
+    assert legacy.allow_tf32 is True and not hasattr(legacy, "fp32_precision")
+
+
 def test_runtime_deterministic_asks_torch_for_deterministic_kernels():
     from clip3dreid_plugin.utils.runtime import set_seed
 
     try:
         set_seed(0, deterministic=True)
         assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+        assert torch.backends.cudnn.deterministic
+        # What the option promises (README): ops without a deterministic kernel warn rather than stop the run.
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
     finally:
         set_seed(0, deterministic=False)
     assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
@@ -194,18 +394,27 @@ def test_every_cli_takes_a_gpu_index_and_reports_a_bad_one_in_one_line(capsys, t
     assert not (tmp_path / "qs").exists()
 
 
-def test_bf16_on_a_gpu_without_bfloat16_is_refused(monkeypatch):
+@pytest.mark.parametrize("capability, refused", [((7, 0), True), ((7, 5), True), ((8, 0), False), ((9, 0), False)])
+def test_bf16_on_a_gpu_without_native_bfloat16_is_refused(monkeypatch, capability, refused):
+    """The refusal reads the compute capability: torch.cuda.is_bf16_supported() counts emulation and says True on a
+    V100 (7.0) or a T4 (7.5), so it is made to say True here and must not decide."""
     from clip3dreid_plugin.config import ConfigError
     from clip3dreid_plugin.utils.runtime import check_amp_support
 
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100")
-    with pytest.raises(ConfigError, match=r"runtime.amp bf16 \(--amp\): Tesla V100 does not support bfloat16"):
+    if refused:
+        with pytest.raises(ConfigError, match=r"^runtime.amp bf16 \(--amp\): Tesla V100 \(compute capability "
+                                              rf"{capability[0]}.{capability[1]}, below 8.0\) has no native bfloat16"
+                           ) as err:
+            check_amp_support("bf16", torch.device("cuda", 0))
+        assert "\n" not in str(err.value)
+    else:
         check_amp_support("bf16", torch.device("cuda", 0))
     check_amp_support("bf16", torch.device("cpu"))  # CPU autocast has bfloat16
     check_amp_support("fp16", torch.device("cuda", 0))
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    check_amp_support("bf16", torch.device("cuda", 0))
+    check_amp_support("none", torch.device("cuda", 0))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
@@ -219,6 +428,41 @@ def test_explicit_cuda_index_becomes_the_current_device():
         assert torch.cuda.current_device() == last and torch.zeros(1).cuda().device == dev
     finally:
         torch.cuda.set_device(before)
+
+
+def _run_on_main_worker(rank: int, store: str, out, fail: bool):
+    from clip3dreid_plugin.utils import distributed as dist_utils
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        calls = []
+
+        def work():
+            calls.append(rank)
+            if fail:
+                raise MemoryError("no room for the re-ranking")
+            return torch.arange(6, dtype=torch.float64).view(2, 3) * 10
+
+        try:
+            got = dist_utils.run_on_main(work)
+            out.put((rank, calls, got.tolist(), str(got.dtype)))
+        except Exception as err:
+            out.put((rank, calls, type(err).__name__, str(err)))
+    finally:
+        dist_utils.cleanup()
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_run_on_main_computes_on_rank0_and_gives_every_rank_the_result(tmp_path, fail):
+    """Re-ranking's pattern: rank 0 alone does the work, the other rank gets its tensor (shape and dtype kept);
+    when rank 0 fails, both raise rather than one waiting for ever."""
+    got = _spawn_two(_run_on_main_worker, tmp_path, fail)
+    assert [g[1] for g in got] == [[0], []]  # only rank 0 ran it
+    if not fail:
+        assert got[0][2:] == got[1][2:] == ([[0.0, 10.0, 20.0], [30.0, 40.0, 50.0]], "torch.float64")
+    else:
+        assert got[0][2:] == ("MemoryError", "no room for the re-ranking")
+        assert got[1][2] == "RuntimeError" and "MemoryError: no room for the re-ranking" in got[1][3]
 
 
 def _sharded_eval_worker(rank: int, store: str, out, poison_row: int):

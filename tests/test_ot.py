@@ -1,4 +1,5 @@
-"""OT distillation loss against POT, and the global distillation loss by hand.
+"""OT distillation loss against POT, the global distillation loss by hand, and the identity losses against
+torchreid's.
 
 References are computed one sample at a time with POT on torch tensors (autodiff through POT's own
 iterations), run far past convergence, so they are independent of the batched log-domain solver.
@@ -147,6 +148,66 @@ def test_stopping_rule():
     assert sinkhorn_log(C, reg=0.1, max_iter=7, tol=0.0)[1] == 7
     # Checking every 5 iterations stops at the first multiple of 5 at or after the converged iteration.
     assert sinkhorn_log(C, reg=0.1, max_iter=1000, tol=1e-4, check_every=5)[1] == 5 * math.ceil(n_iter / 5)
+
+
+@pytest.mark.parametrize("grad", ["autodiff", "envelope"])
+@pytest.mark.parametrize("reg, tol, check_every", [(1.0, 1e-5, 5), (0.1, 1e-4, 1), (0.1, 1e-6, 5), (0.02, 3e-3, 3),
+                                                   (0.1, 0.0, 5)])
+def test_device_side_stopping_equals_stopping_on_the_host(reg, tol, check_every, grad):
+    """Without host checks (a GPU's default) the test's result stays on the device and freezes the potentials once
+    it passes: the same iteration count, bit for bit the same values, plans and gradients as breaking out of the
+    loop on the host, and no value read back. reg 0.02 takes the full log-sum-exp (the cost is not read to choose)."""
+    from fixtures.host_syncs import count_host_syncs
+
+    x, y = _feats(8, 5, 20, 16, 8, torch.float32)
+    out = {}
+    for host in (True, False):
+        with count_host_syncs() as syncs:
+            val, plan = ot_distance(x, y, reg=reg, tol=tol, max_iter=300, grad=grad, check_every=check_every,
+                                    return_plan=True, host_checks=host)
+            grads = torch.autograd.grad(val.sum(), (x, y))
+        out[host] = (val.detach(), plan, grads, len(syncs.calls))
+        C = cosine_cost(x.detach(), y.detach())
+        n = sinkhorn_log(C, reg, 300, tol, check_every, host_checks=host, max_span=2.0)[1]
+        out[host] += (int(n),)
+    assert out[False][3] == 0
+    if tol > 0:
+        assert out[True][3] > 0  # the control: breaking out on the host reads the tests back
+    assert out[True][4] == out[False][4] and (tol == 0 or out[True][4] < 300), (out[True][4], out[False][4])
+    assert torch.equal(out[True][0], out[False][0])
+    if reg >= 0.1:  # both choose the same stabiliser, so the plans are bit for bit equal
+        assert torch.equal(out[True][1], out[False][1])
+        for a, b in zip(out[True][2], out[False][2]):
+            assert torch.equal(a, b)
+    else:
+        torch.testing.assert_close(out[False][1], out[True][1], rtol=1e-4, atol=0)
+        for a, b in zip(out[True][2], out[False][2]):
+            _assert_grad_close(b, a, 1e-4)
+
+
+def test_default_host_checks_are_the_cpus_only():
+    """The default reads convergence back on the CPU only (free there); elsewhere nothing is read."""
+    from clip3dreid_plugin.losses.ot import _reads_on_host
+
+    assert _reads_on_host(torch.device("cpu"), None) is True
+    assert _reads_on_host(torch.device("cuda", 0), None) is False
+    assert _reads_on_host(torch.device("cuda", 0), True) is True and _reads_on_host(torch.device("cpu"), False) is False
+
+
+@pytest.mark.parametrize("low", [torch.bfloat16, torch.float16])
+def test_half_precision_cost_is_upcast(low):
+    """ot_distance_from_cost runs a half-precision cost in float32, as ot_distance does with its inputs: in half
+    precision Sinkhorn's exp underflows at small reg."""
+    from clip3dreid_plugin.losses import ot_distance_from_cost
+
+    x, y = _feats(9, 4, 16, 16, 8, torch.float32)
+    cost = cosine_cost(x.detach(), y.detach()).to(low).requires_grad_()
+    for reg in (0.1, 0.01):
+        out = ot_distance_from_cost(cost, reg=reg)
+        assert out.dtype == torch.float32 and torch.isfinite(out).all()
+        assert torch.equal(out, ot_distance_from_cost(cost.detach().float(), reg=reg))
+    (g,) = torch.autograd.grad(out.sum(), cost)
+    assert g.dtype == low and torch.isfinite(g.float()).all() and g.abs().sum() > 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -303,6 +364,52 @@ def test_torchreid_losses_are_reexported():
     logp = torch.log_softmax(logits, dim=1)[0]
     expected = -(logp[0] * (0.9 + 0.1 / 3) + (logp[1] + logp[2]) * 0.1 / 3)
     assert ce(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("label_smooth", [True, False])
+def test_device_cross_entropy_equals_torchreids(label_smooth):
+    """The engine's cross-entropy (F.cross_entropy with label_smoothing) gives torchreid's CrossEntropyLoss values
+    and gradients, without its CPU one-hot targets (no value read back)."""
+    import torchreid
+
+    from clip3dreid_plugin.losses import cross_entropy
+    from fixtures.host_syncs import count_host_syncs
+
+    gen = torch.Generator().manual_seed(11)
+    for num_classes, batch in ((3, 1), (7, 16), (751, 64)):
+        # float32: torchreid builds its smoothed targets in float32 whatever the logits' dtype.
+        logits = (3 * torch.randn(batch, num_classes, generator=gen)).requires_grad_()
+        targets = torch.randint(0, num_classes, (batch,), generator=gen)
+        ref_fn = torchreid.losses.CrossEntropyLoss(num_classes=num_classes, use_gpu=False, label_smooth=label_smooth)
+        ref = ref_fn(logits, targets)
+        (ref_grad,) = torch.autograd.grad(ref, logits)
+        with count_host_syncs() as syncs:
+            got = cross_entropy(logits, targets, label_smooth)
+            (got_grad,) = torch.autograd.grad(got, logits)
+        assert syncs.calls == []
+        assert float(got) == pytest.approx(float(ref), rel=1e-6), num_classes
+        torch.testing.assert_close(got_grad, ref_grad, rtol=1e-5, atol=1e-8)
+
+
+def test_device_triplet_loss_equals_torchreids():
+    """Batch-hard triplet with masked reductions gives torchreid's TripletLoss (a boolean index per anchor)."""
+    import torchreid
+
+    from clip3dreid_plugin.losses import batch_hard_triplet
+    from fixtures.host_syncs import count_host_syncs
+
+    gen = torch.Generator().manual_seed(12)
+    for margin in (0.3, 5.0):
+        feats = torch.randn(16, 32, generator=gen, dtype=torch.float64).requires_grad_()
+        pids = torch.arange(16) // 4  # P x K = 4 x 4, as the identity sampler draws
+        ref = torchreid.losses.TripletLoss(margin=margin)(feats, pids)
+        (ref_grad,) = torch.autograd.grad(ref, feats)
+        with count_host_syncs() as syncs:
+            got = batch_hard_triplet(feats, pids, margin)
+            (got_grad,) = torch.autograd.grad(got, feats)
+        assert syncs.calls == []
+        assert float(ref) > 0 and float(got) == pytest.approx(float(ref), rel=1e-12), margin
+        torch.testing.assert_close(got_grad, ref_grad, rtol=1e-10, atol=1e-14)
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

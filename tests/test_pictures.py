@@ -98,16 +98,19 @@ def _items(tmp_path):
     return q, g
 
 
-def test_ranked_entries_skip_what_the_protocol_does_not_score(tmp_path):
-    from clip3dreid_plugin.evaluation.visrank import protocol_masks, ranked_entries
+def _entries(dist, q, g, mode, topk):
+    from clip3dreid_plugin.evaluation.visrank import ranked_entries, ranked_gallery
 
+    keep, items, dists, good = ranked_gallery(dist, q, g, mode, topk)
+    return [ranked_entries(*row) for row in zip(items, dists, good)]
+
+
+def test_ranked_entries_skip_what_the_protocol_does_not_score(tmp_path):
     q, g = _items(tmp_path)
-    dist = np.array([0.1, 0.2, 0.4, 0.3])
-    good, junk = protocol_masks(q, g, "cc")
+    dist = np.array([[0.1, 0.2, 0.4, 0.3]])
     # cc: the same-camera and the same-clothes items of the query's identity are junk, not ranks.
-    assert ranked_entries(dist, good[0], junk[0], 10) == [(1, 3, 0.3, False), (2, 2, 0.4, True)]
-    good, junk = protocol_masks(q, g, "general")
-    assert ranked_entries(dist, good[0], junk[0], 2) == [(1, 1, 0.2, True), (2, 3, 0.3, False)]
+    assert _entries(dist, q, g, "cc", 10) == [[(1, 3, 0.3, False), (2, 2, 0.4, True)]]
+    assert _entries(dist, q, g, "general", 2) == [[(1, 1, 0.2, True), (2, 3, 0.3, False)]]
 
 
 def test_ranked_strip_frames_good_green_and_strangers_red(tmp_path):
@@ -115,10 +118,10 @@ def test_ranked_strip_frames_good_green_and_strangers_red(tmp_path):
 
     q, g = _items(tmp_path)
     dist = np.array([[0.1, 0.2, 0.4, 0.3]])
-    good, junk = visrank.protocol_masks(q, g, "cc")
-    (path,) = visrank.write_ranked_strips(dist, q, g, good, junk, "cc", str(tmp_path / "vis"), 16, 32, 10)
+    entries = _entries(dist, q, g, "cc", 10)
+    (path,) = visrank.write_ranked_strips(q, g, entries, "cc", str(tmp_path / "vis"), 16, 32)
     assert path.endswith("q.jpg")
-    strip = visrank.draw_ranked_strip(q[0], g, visrank.ranked_entries(dist[0], good[0], junk[0], 10), "cc", 16, 32)
+    strip = visrank.draw_ranked_strip(q[0], g, entries[0], "cc", 16, 32)
     tw = 16 * 6 + 2 * visrank._BORDER  # 16 px tiles scaled 6x to reach _MIN_TILE_WIDTH
     step = tw + visrank._GAP
     assert strip.shape[1] == 3 * step + visrank._GAP  # the query and the two scored items

@@ -45,7 +45,7 @@ def test_shape_loss_zero_for_perfect_prediction_and_gradient_reaches_phi(body_di
     assert float(loss_fn(betas + 0.5, betas, genders)) > 1e-6
 
     model = CLIP3DReID(3, local_dim=32, agg_hidden_dim=16, head_hidden_dim=16, teacher_dim=8).train()
-    out = model(torch.randn(2, 3, 64, 32), return_dict=True)
+    out = model(torch.randn(2, 3, 64, 32), return_dict=True, with_betas=True)
     loss_fn(out["betas"], torch.zeros(2, 10), genders[:2]).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.shape_head.parameters())
 
@@ -65,6 +65,34 @@ def test_targets_use_each_images_gendered_body(body_dir):
     assert float(mean_fn(betas, betas, genders)) == pytest.approx(sum(per_body) / 2 / num_vertices, rel=1e-6)
     with pytest.raises(ValueError, match="shape_reduction"):
         ShapeLoss(models[GENDER_IDS["neutral"]], models, reduction="max")
+
+
+def test_gendered_targets_need_no_host_sync_and_match_each_rows_own_body(body_dir):
+    """Each target row through its own gender's body, computed row by row here, equals the loss's device-side pick
+    (every body on every row, torch.where), which reads nothing back; the gradient reaches the prediction. A gender
+    without a model gives NaN, and check_genders refuses such a set up front."""
+    from fixtures.host_syncs import count_host_syncs
+
+    models = {GENDER_IDS[g]: load_body_model(body_dir, g) for g in ("female", "male", "neutral")}
+    loss_fn = ShapeLoss(models[GENDER_IDS["neutral"]], models)
+    gen = torch.Generator().manual_seed(3)
+    pred = torch.randn(6, 10, generator=gen).requires_grad_()
+    true = torch.randn(6, 10, generator=gen)
+    genders = torch.tensor([0, 1, 2, 1, 1, 0])
+    with count_host_syncs() as syncs:
+        loss = loss_fn(pred, true, genders)
+        (grad,) = torch.autograd.grad(loss, pred)
+    assert syncs.calls == []
+    by_row = [float(((models[2].canonical_vertices(pred[i:i + 1].detach())
+                      - models[int(genders[i])].canonical_vertices(true[i:i + 1])) ** 2).sum()) for i in range(6)]
+    assert float(loss) == pytest.approx(sum(by_row) / 6, rel=1e-5)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+    partial = ShapeLoss(models[GENDER_IDS["neutral"]], {0: models[0], 1: models[1]})
+    assert torch.isnan(partial(pred, true, genders))
+    with pytest.raises(KeyError, match=r"gender id\(s\) \[2\]"):
+        partial.check_genders(genders)
+    loss_fn.check_genders(genders)
 
 
 def test_synthetic_dataset_and_batch_ratio(synthetic_dir):
@@ -126,6 +154,15 @@ def test_training_with_the_3d_term_lowers_it(tmp_path, toy_market_root, body_dir
     last = {k: float(v.detach()) for k, v in engine.compute_losses(batch).items()}
     assert last["3d"] < first["3d"]
     assert last["ot_syn"] < first["ot_syn"]
+
+    # A step with the 3D term makes no call that would make the host wait for a GPU (see test_clip3dreid_engine).
+    from fixtures.host_syncs import count_host_syncs, optimizer_host_tensors
+
+    engine.ot_loss.host_checks = False
+    with count_host_syncs(host_tensors=optimizer_host_tensors(engine.optimizer)) as syncs:
+        engine.forward_backward(batch)
+    assert syncs.calls == [], syncs.calls
+    engine.ot_loss.host_checks = None
 
     # The real and synthetic rows reach the OT loss as the two parts of one split of the model's local map
     # (slices would each zero-fill a gradient the size of the whole map in the backward).

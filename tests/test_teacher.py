@@ -520,3 +520,51 @@ def test_random_teacher_is_seeded_and_leaves_the_callers_rng_alone(tiny):
     b = CLIPTeacher(name, None)
     assert a.weights_id().startswith("random:") and a.weights_id() == b.weights_id()
     assert torch.equal(a.text_features, b.text_features)
+
+
+# --------------------------------------------------------------------------- precision
+
+
+@pytest.mark.parametrize("want, device, capability, got", [
+    ("auto", "cpu", None, "fp32"), ("auto", "cuda:0", (9, 0), "bf16"), ("auto", "cuda:0", (8, 0), "bf16"),
+    ("auto", "cuda:0", (7, 5), "fp16"), ("fp32", "cuda:0", (9, 0), "fp32"), ("fp16", "cuda:0", (7, 0), "fp16"),
+    ("bf16", "cpu", None, "bf16"), ("bf16", "cuda:0", (7, 0), None), ("half", "cpu", None, None),
+])
+def test_teacher_precision_resolves_per_device(monkeypatch, want, device, capability, got):
+    """teacher.precision auto: float32 on the CPU (unchanged runs and caches there), bfloat16 on a GPU that has it
+    natively, float16 on an older one; bf16 on such a GPU and unknown names are one-line config errors."""
+    from clip3dreid_plugin.config import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla T4")
+    if got is None:
+        with pytest.raises(ConfigError, match=r"^teacher.precision") as err:
+            ct.resolve_teacher_precision(want, device)
+        assert "\n" not in str(err.value)
+    else:
+        assert ct.resolve_teacher_precision(want, device) == got
+
+
+def test_reduced_precision_teacher_agrees_with_float32_and_has_its_own_cache_fingerprint(tiny, teacher, images,
+                                                                                        tmp_path):
+    """The teacher in bfloat16 (what a GPU run gets): half-precision weights, float32 features close to float32's,
+    the same descriptor labels on most pairs, and another fingerprint, so a float32 cache is not reused for it."""
+    from clip3dreid_plugin.teacher.cache import fingerprint_diff, teacher_fingerprint
+
+    name, weights, _ = tiny
+    low = CLIPTeacher(name, weights, precision="bf16")
+    assert teacher.precision == "fp32" and low.precision == "bf16"
+    assert low.clip_model.visual.conv1.weight.dtype == torch.bfloat16
+    x = _student_batch(images)
+    ref, got = teacher.encode_images(x), low.encode_images(x)
+    assert got.dtype == torch.float32
+    assert float(F.cosine_similarity(got, ref).min()) > 0.99
+    assert not torch.equal(got, ref)  # it really ran in bfloat16
+    agree = (low.label(got) == teacher.label(ref)).float().mean()
+    assert float(agree) > 0.9
+    diff = fingerprint_diff(teacher_fingerprint(teacher, images), teacher_fingerprint(low, images))
+    assert any(d.startswith("precision: 'fp32' -> 'bf16'") for d in diff), diff
+    path = str(tmp_path / "c.pt")
+    build_teacher_cache(teacher, images[:4], path, batch_size=4, progress=False)
+    with pytest.raises(TeacherCacheStaleError, match="precision"):
+        build_teacher_cache(low, images[:4], path, batch_size=4, progress=False, on_stale="error")

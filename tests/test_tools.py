@@ -50,6 +50,84 @@ def test_visrank_writes_one_grid_per_valid_query_of_each_protocol(tmp_path):
     assert len(os.listdir(osp.join(out, "visrank_ltcc_cc"))) == 1
 
 
+def _visrank_items(folder, num, seed, num_ids, num_cams, num_clothes):
+    """``num`` items ``(path, pid, camid, dsetid, clothes)`` with a small image each (a colour per item)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(num):
+        path = osp.join(folder, f"s{seed}_{i:03d}.png")
+        Image.fromarray(rng.integers(0, 255, size=(16, 8, 3), dtype=np.uint8)).save(path)
+        items.append((path, int(rng.integers(num_ids)), int(rng.integers(num_cams)), 0, int(rng.integers(num_clothes))))
+    return items
+
+
+def _brute_force_shown(d, query, gallery, mode, topk):
+    """Each valid query's scored items by a full stable sort of its row: junk never shows, the gallery index breaks
+    ties; with their distances and good flags."""
+    good, junk = protocol_masks(query, gallery, mode)
+    keep = np.flatnonzero(good.any(1))
+    rows = []
+    for i in keep:
+        order = [int(j) for j in np.lexsort((np.arange(len(gallery)), d[i])) if not junk[i, j]][:topk]
+        rows.append([(j, float(d[i, j]), bool(good[i, j])) for j in order])
+    return keep, rows
+
+
+@pytest.mark.parametrize("mode", ["general", "cc", "sc"])
+def test_blockwise_ranked_gallery_equals_a_brute_force_ranking(tmp_path, mode, monkeypatch):
+    """The items each strip shows, found a block of queries at a time (a block of 7 here), equal a full stable
+    sort of every row; on a gallery this small some queries have fewer than topk scored items."""
+    from clip3dreid_plugin.evaluation import visrank
+    from clip3dreid_plugin.evaluation.distance import FeatureDistances
+
+    query = _visrank_items(str(tmp_path), 40, 1, 12, 3, 3)
+    gallery = _visrank_items(str(tmp_path), 60, 2, 12, 3, 3)
+    gen = torch.Generator().manual_seed(0)
+    qf, gf = torch.randn(40, 8, generator=gen, dtype=torch.float64), torch.randn(60, 8, generator=gen,
+                                                                                 dtype=torch.float64)
+    distances = FeatureDistances(qf, gf)
+    d = distances[0:40].numpy()
+    monkeypatch.setattr(visrank, "_RANK_BLOCK_ELEMS", 7 * 60)
+    for topk in (5, 60):
+        keep, items, dists, good = visrank.ranked_gallery(distances, query, gallery, mode, topk)
+        want_keep, want_rows = _brute_force_shown(d, query, gallery, mode, topk)
+        assert keep.tolist() == want_keep.tolist() and len(keep) > 5
+        got = [[(j, dist, ok) for j, dist, ok in zip(*row) if j >= 0] for row in zip(items.tolist(), dists.tolist(),
+                                                                                    good.tolist())]
+        assert [[(j, ok) for j, _, ok in row] for row in got] == [[(j, ok) for j, _, ok in row] for row in want_rows]
+        # a block's distances are computed apart from the whole matrix's: equal up to the last bits
+        np.testing.assert_allclose([x for row in got for _, x, _ in row], [x for row in want_rows for _, x, _ in row],
+                                   rtol=1e-12)
+        if topk == 60:
+            assert any(len(r) < 60 for r in want_rows)  # junk is never shown
+        assert any(not ok for row in want_rows for _, _, ok in row)  # strangers rank among the top items
+
+
+@pytest.mark.parametrize("mode", ["general", "cc", "sc"])
+def test_ranked_strips_from_blocks_equal_those_of_the_whole_matrix(tmp_path, mode, monkeypatch):
+    """Strips drawn from blocks of 6 queries are, byte for byte, those drawn from one block holding every query."""
+    from clip3dreid_plugin.evaluation import visrank
+    from clip3dreid_plugin.evaluation.distance import FeatureDistances
+
+    query = _visrank_items(str(tmp_path), 20, 3, 5, 4, 2)
+    gallery = _visrank_items(str(tmp_path), 150, 4, 5, 4, 2)
+    gen = torch.Generator().manual_seed(1)
+    distances = FeatureDistances(torch.randn(20, 8, generator=gen), torch.randn(150, 8, generator=gen))
+    written = {}
+    for name, block in (("whole", 1 << 22), ("blocks", 6 * 150)):
+        monkeypatch.setattr(visrank, "_RANK_BLOCK_ELEMS", block)
+        out = str(tmp_path / name)
+        written[name] = visrank.visualize_ranked_results_protocol(distances, query, gallery, mode, out, width=8,
+                                                                  height=16, topk=4)
+    assert written["whole"] == written["blocks"] > 6
+    names = sorted(os.listdir(tmp_path / "whole"))
+    assert names == sorted(os.listdir(tmp_path / "blocks")) and len(names) == written["whole"]
+    for name in names:
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "blocks" / name).read_bytes(), name
+
+
 def test_extract_features_matches_the_model(trained, tmp_path):
     root, _, ckpt = trained
     folder = osp.join(root, "market1501", "query")

@@ -120,11 +120,12 @@ def add_clip3dreid_config(cfg: CN) -> CN:
     # ---------------------------------------------------------------- runtime
     cfg.runtime = CN()
     cfg.runtime.device = "auto"  # auto | cpu | cuda | cuda:N: auto picks cuda when available
-    cfg.runtime.deterministic = False  # cudnn.deterministic + no benchmark, for bit-reproducible runs
+    cfg.runtime.deterministic = False  # torch's deterministic kernels where they exist, no cuDNN benchmark (README)
     cfg.runtime.ckpt_freq = 1  # save a resumable checkpoint every N epochs (0 = only at the end)
     cfg.runtime.keep_checkpoints = 2  # keep the latest N model.pth.tar-* (model-best.pth.tar stays too); 0 = all
     cfg.runtime.amp = "none"  # none | bf16 | fp16 autocast for the student forward
     cfg.runtime.channels_last = True  # NHWC layout for conv models (faster ResNet steps on CPU, see BENCHMARKS.md)
+    cfg.runtime.tf32 = False  # CUDA: float32 matmuls in TF32 (faster, ~1e-3 relative error); convolutions use TF32 anyway
     cfg.runtime.compile = False  # wrap the student in torch.compile
     cfg.runtime.sync_bn = False  # convert BatchNorm to SyncBatchNorm under torch.distributed
     cfg.runtime.dist_backend = "auto"  # auto | nccl | gloo backend for torchrun
@@ -169,6 +170,7 @@ def add_clip3dreid_config(cfg: CN) -> CN:
     cfg.teacher.descriptor_pairs = []  # empty = the paper's 16 pairs; else ['a|b', ...]
     cfg.teacher.on_stale = "rebuild"  # rebuild | error when the cache fingerprint does not match
     cfg.teacher.resize_mode = "pad"  # pad (keep body proportions) | squash | crop: how images reach CLIP's square input
+    cfg.teacher.precision = "auto"  # auto (CPU fp32; GPU bf16, fp16 below compute capability 8.0) | fp32 | bf16 | fp16
 
     # ------------------------------------------------------------------ OT
     cfg.ot = CN()

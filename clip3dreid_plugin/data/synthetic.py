@@ -80,15 +80,23 @@ class SyntheticStream:
         batch_size: synthetic images per step.
         seed: the run's seed.
         rank: this process's rank.
-        workers: data-loader workers.
+        workers: data-loader workers (kept alive across passes: the stream is part of every training step).
+        pin_memory: pin the batches, so that their copy to a GPU does not wait (``runtime.pin_memory`` on CUDA).
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, rank: int = 0, workers: int = 0):
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, rank: int = 0, workers: int = 0,
+                 pin_memory: bool = False):
         self.seed, self.rank = int(seed), int(rank)
         self._gen = torch.Generator()
         self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) >= batch_size,
-                                 num_workers=workers, generator=self._gen, persistent_workers=workers > 0)
+                                 num_workers=workers, generator=self._gen, persistent_workers=workers > 0,
+                                 pin_memory=pin_memory)
         self.set_epoch(0)
+
+    @property
+    def genders(self) -> torch.Tensor:
+        """The gender ids of the whole set ``[n]``."""
+        return self.loader.dataset.genders
 
     def set_epoch(self, epoch: int) -> None:
         """Restarts the stream with the shuffle of ``(seed, rank, epoch)``."""
@@ -108,7 +116,7 @@ class SyntheticStream:
 
 
 def synthetic_stream(folder: str, transform, batch_size: int, seed: int = 0, workers: int = 0,
-                     rank: int = 0) -> SyntheticStream:
+                     rank: int = 0, pin_memory: bool = False) -> SyntheticStream:
     """The :class:`SyntheticStream` of the set in ``folder`` (the engine's ``synthetic`` argument).
 
     Args:
@@ -118,17 +126,19 @@ def synthetic_stream(folder: str, transform, batch_size: int, seed: int = 0, wor
         seed: shuffle seed.
         workers: data-loader workers.
         rank: this process's rank under ``torch.distributed`` (each rank draws its own batches).
+        pin_memory: pin the batches (training on CUDA).
 
     Yields:
         ``{'img': [b,3,H,W], 'labels': [b,16], 'betas': [b,10], 'gender': [b]}``.
     """
     ds = SyntheticMeshDataset(folder, transform=transform)
     logger.info("synthetic meshes: %d images from %s, %d per step", len(ds), folder, batch_size)
-    return SyntheticStream(ds, batch_size, seed=seed, rank=rank, workers=workers)
+    return SyntheticStream(ds, batch_size, seed=seed, rank=rank, workers=workers, pin_memory=pin_memory)
 
 
 def build_synthetic_stream(cfg: CN, datamanager) -> Iterator[dict]:
-    """:func:`synthetic_stream` of ``cfg.body.synthetic_dir``, sized by ``cfg.body.synthetic_ratio``."""
+    """:func:`synthetic_stream` of ``cfg.body.synthetic_dir``, sized by ``cfg.body.synthetic_ratio``, pinned like the
+    data manager's loaders (``runtime.pin_memory`` on a CUDA run)."""
     if not cfg.body.synthetic_dir:
         raise ConfigError("loss.clip3dreid.use_3d needs body.synthetic_dir (render one with "
                           "clip3dreid-render-synthetic)")
@@ -136,5 +146,6 @@ def build_synthetic_stream(cfg: CN, datamanager) -> Iterator[dict]:
     real = cfg.train.batch_size * (cfg.video.seq_len if cfg.data.type == "video" else 1)
     bs = synthetic_batch_size(real, cfg.body.synthetic_ratio)
     logger.info("synthetic ratio %.2f of each step", cfg.body.synthetic_ratio)
+    pin = bool(cfg.runtime.pin_memory and getattr(datamanager, "use_gpu", False))
     return synthetic_stream(cfg.body.synthetic_dir, datamanager.transform_tr, bs, seed=cfg.train.seed,
-                            workers=cfg.data.workers, rank=get_rank())
+                            workers=cfg.data.workers, rank=get_rank(), pin_memory=pin)

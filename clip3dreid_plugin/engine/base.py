@@ -32,13 +32,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchreid
 from torch.utils.tensorboard import SummaryWriter
 
 from clip3dreid_plugin import compat
 from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.utils.distributed import (all_gather_objects, all_gather_ordered, broadcast_buffers,
-                                                 get_rank, get_world_size)
+                                                 get_rank, get_world_size, run_on_main)
 from clip3dreid_plugin.utils.progress import progress
 from clip3dreid_plugin.utils.rng import rng_state, set_rng_state
 from clip3dreid_plugin.utils.runtime import ensure_console_logging
@@ -244,6 +243,8 @@ class ClothesAwareEngineMixin:
         """
         _refuse_cuhk03(use_metric_cuhk03)  # before training, not at the first evaluation
         ensure_console_logging()
+        if rerank:
+            self._refuse_rerank_beyond_memory()
         eval_kw = dict(dist_metric=dist_metric, normalize_feature=normalize_feature, visrank=visrank,
                        visrank_topk=visrank_topk, save_dir=save_dir, use_metric_cuhk03=use_metric_cuhk03,
                        ranks=ranks, rerank=rerank)
@@ -291,8 +292,14 @@ class ClothesAwareEngineMixin:
                 self.writer = None
 
     def train(self, print_freq: int = 10, fixbase_epoch: int = 0, open_layers=None) -> Dict[str, float]:
-        """One epoch over ``self.train_loader``; logs the mean of every loss term."""
-        meters = torchreid.utils.MetricMeter()
+        """One epoch over ``self.train_loader``; logs the mean of every loss term.
+
+        The terms ``forward_backward`` returns as tensors are read back every ``print_freq`` steps, all pending steps
+        at once (:class:`~clip3dreid_plugin.engine.loss_log.LossLog`), not in every step.
+        """
+        from clip3dreid_plugin.engine.loss_log import LossLog
+
+        log = LossLog()
         self.set_model_mode("train")
         # The plain module: torchreid looks layers up by name, and DDP's "module." prefix would hide them.
         self.two_stepped_transfer_learning(self.epoch, fixbase_epoch, open_layers, model=unwrap(self.model))
@@ -304,17 +311,20 @@ class ClothesAwareEngineMixin:
         bar = progress(self.train_loader, total=self.num_batches, desc=f"epoch {self.epoch + 1}/{self.max_epoch}",
                        enabled=self.show_progress and self.is_main)
         for self.batch_idx, data in enumerate(bar):
-            summary = self.forward_backward(data)
-            meters.update(summary)
+            n_iter = self.epoch * self.num_batches + self.batch_idx
+            log.add(n_iter, self.forward_backward(data))
             if self.writer is not None:
-                n_iter = self.epoch * self.num_batches + self.batch_idx
-                for k, v in summary.items():
-                    self.writer.add_scalar(f"Train/{k}", v, n_iter)
                 self.writer.add_scalar("Train/lr", self.get_current_lr(), n_iter)
-            if hasattr(bar, "set_postfix") and (self.batch_idx + 1) % max(1, print_freq) == 0:
-                bar.set_postfix({k: f"{m.avg:.3f}" for k, m in meters.meters.items()})
+            if (self.batch_idx + 1) % max(1, print_freq) == 0 or self.batch_idx + 1 == self.num_batches:
+                for step, values in log.flush():
+                    if self.writer is not None:
+                        for k, v in values.items():
+                            self.writer.add_scalar(f"Train/{k}", v, step)
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in log.means().items()})
         self.update_lr()
-        means = {k: m.avg for k, m in meters.meters.items()}
+        log.flush()  # steps past len(train_loader), should a loader yield more
+        means = log.means()
         logger.info("epoch %d/%d done in %.1fs | %s | lr %.2e", self.epoch + 1, self.max_epoch, time.time() - t_epoch,
                     " ".join(f"{k} {v:.4f}" for k, v in means.items()), self.get_current_lr())
         return means
@@ -324,6 +334,19 @@ class ClothesAwareEngineMixin:
         """Keeps the current evaluation as the ``last`` or ``best`` one, after ``epoch`` epochs (0: evaluation only)."""
         self.evaluations[which] = {"epoch": epoch, "metrics": self.last_metrics, "cmc": self.last_cmc,
                                    "chance_cmc": self.last_chance_cmc}
+
+    def _refuse_rerank_beyond_memory(self) -> None:
+        """``test.rerank`` on a target larger than rank 0's host memory can re-rank: one line, before training.
+
+        Rank 0 decides (it alone re-ranks) and every rank raises, so none trains on while the others stop.
+        """
+        from clip3dreid_plugin.evaluation.rerank import rerank_memory_error
+
+        sizes = {name: (len(sets["query"]), len(sets["gallery"]))
+                 for name, sets in getattr(self.datamanager, "test_dataset", {}).items()}
+        message = all_gather_objects(rerank_memory_error(sizes) if get_rank() == 0 else None)[0]
+        if message:
+            raise ConfigError(message)
 
     def selection_score(self, metrics: Dict[str, Dict[str, float]]) -> float:
         """Score used to pick the best checkpoint: the first target's CC rank-1 when defined."""
@@ -416,16 +439,19 @@ class ClothesAwareEngineMixin:
             return self.device
         return torch.device(want)
 
-    def _draw_ranked_results(self, name: str, protocols: Sequence[str], distmat: torch.Tensor, save_dir: str,
+    def _draw_ranked_results(self, name: str, protocols: Sequence[str], distmat, save_dir: str,
                              topk: int) -> None:
-        """Writes the ranked-result images of every protocol of target ``name`` (``test.visrank``)."""
+        """Writes the ranked-result images of every protocol of target ``name`` (``test.visrank``).
+
+        ``distmat`` is the target's :class:`~clip3dreid_plugin.evaluation.distance.FeatureDistances` (or its
+        re-ranked ``[Q, G]`` matrix): the ranking reads it a block of queries at a time.
+        """
         from clip3dreid_plugin.evaluation.visrank import visualize_ranked_results_protocol
 
         query, gallery = self.datamanager.fetch_test_loaders(name)
-        dm = distmat.cpu().numpy()
         for mode in protocols:
             visualize_ranked_results_protocol(
-                dm, query, gallery, mode, save_dir=osp.join(save_dir, f"visrank_{name}_{mode}"),
+                distmat, query, gallery, mode, save_dir=osp.join(save_dir, f"visrank_{name}_{mode}"),
                 data_type=self.datamanager.data_type, width=self.datamanager.width, height=self.datamanager.height,
                 topk=topk)
 
@@ -442,7 +468,8 @@ class ClothesAwareEngineMixin:
         """
         from clip3dreid_plugin.evaluation import evaluate_all
         from clip3dreid_plugin.evaluation.chance import chance_cmc
-        from clip3dreid_plugin.evaluation.distance import FeatureDistances, chunked_distmat
+        from clip3dreid_plugin.evaluation.distance import FeatureDistances
+        from clip3dreid_plugin.evaluation.rerank import rerank_distances
 
         name = dataset_name
         protocols = self.protocols_for(name)
@@ -453,10 +480,9 @@ class ClothesAwareEngineMixin:
         if normalize_feature:
             qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
         if rerank:
-            # k-reciprocal re-ranking needs the whole query-gallery, query-query and gallery-gallery matrices (on
-            # the CPU, in numpy); every rank computes them, so none waits alone.
-            qq, gg, qg = (chunked_distmat(a, b, dist_metric).cpu().numpy() for a, b in ((qf, qf), (gf, gf), (qf, gf)))
-            distances = torch.as_tensor(torchreid.utils.re_ranking(qg, qq, gg))
+            # k-reciprocal re-ranking needs the whole query-gallery, query-query and gallery-gallery matrices in host
+            # memory: rank 0 alone re-ranks (run() checked that it can) and hands the result to every rank.
+            distances = run_on_main(lambda: rerank_distances(qf, gf, dist_metric))
         else:
             # Distances of one block of queries at a time, computed when ranked: no [Q, G] matrix.
             distances = FeatureDistances(qf, gf, dist_metric)
@@ -483,7 +509,6 @@ class ClothesAwareEngineMixin:
                 self.writer.add_scalar(f"Test/{name}/{k}", v, self.epoch)
         self.last_metrics[name] = metrics
         if visrank and self.is_main:
-            distmat = distances if rerank else chunked_distmat(qf, gf, dist_metric)
-            self._visrank_jobs.append((name, protocols, distmat.cpu(), save_dir, visrank_topk))
+            self._visrank_jobs.append((name, protocols, distances, save_dir, visrank_topk))
         cmc, mAP = out["general"] if "general" in out else out[protocols[0]]
         return float(cmc[0]), float(mAP)

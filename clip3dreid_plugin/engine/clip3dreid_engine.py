@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from typing import Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 import torch
 import torchreid
@@ -30,7 +30,7 @@ from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.data.frames import batch_frame_paths
 from clip3dreid_plugin.engine.base import ClothesAwareEngineMixin, unwrap
 from clip3dreid_plugin.engine.diagnostics import CollapseMonitor
-from clip3dreid_plugin.losses import OTLoss, global_distill_loss
+from clip3dreid_plugin.losses import OTLoss, batch_hard_triplet, cross_entropy, global_distill_loss
 from clip3dreid_plugin.teacher.source import as_teacher_source
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class LossSwitches:
         return cls(c.alpha, c.beta, c.gamma, c.use_ce, c.use_ot, c.use_global, c.use_3d, c.triplet_weight,
                    c.global_reduction)
 
-    def weighted(self, terms: Dict[str, float]) -> Dict[str, float]:
+    def weighted(self, terms: Dict[str, Any]) -> Dict[str, Any]:
         """Each term of Eq. 10 times its weight (``w_<term>``), so a log shows which term dominates the total."""
         weights = {"ce": 1.0, "triplet": self.triplet_weight, "ot": self.alpha, "global": self.beta,
                    "ot_syn": self.gamma, "3d": self.gamma}
@@ -100,7 +100,7 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
             L_OT, L_global or the 3D term is on.
         switches: loss weights and ablation switches (default: CE + L_OT + L_global, the paper's weights).
         ot_loss: the OT loss module (default ``OTLoss()``: lambda 1, 100 iterations).
-        label_smooth: label smoothing of the cross-entropy.
+        label_smooth: label smoothing of the cross-entropy (torchreid's, eps 0.1).
         triplet_margin: margin of the optional triplet term.
         synthetic: optional iterator of synthetic batches ``{'img', 'labels', 'betas', 'gender'}`` (3D term).
         shape_loss: optional :class:`~clip3dreid_plugin.losses.shape3d.ShapeLoss` (3D term).
@@ -132,14 +132,15 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         self.teacher = teacher  # not registered: never checkpointed, never trained
         self.switches = switches
         self.ot_loss = ot_loss if ot_loss is not None else OTLoss()
-        self.criterion_ce = torchreid.losses.CrossEntropyLoss(
-            num_classes=datamanager.num_train_pids, use_gpu=self.use_gpu, label_smooth=label_smooth)
-        self.criterion_tri = torchreid.losses.TripletLoss(margin=triplet_margin)
+        self.label_smooth = label_smooth
+        self.triplet_margin = triplet_margin
         self.synthetic = synthetic
         self.separate_synthetic_bn = separate_synthetic_bn
         self.shape_loss = shape_loss
         if switches.use_3d and (synthetic is None or shape_loss is None):
             raise ConfigError("loss.clip3dreid.use_3d needs body.synthetic_dir and body.model_dir")
+        if switches.use_3d and hasattr(synthetic, "genders") and hasattr(shape_loss, "check_genders"):
+            shape_loss.check_genders(synthetic.genders)  # now: the step itself cannot check without a sync
         if (switches.use_ot or switches.use_global or switches.use_3d) and teacher is None:
             raise ValueError("L_OT, L_global and the 3D term need a teacher (a teacher-cache file, a CLIPTeacher "
                              "or a teacher source): pass teacher=..., or switch them off")
@@ -202,28 +203,29 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         if s.use_ot or s.use_global:
             g, labels = self.teacher.lookup(list(paths), imgs)
             if s.use_ot:
-                text_feats = self.teacher.gather_text(labels.to(dev))
+                text_feats = self.teacher.gather_text(labels.to(dev, non_blocking=True))
             if s.use_global:
-                teacher_feats = g.to(dev)
+                teacher_feats = g.to(dev, non_blocking=True)
         syn = None
         if s.use_3d:
             syn = next(self.synthetic)
             imgs = torch.cat([imgs, syn["img"].to(dev, non_blocking=True)])
-            syn_text = self.teacher.gather_text(syn["labels"].to(dev))
+            syn_text = self.teacher.gather_text(syn["labels"].to(dev, non_blocking=True))
             text_feats = syn_text if text_feats is None else torch.cat([text_feats, syn_text])
         if self.channels_last:
             imgs = imgs.contiguous(memory_format=torch.channels_last)
         with self._autocast():
             out = self.model(imgs, text_feats=text_feats, teacher_feats=teacher_feats,
-                             num_real=B if syn is not None and self.separate_synthetic_bn else None, return_dict=True)
+                             num_real=B if syn is not None and self.separate_synthetic_bn else None, return_dict=True,
+                             with_betas=s.use_3d)
         f_id = out["f_id"].float()
         terms: Dict[str, torch.Tensor] = {}
         total = f_id.new_zeros(())
         if s.use_ce:
-            terms["ce"] = self.criterion_ce(out["logits"][:B].float(), pids)
+            terms["ce"] = cross_entropy(out["logits"][:B].float(), pids, self.label_smooth)
             total = total + terms["ce"]
         if s.triplet_weight > 0:
-            terms["triplet"] = self.criterion_tri(f_id[:B], pids)
+            terms["triplet"] = batch_hard_triplet(f_id[:B], pids, self.triplet_margin)
             total = total + s.triplet_weight * terms["triplet"]
         local = out["local"]
         # Not local[:B] / local[B:]: each slice's backward zero-fills a gradient the size of the whole
@@ -239,20 +241,27 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
             # text_proj holds [real (only when use_ot); synthetic] rows, in that order.
             text_syn = out["text_proj"][B:] if s.use_ot else out["text_proj"]
             terms["ot_syn"] = self.ot_loss(local_syn, text_syn)
-            terms["3d"] = self.shape_loss(out["betas"][B:], syn["betas"].to(dev), syn["gender"].to(dev))
+            terms["3d"] = self.shape_loss(out["betas"][B:], syn["betas"].to(dev, non_blocking=True),
+                                          syn["gender"].to(dev, non_blocking=True))
             total = total + s.gamma * (terms["ot_syn"] + terms["3d"])
         terms["loss"] = total
         self._diagnostics = self.monitor(f_id[:B], local_real if s.use_ot else None,
                                          out["text_proj"][:B] if s.use_ot else None)
         return terms
 
-    def forward_backward(self, data: dict) -> Dict[str, float]:
+    def forward_backward(self, data: dict) -> Dict[str, Union[float, torch.Tensor]]:
+        """One training step.
+
+        Returns:
+            Every term (and ``w_<term>``, weighted) as a detached 0-dim tensor on the device, not read back: the loop
+            reads them once per print interval. The collapse diagnostics, on the steps that compute them, are floats.
+        """
         terms = self.compute_losses(data)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms["loss"]).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        summary = {k: float(v.detach()) for k, v in terms.items()}
+        summary: Dict[str, Union[float, torch.Tensor]] = {k: v.detach() for k, v in terms.items()}
         summary.update(self.switches.weighted(summary))
         summary.update(self._diagnostics)
         return summary

@@ -44,11 +44,11 @@ class ShapeProbeEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
                            "trains on synthcc only")
         return torch.stack([self.shapes[p] for p in paths])
 
-    def forward_backward(self, data: dict) -> Dict[str, float]:
+    def forward_backward(self, data: dict) -> Dict[str, torch.Tensor]:
         imgs = data["img"].to(self.device, non_blocking=True)
         target = self.targets(list(data["impath"])).to(self.device)
         loss = F.mse_loss(self.model(imgs), target)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"shape_mse": float(loss.detach())}
+        return {"shape_mse": loss.detach()}  # read by the loop once per print interval, not here

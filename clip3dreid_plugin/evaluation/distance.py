@@ -2,8 +2,9 @@
 
 The full ``[Q, G]`` matrix costs ``4 Q G`` bytes (about 4.4 GB for DeepChange's 17.5k x 63k); the evaluator only ever
 needs a block of rows at once (see :func:`~clip3dreid_plugin.evaluation.rank.evaluate_all`), so
-:class:`FeatureDistances` hands it blocks and the matrix is never built. :func:`chunked_distmat` builds the whole
-matrix (for re-ranking and ranked-result images, which need it) with temporaries of one block only.
+:class:`FeatureDistances` hands it blocks and the matrix is never built; ranked-result images and re-ranking read
+it a block at a time too. :func:`chunked_distmat` builds the whole matrix, when a caller needs one, with temporaries
+of one block only.
 
 The formulas are torchreid's ``compute_distance_matrix``: ``|q|^2 + |g|^2 - 2 q.g`` (squared euclidean, not clamped
 at 0) and ``1 - cos(q, g)``.

@@ -1,15 +1,17 @@
 """Losses of CLIP3DReID: local OT distillation, global distillation, and torchreid's ID/triplet losses.
 
 ``CrossEntropyLoss`` (label smoothing) and ``TripletLoss`` (batch-hard) are torchreid's own classes,
-re-exported here rather than rewritten. They are resolved lazily by attribute access on
-``torchreid.losses`` (the PyPI wheel keeps them at ``torchreid.reid.losses``, a source install at
-``torchreid.losses``), so importing the OT loss does not import torchreid.
+re-exported here. They are resolved lazily by attribute access on ``torchreid.losses`` (the PyPI wheel keeps them
+at ``torchreid.reid.losses``, a source install at ``torchreid.losses``), so importing the OT loss does not import
+torchreid. The CLIP3DReID engine uses :func:`cross_entropy` and :func:`batch_hard_triplet` instead: the same values
+and gradients without torchreid's host-device syncs (:mod:`clip3dreid_plugin.losses.identity`).
 """
 from __future__ import annotations
 
 from typing import Any
 
 from clip3dreid_plugin.losses.distill import global_distill_loss
+from clip3dreid_plugin.losses.identity import batch_hard_triplet, cross_entropy
 from clip3dreid_plugin.losses.ot import (
     OTLoss,
     cosine_cost,
@@ -27,6 +29,8 @@ __all__ = [
     "cosine_cost",
     "OTLoss",
     "global_distill_loss",
+    "cross_entropy",
+    "batch_hard_triplet",
     "CrossEntropyLoss",
     "TripletLoss",
 ]

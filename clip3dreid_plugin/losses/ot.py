@@ -32,12 +32,17 @@ and gives the same values and gradients; this module keeps its own loop because 
 (a cheaper log-sum-exp stabiliser, see :func:`sinkhorn_log`; figures in BENCHMARKS.md), tests convergence
 at no extra cost and every 5 instead of 10 iterations, and handles the dtype/autocast rules below
 (``benchmarks/bench_ot.py``).
+
+Convergence on a GPU: reading the test's result on the host would stop the CPU until the GPU has caught up with
+everything queued before it (the student's forward), several times a step. Off the CPU the test therefore stays on
+the device: once it passes, the potentials are frozen and the remaining iterations change nothing. The plan and its
+gradient are those of stopping there, and every ``max_iter`` iteration runs (``host_checks``).
 """
 from __future__ import annotations
 
 import logging
 import math
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -52,9 +57,12 @@ __all__ = ["ot_distance", "ot_distance_from_cost", "transport_plan", "sinkhorn_l
 
 GRAD_MODES = ("autodiff", "envelope")
 
-# Convergence is tested every few iterations: on CUDA each test is a host-device sync, which costs
-# more than one [B,N,M] iteration at the sizes used here.
+# Convergence is tested every few iterations: each test costs about as much as one [B,N,M] iteration, and read on
+# the host (the CPU's way) a test is a host-device sync on a GPU.
 DEFAULT_CHECK_EVERY = 5
+
+# Upper bound of the span of a cosine cost 1 - cos (in [0, 2]): lets lse='auto' choose without reading the cost.
+_COSINE_SPAN = 2.0
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -190,8 +198,14 @@ def _lse_shifted(K: torch.Tensor, pot: torch.Tensor, dim: int) -> torch.Tensor:
     return (K + shifted).exp_().sum(dim=dim).log_() + s
 
 
+def _reads_on_host(device: torch.device, host_checks: Optional[bool]) -> bool:
+    """``host_checks`` as asked, or by default True only on the CPU, where reading a value back costs nothing."""
+    return device.type == "cpu" if host_checks is None else bool(host_checks)
+
+
 def sinkhorn_log(cost: torch.Tensor, reg: float, max_iter: int = 100, tol: float = 1e-5,
-                 check_every: int = DEFAULT_CHECK_EVERY, lse: str = "auto") -> Tuple[torch.Tensor, int]:
+                 check_every: int = DEFAULT_CHECK_EVERY, lse: str = "auto", host_checks: Optional[bool] = None,
+                 max_span: Optional[float] = None) -> Tuple[torch.Tensor, Union[int, torch.Tensor]]:
     """Batched log-domain Sinkhorn with uniform marginals.
 
     Each iteration updates ``u = log a - LSE_m(K + v)`` then ``v = log b - LSE_n(K + u)`` with
@@ -203,9 +217,11 @@ def sinkhorn_log(cost: torch.Tensor, reg: float, max_iter: int = 100, tol: float
     Stopping rule: every ``check_every`` iterations, stop when
     ``max_b || T_b 1_M - a ||_2 < tol`` (the largest, over the batch, L2 norm of the row-marginal
     violation; the same norm POT's ``stopThr`` and ``ot.batch``'s ``tol`` test). The plan returned is the
-    one that passed the test. At most ``max_iter`` iterations run. Each test (and the ``'auto'`` choice
-    of ``lse``) reads one scalar back to the host, a sync on CUDA. Autograd records the iterations when
-    ``cost`` requires grad (call under ``torch.no_grad()`` to avoid that).
+    one that passed the test. At most ``max_iter`` iterations run. With ``host_checks`` each test (and the
+    ``'auto'`` choice of ``lse``) reads one scalar back to the host, a sync on CUDA; without, the test's result stays
+    on the device and freezes ``(u, v)`` once it passes (bit for bit the same plan and gradient, all ``max_iter``
+    iterations run, nothing is read). Autograd records the iterations when ``cost`` requires grad (call under
+    ``torch.no_grad()`` to avoid that).
 
     Args:
         cost: ``[B, N, M]`` cost matrices (float32 or float64).
@@ -217,17 +233,25 @@ def sinkhorn_log(cost: torch.Tensor, reg: float, max_iter: int = 100, tol: float
             for any ``reg``), ``'potential'`` (:func:`_lse_shifted`; safe while ``cost span / reg`` is below
             60 in float32, 600 in float64) or ``'auto'`` (``'potential'`` when that holds, else ``'full'``;
             cosine costs span at most 2, so ``'potential'`` for ``reg >= 0.034`` in float32).
+        host_checks: read the tests on the host and stop there; None: only on the CPU.
+        max_span: an upper bound of every sample's cost span, known to the caller (2 for a cosine cost). Without
+            host checks ``'auto'`` decides from it, or takes ``'full'`` when it is None; with them it reads the cost.
 
     Returns:
-        ``(plan [B, N, M], n_iter)``.
+        ``(plan [B, N, M], n_iter)``: the iterations run until the test passed, an int, or without host checks a
+        0-dim int64 tensor on ``cost``'s device (reading it is a sync).
     """
     if lse not in ("auto", "full", "potential"):
         raise ValueError(f"lse must be 'auto', 'full' or 'potential', got {lse!r}")
+    on_host = _reads_on_host(cost.device, host_checks)
     B, N, M = cost.shape
     with torch.no_grad():
         cmin = cost.amin(dim=(1, 2), keepdim=True)
         if lse == "auto":
-            span = (cost.amax(dim=(1, 2), keepdim=True) - cmin).max().item() / reg
+            if on_host:
+                span = (cost.amax(dim=(1, 2), keepdim=True) - cmin).max().item() / reg
+            else:
+                span = math.inf if max_span is None else float(max_span) / reg
             lse = "potential" if span <= _CHEAP_LSE_SPAN.get(cost.dtype, 0.0) else "full"
     # Detached shift: the plan is invariant to a per-sample constant, so no gradient is lost.
     K = (cost - cmin) / (-reg)
@@ -244,28 +268,45 @@ def sinkhorn_log(cost: torch.Tensor, reg: float, max_iter: int = 100, tol: float
         def col_lse(u: torch.Tensor) -> torch.Tensor:
             return torch.logsumexp(K + u.unsqueeze(2), dim=1)
 
+    def row_error(u: torch.Tensor, u_next: torch.Tensor) -> torch.Tensor:
+        # Row marginal of the plan (u, v): a * exp(u - u_next); L2 norm of its error per sample.
+        with torch.no_grad():
+            return ((u - u_next).exp() - 1.0).norm(dim=1).max() / N
+
     log_a, log_b = -math.log(N), -math.log(M)
     u = cost.new_zeros(B, N)
     v = cost.new_zeros(B, M)
-    n_iter = 0
-    for it in range(max_iter):
-        u_next = log_a - row_lse(v)
-        if it > 0 and it % check_every == 0:
-            with torch.no_grad():
-                # Row marginal of the plan (u, v): a * exp(u - u_next); L2 norm of its error per sample.
-                err = ((u - u_next).exp() - 1.0).norm(dim=1).max().item() / N
-            if err < tol:
+    n_iter: Union[int, torch.Tensor] = 0
+    if on_host or tol <= 0:
+        for it in range(max_iter):
+            u_next = log_a - row_lse(v)
+            if tol > 0 and it > 0 and it % check_every == 0 and row_error(u, u_next).item() < tol:
                 break
-        u = u_next
-        v = log_b - col_lse(u)
-        n_iter = it + 1
+            u = u_next
+            v = log_b - col_lse(u)
+            n_iter = it + 1
+    else:
+        done = torch.zeros((), dtype=torch.bool, device=cost.device)
+        n_iter = torch.full((), max_iter, dtype=torch.long, device=cost.device)
+        for it in range(max_iter):
+            u_next = log_a - row_lse(v)
+            if it < check_every:  # no test has run yet, so none has passed
+                u = u_next
+                v = log_b - col_lse(u)
+                continue
+            if it % check_every == 0:
+                passed = row_error(u, u_next) < tol
+                n_iter = torch.where(passed & ~done, it, n_iter)
+                done = done | passed
+            u = torch.where(done, u, u_next)
+            v = torch.where(done, v, log_b - col_lse(u))
     plan = (K + u.unsqueeze(2) + v.unsqueeze(1)).exp()
     return plan, n_iter
 
 
 def ot_distance(local_feats: torch.Tensor, text_feats: torch.Tensor, reg: float = 1.0, max_iter: int = 100,
                 tol: float = 1e-5, grad: str = "autodiff", check_every: int = DEFAULT_CHECK_EVERY,
-                return_plan: bool = False, huge_pages: bool = True):
+                return_plan: bool = False, huge_pages: bool = True, host_checks: Optional[bool] = None):
     """Entropic OT transport cost ``<T*, C>`` between local features and text features, per sample.
 
     Both inputs are L2-normalised along ``d``; ``C = 1 - cos`` (``[B, N, M]``); marginals are uniform
@@ -285,6 +326,7 @@ def ot_distance(local_feats: torch.Tensor, text_feats: torch.Tensor, reg: float 
         check_every: iterations between convergence tests.
         return_plan: also return the (detached) plan.
         huge_pages: see :func:`cosine_cost`.
+        host_checks: see :func:`sinkhorn_log` (default: on the CPU only; no host-device sync elsewhere).
 
     Returns:
         ``d_OT [B]`` (float32 or float64), and ``plan [B, N, M]`` (detached) when ``return_plan``.
@@ -300,35 +342,43 @@ def ot_distance(local_feats: torch.Tensor, text_feats: torch.Tensor, reg: float 
     # Autocast would run the bmm (and so the cost) in half precision again; Sinkhorn's exp/log need fp32.
     with torch.autocast(device_type=local_feats.device.type, enabled=False):
         cost = cosine_cost(local_feats.to(dtype), text_feats.to(dtype), huge_pages)
-        return ot_distance_from_cost(cost, reg, max_iter, tol, grad, check_every, return_plan)
+        return ot_distance_from_cost(cost, reg, max_iter, tol, grad, check_every, return_plan, host_checks,
+                                     max_span=_COSINE_SPAN)
 
 
 def ot_distance_from_cost(cost: torch.Tensor, reg: float = 1.0, max_iter: int = 100, tol: float = 1e-5,
                           grad: str = "autodiff", check_every: int = DEFAULT_CHECK_EVERY,
-                          return_plan: bool = False):
+                          return_plan: bool = False, host_checks: Optional[bool] = None,
+                          max_span: Optional[float] = None):
     """``<T*, C>`` per sample for given costs (uniform marginals): the solver part of :func:`ot_distance`.
 
     Args:
-        cost: ``[B, N, M]`` float32/float64 cost matrices (not upcast here).
-        reg, max_iter, tol, grad, check_every, return_plan: as in :func:`ot_distance`.
+        cost: ``[B, N, M]`` cost matrices; float16/bfloat16 costs are upcast to float32 (Sinkhorn's exp and log
+            need its range), float32/float64 ones are used as they are.
+        reg, max_iter, tol, grad, check_every, return_plan, host_checks: as in :func:`ot_distance`.
+        max_span: see :func:`sinkhorn_log`.
 
     Returns:
-        ``d_OT [B]``, and ``plan [B, N, M]`` (detached) when ``return_plan``.
+        ``d_OT [B]`` (float32 or float64), and ``plan [B, N, M]`` (detached) when ``return_plan``.
     """
     if not (torch.is_tensor(cost) and cost.dim() == 3 and cost.is_floating_point()
             and cost.size(1) > 0 and cost.size(2) > 0):
         raise ValueError(f"cost must be a non-empty floating-point tensor [B, N, M], got "
                          f"{tuple(cost.shape) if torch.is_tensor(cost) else type(cost).__name__}")
     reg, tol = _check_params(reg, max_iter, tol, grad, check_every)
+    if cost.dtype in _LOW_PRECISION:
+        cost = cost.float()
     # No op here is lowered by autocast today; disabling it keeps that true if autocast's op lists grow.
     with torch.autocast(device_type=cost.device.type, enabled=False):
+        solve = dict(host_checks=host_checks, max_span=max_span)
         if grad == "envelope":
             with torch.no_grad():
-                plan, n_iter = sinkhorn_log(cost, reg, max_iter, tol, check_every)
+                plan, n_iter = sinkhorn_log(cost, reg, max_iter, tol, check_every, **solve)
         else:
-            plan, n_iter = sinkhorn_log(cost, reg, max_iter, tol, check_every)
+            plan, n_iter = sinkhorn_log(cost, reg, max_iter, tol, check_every, **solve)
         dist = (plan * cost).sum(dim=(1, 2))
-    logger.debug("sinkhorn: B=%d N=%d M=%d reg=%g iterations=%d", *cost.shape, reg, n_iter)
+    if isinstance(n_iter, int):  # a device count is not read back for a debug line
+        logger.debug("sinkhorn: B=%d N=%d M=%d reg=%g iterations=%d", *cost.shape, reg, n_iter)
     if return_plan:
         return dist, plan.detach()
     return dist
@@ -362,14 +412,17 @@ class OTLoss(nn.Module):
         grad: ``'autodiff'`` or ``'envelope'`` (``cfg.ot.grad``).
         check_every: iterations between convergence tests.
         huge_pages: huge pages for the local-feature gradient (``cfg.ot.huge_pages``; see :func:`cosine_cost`).
+        host_checks: see :func:`sinkhorn_log` (default: on the CPU only).
     """
 
     def __init__(self, reg: float = 1.0, max_iter: int = 100, tol: float = 1e-5, grad: str = "autodiff",
-                 check_every: int = DEFAULT_CHECK_EVERY, huge_pages: bool = True):
+                 check_every: int = DEFAULT_CHECK_EVERY, huge_pages: bool = True,
+                 host_checks: Optional[bool] = None):
         super().__init__()
         reg, tol = _check_params(reg, max_iter, tol, grad, check_every)
         self.reg, self.max_iter, self.tol, self.grad, self.check_every = reg, max_iter, tol, grad, check_every
         self.huge_pages = bool(huge_pages)
+        self.host_checks = host_checks
 
     @classmethod
     def from_cfg(cls, cfg) -> "OTLoss":
@@ -388,7 +441,7 @@ class OTLoss(nn.Module):
             Scalar loss (float32, or float64 for float64 inputs).
         """
         dist = ot_distance(local_feats, text_feats, self.reg, self.max_iter, self.tol, self.grad, self.check_every,
-                           huge_pages=self.huge_pages)
+                           huge_pages=self.huge_pages, host_checks=self.host_checks)
         return dist.mean()
 
     def extra_repr(self) -> str:

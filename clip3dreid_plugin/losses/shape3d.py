@@ -21,7 +21,10 @@ class ShapeLoss(nn.Module):
 
     The prediction goes through ``pred_model`` (``body.gender``, neutral by default); each target
     through the model of the gender it was rendered with, since the metadata's betas are gendered.
-    All SMPL-format models share one topology, so vertices compare one to one.
+    All SMPL-format models share one topology, so vertices compare one to one. Every target row goes through every
+    gender's model and keeps its own (a few ``[B, 10] x [10, 3V]`` products): choosing the rows instead would read
+    the genders back to the host, a sync per step on a GPU. A row whose gender has no model gets a NaN target
+    (:meth:`check_genders` refuses such a set beforehand).
 
     Args:
         pred_model: body model with ``canonical_vertices(betas [B,10]) -> [B,V,3]``.
@@ -54,6 +57,19 @@ class ShapeLoss(nn.Module):
         models = {g: load_body_model(model_dir, gender=g, device=device) for g in GENDER_IDS}
         return cls(models[pred_gender], {GENDER_IDS[g]: m for g, m in models.items()}, reduction=reduction)
 
+    def check_genders(self, genders) -> None:
+        """Refuses a synthetic set with a gender id that has no body model here.
+
+        Args:
+            genders: the set's gender ids (any iterable of ints, e.g. a tensor).
+
+        Raises:
+            KeyError: naming the ids without a model.
+        """
+        missing = sorted({int(g) for g in genders} - set(self.target_models))
+        if missing:
+            raise KeyError(f"no body model for synthetic gender id(s) {missing} (models for {sorted(self.target_models)})")
+
     def forward(self, pred_betas: torch.Tensor, true_betas: torch.Tensor, genders: torch.Tensor) -> torch.Tensor:
         """Args: ``pred_betas [B,10]`` (grad flows to phi), ``true_betas [B,10]``, ``genders [B]``.
 
@@ -62,12 +78,10 @@ class ShapeLoss(nn.Module):
         """
         pred = self.pred_model.canonical_vertices(pred_betas.float())
         with torch.no_grad():
-            target = torch.empty_like(pred)
-            for g in genders.unique().tolist():
-                if g not in self.target_models:
-                    raise KeyError(f"no body model for synthetic gender id {g}")
-                m = genders == g
-                target[m] = self.target_models[g].canonical_vertices(true_betas[m].float())
+            target = torch.full_like(pred, float("nan"))
+            rows = genders.view(-1, 1, 1)
+            for g, model in self.target_models.items():
+                target = torch.where(rows == g, model.canonical_vertices(true_betas.float()), target)
         per_vertex = ((pred - target) ** 2).sum(-1)  # [B, V]
         per_body = per_vertex.sum(1) if self.reduction == "sum" else per_vertex.mean(1)
         return per_body.mean()

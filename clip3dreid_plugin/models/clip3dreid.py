@@ -7,7 +7,7 @@ Data flow (paper Sec. 3.1)::
     f_id -> [BN-neck] -> classifier -> logits [B, K]                  (retrieval uses the BN-neck output when on)
     H [B, M, d] -> Psi -> [B, M, d']                                   (text features, OT target)
     g [B, d]    -> Phi -> [B, d']                                      (teacher image feature, MSE target)
-    f_id        -> phi -> betas [B, 10]                                (SMPL shape coefficients)
+    f_id        -> phi -> betas [B, 10]                                (SMPL shape coefficients, 3D term only)
 
 Eval mode returns ``f_id`` only, so torchreid's evaluator, ``FeatureExtractor`` and re-ranking
 work unchanged. The heads run inside ``forward`` (not called by the engine separately) so that a
@@ -258,7 +258,7 @@ class CLIP3DReID(nn.Module):
 
     def forward(self, x: torch.Tensor, text_feats: Optional[torch.Tensor] = None,
                 teacher_feats: Optional[torch.Tensor] = None, num_real: Optional[int] = None,
-                return_dict: bool = False):
+                return_dict: bool = False, with_betas: bool = False):
         """Student forward.
 
         Args:
@@ -271,13 +271,15 @@ class CLIP3DReID(nn.Module):
                 ``None`` treats the whole batch alike.
             return_dict: train only; return every output (what ``CLIP3DReIDEngine`` asks for). Without it, train
                 mode returns what torchreid's engines expect for ``self.loss``.
+            with_betas: with ``return_dict``, also run phi for the shape coefficients (only the 3D term reads them;
+                left out, phi gets no gradient, which DDP must be told about, see ``ddp_options``).
 
         Returns:
             Eval mode: ``f_id`` ``[B, d']`` (after the BN-neck when it is on). Train mode: ``logits [B,K]`` (loss
             ``softmax``) or ``(logits, f_id)`` (loss ``triplet``), as torchreid's ``ImageSoftmaxEngine`` /
             ``ImageTripletEngine`` / ``VideoSoftmaxEngine`` unpack them; with ``return_dict`` a dict with
-            ``logits [B,K]``, ``f_id [B,d']``,
-            ``local [B,N,d']``, ``betas [B,10]`` and, when given, ``text_proj [B,M,d']`` and ``teacher_proj [B,d']``.
+            ``logits [B,K]``, ``f_id [B,d']``, ``local [B,N,d']``, with ``with_betas`` ``betas [B,10]``, and, when
+            given, ``text_proj [B,M,d']`` and ``teacher_proj [B,d']``.
         """
         if not self.training:
             return self._neck(self._identity(x)[1])
@@ -301,8 +303,9 @@ class CLIP3DReID(nn.Module):
             "logits": self.classifier(neck),
             "f_id": f_id,
             "local": local,
-            "betas": self.shape_head(f_id),
         }
+        if with_betas:
+            out["betas"] = self.shape_head(f_id)
         if text_feats is not None:
             out["text_proj"] = self.text_head(text_feats)
         if teacher_feats is not None:

@@ -2,7 +2,7 @@
 
 The engine needs two calls per step::
 
-    g, labels = source.lookup(img_paths, imgs)   # [B, d] float32, [B, M] int64
+    g, labels = source.lookup(img_paths, imgs)   # [B, d] float32, [B, M] int64, on imgs' device
     H = source.gather_text(labels)                # [B, M, d] on labels' device
 
 ``CacheTeacherSource`` answers from :class:`~clip3dreid_plugin.teacher.cache.TeacherCache` files
@@ -51,8 +51,9 @@ class CacheTeacherSource:
 
     def lookup(self, img_paths: Sequence[str],
                imgs: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(g [B, d], labels [B, M])`` of the batch's images (CPU); ``imgs`` is unused."""
-        return self.cache.lookup(img_paths)
+        """``(g [B, d], labels [B, M])`` of the batch's images, on ``imgs``' device (the CPU without ``imgs``),
+        where the cache keeps its table (see :meth:`TeacherCache.lookup`); only ``imgs``' device is read."""
+        return self.cache.lookup(img_paths, None if imgs is None else imgs.device)
 
     def gather_text(self, labels: torch.Tensor) -> torch.Tensor:
         """``[B, M]`` labels -> ``[B, M, d]`` text features."""
@@ -98,11 +99,13 @@ class OnlineTeacherSource:
 
 
 def build_teacher(cfg: CN, device="cpu") -> CLIPTeacher:
-    """The :class:`CLIPTeacher` described by ``cfg.teacher`` (and the student's ``cfg.data.norm_*``)."""
+    """The :class:`CLIPTeacher` described by ``cfg.teacher`` (and the student's ``cfg.data.norm_*``), in
+    ``teacher.precision`` as resolved for ``device`` (``auto``: float32 on the CPU, half precision on a GPU)."""
     t = cfg.teacher
     return CLIPTeacher(t.name, t.pretrained or None, device=device, pairs=parse_pairs(t.descriptor_pairs),
                        template=resolve_template(t.prompt_template), resize_mode=t.resize_mode,
-                       student_mean=tuple(cfg.data.norm_mean), student_std=tuple(cfg.data.norm_std))
+                       student_mean=tuple(cfg.data.norm_mean), student_std=tuple(cfg.data.norm_std),
+                       precision=t.precision)
 
 
 def build_teacher_source(cfg: CN, datasets: Sequence[Tuple[str, Sequence[str]]], device="cpu"):

@@ -172,7 +172,7 @@ def train_step_benchmarks(bs: int, h: int, w: int, device: torch.device, teacher
         model.train()
         steps[label] = _step(engine, batch)
 
-    teacher = CLIPTeacher(teacher_name, None, device=str(device))
+    teacher = CLIPTeacher(teacher_name, None, device=str(device), precision="auto")  # what a run on it uses
     cfg = get_cfg()
     cfg.clip3dreid.teacher_dim = teacher.embed_dim
     g = torch.nn.functional.normalize(torch.randn(bs, teacher.embed_dim), dim=1)
@@ -211,10 +211,11 @@ def train_step_benchmarks(bs: int, h: int, w: int, device: torch.device, teacher
 
 def labelling_benchmark(teacher_name: str, bs: int, h: int, w: int, device: torch.device, repeats: int,
                         warmup: int) -> Dict[str, float]:
-    """Teacher labelling throughput on student-sized batches."""
+    """Teacher labelling throughput on student-sized batches, in the precision a run on ``device`` uses
+    (``teacher.precision auto``)."""
     from clip3dreid_plugin.teacher.clip_teacher import CLIPTeacher
 
-    teacher = CLIPTeacher(teacher_name, None, device=str(device))
+    teacher = CLIPTeacher(teacher_name, None, device=str(device), precision="auto")
     x = torch.randn(bs, 3, h, w, device=device)
 
     @torch.no_grad()
@@ -223,6 +224,7 @@ def labelling_benchmark(teacher_name: str, bs: int, h: int, w: int, device: torc
 
     r = time_it(step, repeats, warmup, device)
     r["images_per_s"] = bs / r["median_s"]
+    r["precision"] = teacher.precision
     return r
 
 
@@ -259,7 +261,8 @@ def _table(res: Dict) -> str:
                      f"{r['time_vs_resnet50_ls1']:.2f} |")
     lab = res["labelling"]
     lines += ["", "| teacher labelling | s/batch (median) | images/s |", "|---|---|---|",
-              f"| {res['config']['teacher']} | {lab['median_s']:.3f} | {lab['images_per_s']:.1f} |"]
+              f"| {res['config']['teacher']} ({lab.get('precision', 'fp32')}) | {lab['median_s']:.3f} | "
+              f"{lab['images_per_s']:.1f} |"]
     ev = res["eval"]
     lines += ["", f"| evaluation {ev['size']} | s (median) |", "|---|---|",
               f"| plugin evaluate_all (general + cc) | {ev['plugin general+cc']['median_s']:.3f} |",

@@ -23,8 +23,8 @@ from clip3dreid_plugin.utils.runtime import DEVICE_HELP, quiet_torchreid_warning
 
 logger = logging.getLogger("clip3dreid")
 
-__all__ = ["main", "build_parser", "setup_cfg", "build", "run", "resume_checkpoint", "wrap_for_training",
-           "write_run_config"]
+__all__ = ["main", "build_parser", "setup_cfg", "build", "run", "ddp_options", "resume_checkpoint",
+           "wrap_for_training", "write_run_config"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,20 +85,36 @@ def write_run_config(cfg) -> str:
     return path
 
 
+def ddp_options(cfg) -> dict:
+    """DDP's keyword arguments for this run: the cheapest setting that is still correct.
+
+    Some parameters get no gradient in a step whenever a model computes more than the active loss terms read (a
+    switched-off distillation head, a torchreid classifier weighted 0) or layers are frozen, and DDP must be told.
+    When that set is the same in every step, ``static_graph`` learns it in the first step; ``find_unused_parameters``
+    would search the autograd graph and copy every output in every step. ``train.fixbase_epoch`` freezes layers for
+    its first epochs only, so the set changes, which ``static_graph`` does not allow: those runs keep the search.
+    """
+    if cfg.train.fixbase_epoch > 0:
+        return {"find_unused_parameters": True}
+    return {"static_graph": True}
+
+
 def wrap_for_training(model, distributed: bool, trainable: bool, device, compile_model: bool = False,
-                      find_unused_parameters: bool = False):
+                      ddp_kwargs: Optional[dict] = None):
     """The module the engine trains: DDP around a model that has something to train, then ``torch.compile``.
 
     DDP refuses a model without trainable parameters (``clip_zeroshot``), and ``compile(DDP(model))`` is the order
-    torch documents. Plugin models compute heads a given ablation may not use, hence ``find_unused_parameters``.
+    torch documents.
+
+    Args:
+        ddp_kwargs: DDP's options, see :func:`ddp_options`.
     """
     import torch
 
     out = model
     if distributed and trainable:
         out = torch.nn.parallel.DistributedDataParallel(
-            out, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=find_unused_parameters)
+            out, device_ids=[device.index] if device.type == "cuda" else None, **(ddp_kwargs or {}))
     if compile_model:
         out = torch.compile(out)
     return out
@@ -119,10 +135,10 @@ def build(cfg):
     from clip3dreid_plugin.data.build import build_datamanager
     from clip3dreid_plugin.data.samplers import DistributedIdentitySampler
     from clip3dreid_plugin.engine.build import build_engine
-    from clip3dreid_plugin.models import MODEL_FACTORIES
     from clip3dreid_plugin.models.build import build_model
     from clip3dreid_plugin.utils import distributed as dist_utils
-    from clip3dreid_plugin.utils.runtime import activate_device, check_amp_support, resolve_device, set_seed
+    from clip3dreid_plugin.utils.runtime import (activate_device, check_amp_support, resolve_device, set_matmul_tf32,
+                                                 set_seed)
 
     clip3dreid_plugin.register()
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -130,6 +146,11 @@ def build(cfg):
     device = activate_device(resolve_device(cfg.runtime.device,
                                             int(os.environ.get("LOCAL_RANK", "0")) if launched else None))
     check_amp_support(cfg.runtime.amp, device)
+    set_matmul_tf32(cfg.runtime.tf32, device)
+    if launched and cfg.runtime.sync_bn and device.type != "cuda":
+        # Checked before the process group forms; torch's own refusal comes only at the first training forward.
+        raise ConfigError(f"runtime.sync_bn True needs CUDA (SyncBatchNorm synchronises GPU tensors only), but this "
+                          f"run is on {device}: set runtime.sync_bn False")
     distributed = dist_utils.init_distributed(cfg.runtime.dist_backend, device.type)
     rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
     use_gpu = device.type == "cuda"
@@ -153,7 +174,7 @@ def build(cfg):
     if cfg.model.load_weights:
         compat.load_pretrained_weights(model, cfg.model.load_weights)
     if distributed and cfg.runtime.sync_bn:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = dist_utils.convert_sync_batchnorm(model)
     model = model.to(device)
     if cfg.runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -163,12 +184,8 @@ def build(cfg):
         scheduler = torchreid.optim.build_lr_scheduler(optimizer, **lr_scheduler_kwargs(cfg))
     elif not cfg.test.evaluate:
         raise ConfigError(f"model '{cfg.model.name}' has no trainable parameter: run it with --eval-only")
-    # DDP must be told when some parameters get no gradient in a step: plugin models' unused heads, layers frozen
-    # by train.fixbase_epoch, or a torchreid loss term weighted 0 (e.g. the classifier with loss.triplet.weight_x 0).
-    unused = (cfg.model.name in MODEL_FACTORIES or cfg.train.fixbase_epoch > 0
-              or (cfg.loss.name == "triplet" and min(cfg.loss.triplet.weight_t, cfg.loss.triplet.weight_x) == 0))
     train_model = wrap_for_training(model, distributed=distributed, trainable=optimizer is not None,
-                                    device=device, compile_model=cfg.runtime.compile, find_unused_parameters=unused)
+                                    device=device, compile_model=cfg.runtime.compile, ddp_kwargs=ddp_options(cfg))
     engine = build_engine(cfg, datamanager, train_model, optimizer, scheduler, use_gpu, is_main=(rank == 0),
                           device=device)
     return engine

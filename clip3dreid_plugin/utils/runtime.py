@@ -16,7 +16,7 @@ import torch
 from clip3dreid_plugin.config.loader import ConfigError
 
 __all__ = ["DEVICE_HELP", "ensure_console_logging", "setup_logging", "set_seed", "resolve_device", "activate_device",
-           "check_amp_support", "quiet_torchreid_warnings"]
+           "check_amp_support", "has_native_bf16", "set_matmul_tf32", "quiet_torchreid_warnings"]
 
 #: The help of every command's ``--device``; :func:`resolve_device` is what validates the value.
 DEVICE_HELP = "auto | cpu | cuda | cuda:N; auto picks cuda when available"
@@ -68,7 +68,15 @@ def ensure_console_logging() -> None:
 
 def set_seed(seed: int, deterministic: bool = False) -> None:
     """Seeds python, numpy and torch (all devices); ``deterministic`` also asks torch for deterministic kernels,
-    otherwise cuDNN may benchmark its kernels (``runtime.deterministic``)."""
+    otherwise cuDNN may benchmark its kernels (``runtime.deterministic``).
+
+    What ``deterministic`` guarantees: cuDNN picks deterministic algorithms and does not benchmark, cuBLAS gets a
+    fixed workspace, and every op that has a deterministic implementation uses it. An op without one (on CUDA, e.g.
+    the backward of ``AdaptiveAvgPool2d`` in the ResNet trunks) warns, naming itself, and stays nondeterministic: a
+    CUDA run then repeats only up to those ops. torch's strict mode would stop the run there instead, which would
+    rule the option out for every trunk the plugin trains. On the CPU, the tests repeat runs bit for bit with one
+    thread per process (the resume tests compare weights exactly).
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -78,7 +86,7 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
-        # warn_only: an op without a deterministic kernel warns, naming itself, instead of stopping the run.
+        # warn_only: an op without a deterministic kernel warns, naming itself, instead of stopping the run (above).
         torch.use_deterministic_algorithms(True, warn_only=True)
     else:
         # A process may seed twice (tests, the quickstart's two runs): undo an earlier deterministic request.
@@ -137,12 +145,35 @@ def activate_device(device: torch.device) -> torch.device:
     return device
 
 
+def set_matmul_tf32(enabled: bool, device: torch.device) -> None:
+    """``runtime.tf32`` on a CUDA run: float32 matmuls in TF32 (a 10-bit mantissa, about 1e-3 relative error, several
+    times faster on Ampere and later) or in strict float32, torch's default. cuDNN's convolutions use TF32 either
+    way (torch's default, left alone). A CPU run is not touched.
+    """
+    if device.type != "cuda":
+        return
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9, where mixing it with allow_tf32 is an error
+        matmul.fp32_precision = "tf32" if enabled else "ieee"
+    else:
+        matmul.allow_tf32 = bool(enabled)
+
+
 def check_amp_support(amp: str, device: torch.device) -> None:
-    """Refuses ``runtime.amp bf16`` on a GPU without bfloat16 (before Ampere), which would fail or crawl later.
+    """Refuses ``runtime.amp bf16`` on a GPU without native bfloat16 (compute capability below 8.0, before Ampere),
+    which would fail or crawl later.
+
+    ``torch.cuda.is_bf16_supported()`` is not the test: it counts emulation and says True on a V100 or a T4.
 
     Raises:
         ConfigError: bf16 asked for on such a GPU.
     """
-    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"runtime.amp bf16 (--amp): {torch.cuda.get_device_name(device)} does not support bfloat16; "
-                          "use --amp fp16 or --amp none")
+    if amp == "bf16" and device.type == "cuda" and not has_native_bf16(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise ConfigError(f"runtime.amp bf16 (--amp): {torch.cuda.get_device_name(device)} (compute capability "
+                          f"{major}.{minor}, below 8.0) has no native bfloat16; use --amp fp16 or --amp none")
+
+
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively: the CPU, or a GPU of compute capability 8.0 or above."""
+    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 0)
