@@ -151,21 +151,53 @@ def test_loss_log_reads_the_pending_steps_in_one_transfer_and_keeps_each_step():
 
 
 def test_bf16_autocast_on_cpu_is_finite_and_close_to_fp32(clip_setup, tmp_path):
+    """Under bf16 autocast every term is finite, each layer computes what fp32 computes to bf16's precision, and the
+    terms are float32 functions of the bf16 features.
+
+    End to end, how close bf16 stays depends on the CPU's kernels: a randomly initialised ResNet-50 in train mode
+    compounds each layer's ~0.3% into a large feature error on a CPU without native bf16 instructions (measured:
+    torchreid's own resnet50 ends 43% away from fp32, this student 52%), so the losses are not compared with fp32's
+    by a fixed margin. The fixed 10% bound this test used to hold failed there (global 11.7 against 10.6).
+    """
+    from clip3dreid_plugin.losses.distill import global_distill_loss
+
     cfg = _cfg(*_argv(*clip_setup, str(tmp_path / "amp")))
     _build_cache(cfg)
     engine = _engine(cfg)
     batch = next(iter(engine.train_loader))
+    outputs, first_conv = {}, {}
+
+    def keep_output(module, args, kwargs, out):
+        if isinstance(out, dict):
+            outputs[engine.amp] = {k: v.detach() for k, v in out.items() if torch.is_tensor(v)}
+
+    def keep_conv(module, args, out):
+        first_conv[engine.amp] = (args[0].detach().float(), out.detach())
+
+    hooks = [engine.model.register_forward_hook(keep_output, with_kwargs=True),
+             engine.model.backbone[0].register_forward_hook(keep_conv)]
     # Train mode: BatchNorm normalises with the batch's own statistics, identical in both passes.
     with torch.no_grad():
         engine.amp = "none"
         fp32 = engine.compute_losses(batch)
         engine.amp = "bf16"
         bf16 = engine.compute_losses(batch)
+    for h in hooks:
+        h.remove()
     for k in fp32:
         assert torch.isfinite(bf16[k]), k
-        # bf16 keeps ~3 significant digits; the global term squares differences of nearby vectors.
-        assert float(bf16[k]) == pytest.approx(float(fp32[k]), rel=0.1, abs=0.02), k
         assert float(bf16[k]) != float(fp32[k]) or k == "ce"  # autocast really ran in bf16
+    # One layer: the first convolution of the same input, in bf16, is fp32's to within bf16's rounding.
+    x, out16 = first_conv["bf16"]
+    assert out16.dtype == torch.bfloat16
+    ref = torch.nn.functional.conv2d(x, engine.model.backbone[0].weight.float(), None, 2, 3)
+    assert float((out16.float() - ref).norm() / ref.norm()) < 0.01
+    # The global term is computed in float32 from the bf16 features, as the loss promises.
+    o16 = outputs["bf16"]
+    rows = o16["teacher_proj"].shape[0]  # the real rows (no synthetic stream here)
+    want = global_distill_loss(o16["teacher_proj"].float(), o16["f_id"].float()[:rows],
+                               cfg.loss.clip3dreid.global_reduction)
+    assert float(bf16["global"]) == pytest.approx(float(want), rel=1e-6)
 
 
 def test_channels_last_matches_contiguous_losses_gradients_and_features(clip_setup, tmp_path):
