@@ -58,6 +58,10 @@ def test_synthetic_stream_differs_per_rank_and_epoch_and_repeats_for_the_same(tm
     assert not torch.equal(first_betas(0, 0), first_betas(0, 1))
     # Each pass over the set is a permutation: two batches of 3 from 6 bodies hold every body once.
     assert sorted(first_betas(1, 3)[:, 0].tolist()) == sorted(ds.betas[:, 0].tolist())
+    # A training loader: its workers outlive a pass unless told not to; pinned batches when asked (CUDA runs).
+    assert SyntheticStream(ds, 3, workers=1).loader.persistent_workers
+    assert not SyntheticStream(ds, 3, workers=1, persistent_workers=False).loader.persistent_workers
+    assert SyntheticStream(ds, 3, pin_memory=True).loader.pin_memory and not SyntheticStream(ds, 3).loader.pin_memory
 
 
 def _synthetic_worker(rank: int, store: str, folder: str, out):

@@ -129,7 +129,7 @@ def add_clip3dreid_config(cfg: CN) -> CN:
     cfg.runtime.sync_bn = False  # convert BatchNorm to SyncBatchNorm under torch.distributed
     cfg.runtime.dist_backend = "auto"  # auto | nccl | gloo backend for torchrun
     cfg.runtime.pin_memory = True  # pin host memory in DataLoaders when training on CUDA
-    cfg.runtime.persistent_workers = True  # keep DataLoader workers alive across epochs (workers > 0)
+    cfg.runtime.persistent_workers = True  # keep the training loaders' workers alive across epochs (workers > 0)
     cfg.runtime.progress = True  # tqdm progress bars for long loops
     cfg.runtime.diag_freq = 50  # clip3dreid: steps between collapse diagnostics (diag_* in the log; 0 = off)
 
