@@ -228,6 +228,12 @@ def test_shape_probe_engine_regresses_true_shapes(synthcc_root, tmp_path):
     assert got == pytest.approx(float(expect), rel=1e-5)
     with pytest.raises(KeyError, match="elsewhere.png"):
         engine.targets(["/elsewhere.png"])
+    # runtime.amp reaches the probe's step too: bf16 autocast on the CPU, a float32 loss close to float32's.
+    bf16 = ShapeProbeEngine(_DM(), model, opt, shapes, use_gpu=False, amp="bf16")
+    low = bf16.forward_backward({"img": imgs, "impath": paths, "pid": torch.zeros(4)})["shape_mse"]
+    assert low.dtype == torch.float32 and float(low) != got
+    assert float(low) == pytest.approx(float(expect), rel=0.05)
+    assert not bf16.scaler.is_enabled()  # a scaler only for fp16 on CUDA
 
 
 def test_probe_and_ideal_teacher_train_through_the_cli(synthcc_root, tmp_path, caplog):

@@ -61,7 +61,7 @@ def _shape_probe_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_g
         raise ConfigError(f"model.name shape_probe needs true body shapes, which only synthcc has; data.sources "
                           f"has {others}")
     return ShapeProbeEngine(datamanager, model, optimizer, synthcc_shapes_by_path(cfg.data.root),
-                            scheduler=scheduler, use_gpu=use_gpu, **common)
+                            scheduler=scheduler, use_gpu=use_gpu, amp=cfg.runtime.amp, **common)
 
 
 # model name -> fn(cfg, datamanager, model, optimizer, scheduler, use_gpu, **common) -> engine, where common holds
