@@ -74,8 +74,8 @@ def _standard_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu:
     if cfg.runtime.amp != "none":
         # torchreid's engines call the model and optimizer themselves; ignoring the option would hide that the
         # baseline trained in float32 while the user asked for mixed precision.
-        raise ConfigError(f"runtime.amp {cfg.runtime.amp} (--amp) applies to model.name clip3dreid only; torchreid's "
-                          f"engines train '{cfg.model.name}' in float32: set runtime.amp none")
+        raise ConfigError(f"runtime.amp {cfg.runtime.amp} (--amp) applies to model.name clip3dreid and shape_probe "
+                          f"only; torchreid's engines train '{cfg.model.name}' in float32: set runtime.amp none")
     if cfg.data.type == "video":
         if cfg.loss.name != "softmax":
             raise ConfigError("video training supports loss.name softmax only")
