@@ -93,15 +93,16 @@ if [ $DRY = 0 ] && [ "${ngpu:-0}" -ge 2 ]; then
     && python3 - "$tmp" <<'PY'
 import json, sys
 out = sys.argv[1]
-ddp, one = (json.load(open(f"{out}/{d}/metrics.json"))["last"]["metrics"]["market1501"] for d in ("ddp2", "ddp2_single"))
+ddp, one = (json.load(open(f"{out}/{d}/metrics.json"))["last"]["metrics"]["market1501"]
+            for d in ("ddp2", "ddp2_single"))
 bad = {k: (ddp[k], one[k]) for k in ddp if abs(ddp[k] - one[k]) > 1e-3}
 print("2-GPU torchrun (NCCL, SyncBatchNorm) vs 1-GPU evaluation:", "equal" if not bad else f"DIFFER {bad}")
 sys.exit(1 if bad else 0)
 PY
   } 2>&1 | tee "$OUT/torchrun_2gpu.txt" || status=1
 else
-  echo "2-GPU torchrun smoke run skipped: $([ $DRY = 1 ] && echo 'dry run' || echo "nvidia-smi lists ${ngpu:-0} GPU(s), it needs 2")" \
-    | tee "$OUT/torchrun_2gpu.txt"
+  why=$([ $DRY = 1 ] && echo "dry run" || echo "nvidia-smi lists ${ngpu:-0} GPU(s), it needs 2")
+  echo "2-GPU torchrun smoke run skipped: $why" | tee "$OUT/torchrun_2gpu.txt"
 fi
 
 step "summary"

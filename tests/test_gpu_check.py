@@ -33,7 +33,8 @@ def _write_results(out, pytest_tail="23 passed, 1 skipped in 80.00s", drop=None)
     bench = {"config": {"teacher": "ViT-B-32-quickgelu"},
              "train": {"torchreid resnet50 (last stride 1)": {"time_vs_resnet50_ls1": 1.0},
                        "clip3dreid (last stride 1), cached teacher": {"time_vs_resnet50_ls1": 1.234},
-                       "clip3dreid (last stride 1), online teacher (ViT-B-32-quickgelu)": {"time_vs_resnet50_ls1": 1.9}},
+                       "clip3dreid (last stride 1), online teacher (ViT-B-32-quickgelu)":
+                           {"time_vs_resnet50_ls1": 1.9}},
              "labelling": {"images_per_s": 4321.0, "precision": "bf16"},
              "eval": {"size": "1000x10000", "speedup": 56.7},
              "peak_memory_bytes": {"train": 12 * 2 ** 30, "labelling": 2 ** 30, "eval": 3 * 2 ** 29}}

@@ -124,7 +124,7 @@ def add_clip3dreid_config(cfg: CN) -> CN:
     cfg.runtime.ckpt_freq = 1  # save a resumable checkpoint every N epochs (0 = only at the end)
     cfg.runtime.amp = "none"  # none | bf16 | fp16 autocast for the student forward
     cfg.runtime.channels_last = True  # NHWC layout for conv models (faster ResNet steps on CPU, see BENCHMARKS.md)
-    cfg.runtime.tf32 = False  # CUDA: float32 matmuls in TF32 (faster, ~1e-3 relative error); convolutions use TF32 anyway
+    cfg.runtime.tf32 = False  # CUDA: float32 matmuls in TF32 (faster, ~1e-3 relative error); convolutions: TF32 anyway
     cfg.runtime.compile = False  # wrap the student in torch.compile
     cfg.runtime.sync_bn = False  # convert BatchNorm to SyncBatchNorm under torch.distributed
     cfg.runtime.dist_backend = "auto"  # auto | nccl | gloo backend for torchrun
