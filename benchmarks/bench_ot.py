@@ -18,6 +18,9 @@ Every method gets the same cosine cost ``C = 1 - cos`` of the same features, the
 * ``batched``: the plugin's solver (``ot_distance_from_cost``, the part of ``ot_distance`` after the
   cost), ``grad='autodiff'``.
 * ``batched_envelope``: the same with ``grad='envelope'`` (gradient of the regularised objective).
+* ``batched_host_checks``: ``batched`` reading each convergence test back on the host and stopping there, its CPU
+  default; off the CPU ``batched`` keeps the tests on the device and runs every ``--max-iter`` iteration (see
+  ``losses/ot.py``), so on a GPU this row says what the syncs cost against the extra iterations.
 * ``pot_loop_own_cost`` (``full`` scope only): the whole loss as a per-sample reference
   implementation writes it, cost included: for each sample ``F.normalize`` both feature sets, take
   ``1 - x y^T`` and call ``ot.sinkhorn2``. Everything else in the table shares the plugin's batched
@@ -93,9 +96,9 @@ def _ot_batch_iters(cost: torch.Tensor, reg: float, max_iter: int, tol: float) -
     return float(res.log["n_iter"] + 1)  # POT logs the index of the last iteration
 
 
-def _batched(grad: str) -> Callable:
+def _batched(grad: str, host_checks: Optional[bool] = None) -> Callable:
     def run(cost: torch.Tensor, reg: float, max_iter: int, tol: float) -> torch.Tensor:
-        return ot_distance_from_cost(cost, reg, max_iter, tol, grad=grad)
+        return ot_distance_from_cost(cost, reg, max_iter, tol, grad=grad, host_checks=host_checks)
     return run
 
 
@@ -139,6 +142,7 @@ METHODS: Dict[str, Tuple[Callable, Callable]] = {
     "ot_batch": (_ot_batch, _ot_batch_iters),
     "batched": (_batched("autodiff"), _batched_iters),
     "batched_envelope": (_batched("envelope"), _batched_iters),
+    "batched_host_checks": (_batched("autodiff", host_checks=True), _batched_iters),
     "pot_loop_own_cost": (None, _pot_loop_iters),
     "batched_4k_pages": (None, _batched_iters),
     "shared_products": (None, _no_iterations),

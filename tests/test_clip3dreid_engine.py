@@ -432,3 +432,75 @@ def test_cuda_training_lowers_every_term_under_each_precision(clip_setup, tmp_pa
     with torch.no_grad():
         feats = unwrap(engine.model).eval()(batch["img"].cuda())
     assert feats.shape == (batch["img"].size(0), 64) and torch.isfinite(feats).all()
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _cuda_argv(*args):
+    argv = _argv(*args)
+    argv[argv.index("--device") + 1] = "cuda"
+    return argv
+
+
+@requires_cuda
+def test_cuda_training_step_makes_no_host_sync(clip_setup, tmp_path):
+    """The CPU test's claim checked on a GPU: with torch's sync debug mode set to raise, a training step (cached
+    teacher, default terms; not the first, which copies the cache to the GPU) makes no call that waits for it."""
+    cfg = _cfg(*_cuda_argv(*clip_setup, str(tmp_path / "sync")))
+    _build_cache(cfg)
+    engine = _engine(cfg)
+    batch = next(iter(engine.train_loader))
+    engine.forward_backward(batch)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        summary = engine.forward_backward(batch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert {"loss", "ce", "ot", "global"} <= set(summary) and all(v.is_cuda for v in summary.values())
+    assert math.isfinite(float(summary["loss"]))
+
+
+@requires_cuda
+def test_cuda_online_teacher_runs_in_reduced_precision_and_trains_the_student(clip_setup, tmp_path):
+    """teacher.mode online on a GPU: the teacher is built in half precision (bf16 from compute capability 8.0,
+    else fp16; teacher.precision auto), inside every step, and the student still learns from it."""
+    engine = _engine(_cfg(*_cuda_argv(*clip_setup, str(tmp_path / "online"), "teacher.mode", "online")))
+    teacher = engine.teacher.teacher
+    want = "bf16" if torch.cuda.get_device_capability() >= (8, 0) else "fp16"
+    assert teacher.precision == want and teacher.device.type == "cuda"
+    assert teacher.clip_model.visual.conv1.weight.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[want]
+    batch = next(iter(engine.train_loader))
+    with torch.no_grad():
+        first = {k: float(v) for k, v in engine.compute_losses(batch).items()}
+    assert {"ce", "ot", "global"} <= set(first) and all(math.isfinite(v) for v in first.values())
+    for _ in range(6):
+        engine.forward_backward(batch)
+    with torch.no_grad():
+        last = {k: float(v) for k, v in engine.compute_losses(batch).items()}
+    assert math.isfinite(last["loss"]) and last["loss"] < first["loss"], (first, last)
+
+
+@requires_cuda
+def test_cuda_fp16_grad_scaler_trains_and_its_state_survives_a_checkpoint(clip_setup, tmp_path):
+    """--amp fp16 on a GPU: an enabled GradScaler, steps that lower the loss, and the scaler's state (scale and
+    growth tracker) written by save_model and restored by resume into a fresh engine."""
+    cfg = _cfg(*_cuda_argv(*clip_setup, str(tmp_path / "fp16"), "--amp", "fp16"))
+    _build_cache(cfg)
+    engine = _engine(cfg)
+    assert engine.scaler.is_enabled()
+    batch = next(iter(engine.train_loader))
+    with torch.no_grad():
+        first = float(engine.compute_losses(batch)["loss"])
+    for _ in range(8):
+        engine.forward_backward(batch)
+    with torch.no_grad():
+        assert float(engine.compute_losses(batch)["loss"]) < first
+    engine.scaler.update(new_scale=1234.0)  # a scale no fresh scaler starts from
+    engine.save_model(0, 0.0, str(tmp_path / "ckpt"))
+    fresh = _engine(_cfg(*_cuda_argv(*clip_setup, str(tmp_path / "fp16b"), "--amp", "fp16")))
+    fresh.resume(osp.join(str(tmp_path / "ckpt"), "model", "model.pth.tar-1"))
+    assert fresh.scaler.get_scale() == 1234.0
+    assert fresh.scaler.state_dict()["_growth_tracker"] == engine.scaler.state_dict()["_growth_tracker"]

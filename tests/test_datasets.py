@@ -315,6 +315,22 @@ def test_plugin_datamanager_multi_source(trees):
     assert batch["clothes_id"].tolist() == [0, 2, 1, 3]
 
 
+def test_only_the_training_loader_keeps_its_workers(trees):
+    """With workers, the training loader's stay alive across epochs; every query and gallery loader starts its own
+    at each evaluation (alive, they would add `workers` processes per loader and rank between evaluations)."""
+    from clip3dreid_plugin.data.datamanager import ClothesImageDataManager
+
+    dm = ClothesImageDataManager(root=trees[0], sources=["ltcc"], targets=["ltcc", "prcc"], height=8, width=4,
+                                 use_gpu=False, workers=2, batch_size_train=2, batch_size_test=4, transforms=None)
+    assert dm.train_loader.persistent_workers and dm.train_loader.num_workers == 2
+    loaders = [ld for sets in dm.test_loader.values() for ld in sets.values()]
+    assert len(loaders) == 4 and all(ld.num_workers == 2 and not ld.persistent_workers for ld in loaders)
+    off = ClothesImageDataManager(root=trees[0], sources=["ltcc"], targets=["ltcc"], height=8, width=4,
+                                  use_gpu=False, workers=2, batch_size_train=2, persistent_workers=False,
+                                  transforms=None)
+    assert not off.train_loader.persistent_workers
+
+
 # ---------------------------------------------------------------- bad input
 def test_missing_dataset_folder_names_the_path(fresh):
     os.makedirs(fresh)

@@ -228,6 +228,39 @@ def test_shape_probe_engine_regresses_true_shapes(synthcc_root, tmp_path):
     assert got == pytest.approx(float(expect), rel=1e-5)
     with pytest.raises(KeyError, match="elsewhere.png"):
         engine.targets(["/elsewhere.png"])
+    # runtime.amp reaches the probe's step too: bf16 autocast on the CPU, a float32 loss close to float32's.
+    bf16 = ShapeProbeEngine(_DM(), model, opt, shapes, use_gpu=False, amp="bf16")
+    low = bf16.forward_backward({"img": imgs, "impath": paths, "pid": torch.zeros(4)})["shape_mse"]
+    assert low.dtype == torch.float32 and float(low) != got
+    assert float(low) == pytest.approx(float(expect), rel=0.05)
+    assert not bf16.scaler.is_enabled()  # a scaler only for fp16 on CUDA
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_shape_probe_trains_in_fp16_with_a_grad_scaler(synthcc_root):
+    """The shape probe's engine under --amp fp16 on a GPU: an enabled GradScaler and steps that lower the loss."""
+    from clip3dreid_plugin.body.synthcc import synthcc_shapes_by_path
+    from clip3dreid_plugin.engine.shape_probe import ShapeProbeEngine
+
+    root, _ = synthcc_root
+    shapes = synthcc_shapes_by_path(root)
+    paths = sorted(shapes)[:8]
+    torch.manual_seed(0)
+    model = ShapeProbe(10, backbone="resnet18").cuda().train()
+
+    class _DM:
+        train_loader = test_loader = None
+        num_train_pids = 4
+        sources = targets = ["synthcc"]
+
+    engine = ShapeProbeEngine(_DM(), model, torch.optim.Adam(model.parameters(), lr=1e-3), shapes, use_gpu=True,
+                              amp="fp16", device=torch.device("cuda", torch.cuda.current_device()))
+    assert engine.scaler.is_enabled()
+    batch = {"img": torch.randn(8, 3, 64, 32, generator=torch.Generator().manual_seed(1)), "impath": paths,
+             "pid": torch.zeros(8)}
+    losses = [float(engine.forward_backward(batch)["shape_mse"]) for _ in range(10)]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0], losses
+    assert 0 < engine.scaler.get_scale() < float("inf")
 
 
 def test_probe_and_ideal_teacher_train_through_the_cli(synthcc_root, tmp_path, caplog):

@@ -58,6 +58,10 @@ def test_synthetic_stream_differs_per_rank_and_epoch_and_repeats_for_the_same(tm
     assert not torch.equal(first_betas(0, 0), first_betas(0, 1))
     # Each pass over the set is a permutation: two batches of 3 from 6 bodies hold every body once.
     assert sorted(first_betas(1, 3)[:, 0].tolist()) == sorted(ds.betas[:, 0].tolist())
+    # A training loader: its workers outlive a pass unless told not to; pinned batches when asked (CUDA runs).
+    assert SyntheticStream(ds, 3, workers=1).loader.persistent_workers
+    assert not SyntheticStream(ds, 3, workers=1, persistent_workers=False).loader.persistent_workers
+    assert SyntheticStream(ds, 3, pin_memory=True).loader.pin_memory and not SyntheticStream(ds, 3).loader.pin_memory
 
 
 def _synthetic_worker(rank: int, store: str, folder: str, out):
@@ -463,6 +467,90 @@ def test_run_on_main_computes_on_rank0_and_gives_every_rank_the_result(tmp_path,
     else:
         assert got[0][2:] == ("MemoryError", "no room for the re-ranking")
         assert got[1][2] == "RuntimeError" and "MemoryError: no room for the re-ranking" in got[1][3]
+
+
+# The parameters whose gradients the SyncBatchNorm test compares: a trunk batch norm, the aggregator, the BN-neck.
+_CUDA_BN_WATCHED = ("backbone.1.weight", "aggregator.0.weight", "bnneck.weight", "classifier.weight")
+
+
+def _cuda_bn_student():
+    from clip3dreid_plugin.models.clip3dreid import CLIP3DReID
+
+    torch.manual_seed(0)
+    return CLIP3DReID(5, backbone="resnet18", local_dim=16, agg_hidden_dim=8, head_hidden_dim=8, teacher_dim=8,
+                      bnneck=True)
+
+
+def _cuda_bn_batch():
+    g = torch.Generator().manual_seed(2)
+    return torch.randn(8, 3, 64, 32, generator=g), torch.randn(8, 5, generator=g)
+
+
+def _cuda_sync_bn_worker(rank: int, store: str, out):
+    from clip3dreid_plugin.utils.distributed import convert_sync_batchnorm
+
+    torch.backends.cudnn.allow_tf32 = False  # the comparison is in float32
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        dev = torch.device("cuda", 0)  # both ranks on one GPU: gloo carries SyncBatchNorm's collectives
+        torch.cuda.set_device(dev)
+        model = convert_sync_batchnorm(_cuda_bn_student()).to(dev).train()
+        x, weight = _cuda_bn_batch()
+        rows = slice(4 * rank, 4 * rank + 4)
+        logits = model(x[rows].to(dev), return_dict=True)["logits"]
+        (logits * weight[rows].to(dev)).sum().backward()
+        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if n in _CUDA_BN_WATCHED}
+        for g in grads.values():
+            dist.all_reduce(g)
+        out.put((rank, logits.detach().cpu().numpy(), {n: g.cpu().numpy() for n, g in grads.items()},
+                 model.bnneck.running_mean.cpu().numpy(), isinstance(model.bnneck, torch.nn.SyncBatchNorm),
+                 "bias" in model.bnneck._buffers and "bias" not in dict(model.bnneck.named_parameters())))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_sync_batchnorm_on_two_ranks_equals_batch_norm_on_the_whole_batch(tmp_path):
+    """runtime.sync_bn's conversion on a GPU, with the batch statistics really shared: two ranks (gloo, one GPU)
+    forward half a batch each through the converted student; their outputs, summed gradients and the BN-neck's
+    running mean are those of the plain student on the whole batch, and the BN-neck's bias is still a buffer."""
+    got = _spawn_two(_cuda_sync_bn_worker, tmp_path)
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        model = _cuda_bn_student().cuda().train()
+        x, weight = _cuda_bn_batch()
+        logits = model(x.cuda(), return_dict=True)["logits"]
+        (logits * weight.cuda()).sum().backward()
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
+    assert all(g[4] and g[5] for g in got), got
+    torch.testing.assert_close(torch.from_numpy(got[0][1]), logits[:4].detach().cpu(), rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(torch.from_numpy(got[1][1]), logits[4:].detach().cpu(), rtol=1e-3, atol=1e-4)
+    for n in _CUDA_BN_WATCHED:
+        want = dict(model.named_parameters())[n].grad.cpu()
+        scale = float(want.abs().max())
+        for g in got:
+            torch.testing.assert_close(torch.from_numpy(g[2][n]), want, rtol=1e-3, atol=1e-3 * scale,
+                                       msg=lambda m, n=n: f"{n}: {m}")
+    for g in got:
+        torch.testing.assert_close(torch.from_numpy(g[3]), model.bnneck.running_mean.cpu(), rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_checkpoint_round_trip_restores_the_gpu_random_stream_and_an_enabled_scaler(tmp_path):
+    """A checkpoint written once CUDA is in use holds the GPU's RNG state; a resume gives it back (dropout masks
+    and GPU-side augmentations repeat), with the state of an fp16 run's enabled GradScaler."""
+    torch.cuda.manual_seed(5)
+    torch.rand(3, device="cuda")  # CUDA in use, its stream moved
+    saved = _BareEngine(torch.amp.GradScaler("cuda", init_scale=256.0, growth_interval=9))
+    saved.save(str(tmp_path))
+    after_save = torch.rand(4, device="cuda").cpu()
+    torch.cuda.manual_seed(123)
+    fresh = _BareEngine(torch.amp.GradScaler("cuda", init_scale=2.0 ** 16))
+    assert fresh.resume(str(tmp_path / "model" / "model.pth.tar-1")) == 1
+    assert torch.equal(torch.rand(4, device="cuda").cpu(), after_save)
+    assert fresh.scaler.is_enabled() and fresh.scaler.get_scale() == 256.0 and fresh.scaler.get_growth_interval() == 9
 
 
 def _sharded_eval_worker(rank: int, store: str, out, poison_row: int):

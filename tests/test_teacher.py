@@ -568,3 +568,25 @@ def test_reduced_precision_teacher_agrees_with_float32_and_has_its_own_cache_fin
     build_teacher_cache(teacher, images[:4], path, batch_size=4, progress=False)
     with pytest.raises(TeacherCacheStaleError, match="precision"):
         build_teacher_cache(low, images[:4], path, batch_size=4, progress=False, on_stale="error")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_teacher_in_half_precision_agrees_with_float32_and_the_cache_answers_on_the_gpu(tiny, teacher, images,
+                                                                                             tmp_path):
+    """On a GPU the teacher (teacher.precision auto) runs in bf16 or fp16: float32 features close to the CPU's
+    float32 ones, mostly the same labels. A cache asked for a GPU batch answers from its GPU copy, bit for bit the
+    CPU's rows."""
+    name, weights, _ = tiny
+    gpu = CLIPTeacher(name, weights, device="cuda", precision="auto")
+    assert gpu.precision == ("bf16" if torch.cuda.get_device_capability() >= (8, 0) else "fp16")
+    x = _student_batch(images)
+    ref = teacher.encode_images(x)
+    got = gpu.encode_images(x.cuda())
+    assert got.is_cuda and got.dtype == torch.float32
+    assert float(F.cosine_similarity(got.cpu(), ref).min()) > 0.99
+    assert float((gpu.label(got).cpu() == teacher.label(ref)).float().mean()) > 0.9
+    cache = build_teacher_cache(teacher, images, str(tmp_path / "c.pt"), batch_size=8, progress=False)
+    g_cpu, l_cpu = cache.lookup(images[3:9])
+    g_gpu, l_gpu = cache.lookup(images[3:9], torch.device("cuda", torch.cuda.current_device()))
+    assert g_gpu.is_cuda and l_gpu.is_cuda and l_gpu.dtype == torch.int64
+    assert torch.equal(g_gpu.cpu(), g_cpu) and torch.equal(l_gpu.cpu(), l_cpu)

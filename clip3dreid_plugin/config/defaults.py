@@ -125,12 +125,12 @@ def add_clip3dreid_config(cfg: CN) -> CN:
     cfg.runtime.keep_checkpoints = 2  # keep the latest N model.pth.tar-* (model-best.pth.tar stays too); 0 = all
     cfg.runtime.amp = "none"  # none | bf16 | fp16 autocast for the student forward
     cfg.runtime.channels_last = True  # NHWC layout for conv models (faster ResNet steps on CPU, see BENCHMARKS.md)
-    cfg.runtime.tf32 = False  # CUDA: float32 matmuls in TF32 (faster, ~1e-3 relative error); convolutions use TF32 anyway
+    cfg.runtime.tf32 = False  # CUDA: float32 matmuls in TF32 (faster, ~1e-3 relative error); convolutions: TF32 anyway
     cfg.runtime.compile = False  # wrap the student in torch.compile
     cfg.runtime.sync_bn = False  # convert BatchNorm to SyncBatchNorm under torch.distributed
     cfg.runtime.dist_backend = "auto"  # auto | nccl | gloo backend for torchrun
     cfg.runtime.pin_memory = True  # pin host memory in DataLoaders when training on CUDA
-    cfg.runtime.persistent_workers = True  # keep DataLoader workers alive across epochs (workers > 0)
+    cfg.runtime.persistent_workers = True  # keep the training loaders' workers alive across epochs (workers > 0)
     cfg.runtime.progress = True  # tqdm progress bars for long loops
     cfg.runtime.diag_freq = 50  # clip3dreid: steps between collapse diagnostics (diag_* in the log; 0 = off)
 

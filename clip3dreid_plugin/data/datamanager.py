@@ -50,7 +50,8 @@ class ClothesImageDataManager(torchreid.data.ImageDataManager):
 
     Args:
         pin_memory: pin host memory when training on CUDA.
-        persistent_workers: keep loader workers alive across epochs (only when workers > 0).
+        persistent_workers: keep the training loader's workers alive across epochs (only when workers > 0; the
+            query and gallery loaders start theirs at each evaluation).
         train_sampler_fn: optional ``fn(data_source, batch_size) -> Sampler`` replacing torchreid's
             sampler (the distributed P x K sampler plugs in here).
         eval_shard: ``(rank, world_size)``; each rank then extracts features of items
@@ -109,11 +110,10 @@ class ClothesImageDataManager(torchreid.data.ImageDataManager):
             raise DatasetLayoutError(f"data.root '{root}' does not exist or is not a folder")
         self.batch_size_train = batch_size_train
         self.workers = workers
-        self._loader_kw = dict(
-            num_workers=workers,
-            pin_memory=bool(pin_memory and self.use_gpu),
-            persistent_workers=bool(persistent_workers and workers > 0),
-        )
+        self._loader_kw = dict(num_workers=workers, pin_memory=bool(pin_memory and self.use_gpu))
+        # Kept alive for the training loader only, which runs every epoch: each query and gallery loader runs once per
+        # evaluation, and alive they would hold `workers` processes apiece (per rank) between evaluations.
+        self._train_persistent = bool(persistent_workers and workers > 0)
         ds_kw = dict(
             root=root,
             split_id=split_id,
@@ -144,7 +144,7 @@ class ClothesImageDataManager(torchreid.data.ImageDataManager):
             )
         self.train_loader = torch.utils.data.DataLoader(
             trainset, sampler=sampler, batch_size=batch_size_train, shuffle=False, drop_last=True,
-            **self._loader_kw,
+            persistent_workers=self._train_persistent, **self._loader_kw,
         )
         self.train_loader_t = None
 

@@ -80,16 +80,18 @@ class SyntheticStream:
         batch_size: synthetic images per step.
         seed: the run's seed.
         rank: this process's rank.
-        workers: data-loader workers (kept alive across passes: the stream is part of every training step).
+        workers: data-loader workers.
+        persistent_workers: keep them alive across passes over the set (the stream feeds every training step).
         pin_memory: pin the batches, so that their copy to a GPU does not wait (``runtime.pin_memory`` on CUDA).
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, rank: int = 0, workers: int = 0,
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, persistent_workers: bool = True):
         self.seed, self.rank = int(seed), int(rank)
         self._gen = torch.Generator()
         self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) >= batch_size,
-                                 num_workers=workers, generator=self._gen, persistent_workers=workers > 0,
+                                 num_workers=workers, generator=self._gen,
+                                 persistent_workers=persistent_workers and workers > 0,
                                  pin_memory=pin_memory)
         self.set_epoch(0)
 
@@ -116,7 +118,7 @@ class SyntheticStream:
 
 
 def synthetic_stream(folder: str, transform, batch_size: int, seed: int = 0, workers: int = 0,
-                     rank: int = 0, pin_memory: bool = False) -> SyntheticStream:
+                     rank: int = 0, pin_memory: bool = False, persistent_workers: bool = True) -> SyntheticStream:
     """The :class:`SyntheticStream` of the set in ``folder`` (the engine's ``synthetic`` argument).
 
     Args:
@@ -127,13 +129,15 @@ def synthetic_stream(folder: str, transform, batch_size: int, seed: int = 0, wor
         workers: data-loader workers.
         rank: this process's rank under ``torch.distributed`` (each rank draws its own batches).
         pin_memory: pin the batches (training on CUDA).
+        persistent_workers: keep the workers alive across passes (``runtime.persistent_workers``).
 
     Yields:
         ``{'img': [b,3,H,W], 'labels': [b,16], 'betas': [b,10], 'gender': [b]}``.
     """
     ds = SyntheticMeshDataset(folder, transform=transform)
     logger.info("synthetic meshes: %d images from %s, %d per step", len(ds), folder, batch_size)
-    return SyntheticStream(ds, batch_size, seed=seed, rank=rank, workers=workers, pin_memory=pin_memory)
+    return SyntheticStream(ds, batch_size, seed=seed, rank=rank, workers=workers, pin_memory=pin_memory,
+                           persistent_workers=persistent_workers)
 
 
 def build_synthetic_stream(cfg: CN, datamanager) -> Iterator[dict]:
@@ -148,4 +152,5 @@ def build_synthetic_stream(cfg: CN, datamanager) -> Iterator[dict]:
     logger.info("synthetic ratio %.2f of each step", cfg.body.synthetic_ratio)
     pin = bool(cfg.runtime.pin_memory and getattr(datamanager, "use_gpu", False))
     return synthetic_stream(cfg.body.synthetic_dir, datamanager.transform_tr, bs, seed=cfg.train.seed,
-                            workers=cfg.data.workers, rank=get_rank(), pin_memory=pin)
+                            workers=cfg.data.workers, rank=get_rank(), pin_memory=pin,
+                            persistent_workers=cfg.runtime.persistent_workers)

@@ -65,7 +65,7 @@ def _shape_probe_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_g
         raise ConfigError(f"model.name shape_probe needs true body shapes, which only synthcc has; data.sources "
                           f"has {others}")
     return ShapeProbeEngine(datamanager, model, optimizer, synthcc_shapes_by_path(cfg.data.root),
-                            scheduler=scheduler, use_gpu=use_gpu, **common)
+                            scheduler=scheduler, use_gpu=use_gpu, amp=cfg.runtime.amp, **common)
 
 
 # model name -> fn(cfg, datamanager, model, optimizer, scheduler, use_gpu, **common) -> engine, where common holds
@@ -78,8 +78,8 @@ def _standard_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu:
     if cfg.runtime.amp != "none":
         # torchreid's engines call the model and optimizer themselves; ignoring the option would hide that the
         # baseline trained in float32 while the user asked for mixed precision.
-        raise ConfigError(f"runtime.amp {cfg.runtime.amp} (--amp) applies to model.name clip3dreid only; torchreid's "
-                          f"engines train '{cfg.model.name}' in float32: set runtime.amp none")
+        raise ConfigError(f"runtime.amp {cfg.runtime.amp} (--amp) applies to model.name clip3dreid and shape_probe "
+                          f"only; torchreid's engines train '{cfg.model.name}' in float32: set runtime.amp none")
     if cfg.data.type == "video":
         if cfg.loss.name != "softmax":
             raise ConfigError("video training supports loss.name softmax only")

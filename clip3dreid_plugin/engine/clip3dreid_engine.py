@@ -20,7 +20,6 @@ switched off is not computed at all, so its head receives no gradient.
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 from typing import Any, Dict, Optional, Union
 
 import torch
@@ -28,6 +27,7 @@ import torchreid
 
 from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.data.frames import batch_frame_paths
+from clip3dreid_plugin.engine.amp import autocast, grad_scaler
 from clip3dreid_plugin.engine.base import ClothesAwareEngineMixin, unwrap
 from clip3dreid_plugin.engine.diagnostics import CollapseMonitor
 from clip3dreid_plugin.losses import OTLoss, batch_hard_triplet, cross_entropy, global_distill_loss
@@ -148,7 +148,7 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
                 or switches.triplet_weight > 0):
             raise ConfigError("every term of loss.clip3dreid is switched off: nothing to train")
         self.amp = amp
-        self.scaler = torch.amp.GradScaler("cuda", enabled=(amp == "fp16" and self.use_gpu))
+        self.scaler = grad_scaler(amp, self.use_gpu)
         self.channels_last = channels_last
         self.pooling_method = pooling_method
         self.monitor = CollapseMonitor(diagnostics_every)
@@ -163,10 +163,7 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         return {"teacher_text": record()} if callable(record) else {}
 
     def _autocast(self):
-        if self.amp == "none":
-            return nullcontext()
-        dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
-        return torch.autocast(device_type="cuda" if self.use_gpu else "cpu", dtype=dtype)
+        return autocast(self.amp, self.use_gpu)
 
     def train(self, *args, **kwargs) -> Dict[str, float]:
         """One epoch (see the mixin), with the synthetic stream re-seeded for it when it can be."""

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 import torchreid
 
+from clip3dreid_plugin.engine.amp import autocast, grad_scaler
 from clip3dreid_plugin.engine.base import ClothesAwareEngineMixin
 
 __all__ = ["ShapeProbeEngine"]
@@ -22,15 +23,18 @@ class ShapeProbeEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         shapes_by_path: absolute image path -> the identity's shape coefficients.
         scheduler: torchreid LR scheduler or None.
         use_gpu: train on CUDA.
+        amp: ``none`` | ``bf16`` | ``fp16`` autocast of the forward (fp16 on CUDA with a gradient scaler).
         **kwargs: the evaluation and checkpoint options of :class:`ClothesAwareEngineMixin`.
     """
 
     def __init__(self, datamanager, model, optimizer, shapes_by_path: Dict[str, Sequence[float]], scheduler=None,
-                 use_gpu: bool = True, **kwargs):
+                 use_gpu: bool = True, amp: str = "none", **kwargs):
         super().__init__(datamanager, use_gpu, **kwargs)
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.register_model("model", model, optimizer, scheduler)
         self.shapes = {k: torch.tensor(v, dtype=torch.float32) for k, v in shapes_by_path.items()}
+        self.amp = amp
+        self.scaler = grad_scaler(amp, self.use_gpu)
 
     def targets(self, paths: Sequence[str]) -> torch.Tensor:
         """True shapes ``[B, num_coeffs]`` of the batch's images.
@@ -47,8 +51,11 @@ class ShapeProbeEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
     def forward_backward(self, data: dict) -> Dict[str, torch.Tensor]:
         imgs = data["img"].to(self.device, non_blocking=True)
         target = self.targets(list(data["impath"])).to(self.device)
-        loss = F.mse_loss(self.model(imgs), target)
+        with autocast(self.amp, self.use_gpu):
+            pred = self.model(imgs)
+        loss = F.mse_loss(pred.float(), target)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         return {"shape_mse": loss.detach()}  # read by the loop once per print interval, not here

@@ -68,7 +68,8 @@ class ShapeLoss(nn.Module):
         """
         missing = sorted({int(g) for g in genders} - set(self.target_models))
         if missing:
-            raise KeyError(f"no body model for synthetic gender id(s) {missing} (models for {sorted(self.target_models)})")
+            raise KeyError(f"no body model for synthetic gender id(s) {missing} "
+                           f"(models for {sorted(self.target_models)})")
 
     def forward(self, pred_betas: torch.Tensor, true_betas: torch.Tensor, genders: torch.Tensor) -> torch.Tensor:
         """Args: ``pred_betas [B,10]`` (grad flows to phi), ``true_betas [B,10]``, ``genders [B]``.

@@ -37,6 +37,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _peak_memory(device: torch.device, reset: bool = True) -> Optional[int]:
+    """Bytes the CUDA caching allocator held at most since the last reset (None off CUDA); resets the count."""
+    if device.type != "cuda":
+        return None
+    peak = int(torch.cuda.max_memory_allocated(device))
+    if reset:
+        torch.cuda.reset_peak_memory_stats(device)
+    return peak
+
+
 def time_it(fn: Callable[[], None], repeats: int, warmup: int, device: torch.device) -> Dict[str, float]:
     """Median / min / max seconds of ``fn`` over ``repeats`` calls after ``warmup`` calls."""
     for _ in range(warmup):
@@ -301,14 +311,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     res = {"config": {"device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else "",
                       "batch_size": args.batch_size, "size": f"{args.height}x{args.width}",
                       "teacher": args.teacher, "torch": torch.__version__, "threads": torch.get_num_threads()}}
+    _peak_memory(device)
     res["train"] = train_step_benchmarks(args.batch_size, args.height, args.width, device, args.teacher,
                                          args.repeats, args.warmup, online=not args.no_online,
                                          body_dir=args.body_model, synthetic_dir=args.synthetic_dir,
                                          synthetic_ratio=args.synthetic_ratio)
+    # The peaks of the sections (GPU only, else None): the training rows share one figure, the largest of them.
+    res["peak_memory_bytes"] = {"train": _peak_memory(device)}
     res["labelling"] = labelling_benchmark(args.teacher, args.batch_size, args.height, args.width, device,
                                            args.repeats, args.warmup)
+    res["peak_memory_bytes"]["labelling"] = _peak_memory(device)
     res["eval"] = eval_benchmark(args.eval_size[0], args.eval_size[1], device, args.repeats,
                                  args.torchreid_eval_repeats)
+    res["peak_memory_bytes"]["eval"] = _peak_memory(device)
     print(_table(res))
     if args.json:
         atomic_write_json(res, args.json)
