@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import torchreid
 
-from datasets_ext.base import ClothesImageDataset, DatasetLayoutError, added_train, keep_test_protocols, to_clothes_items
+from datasets_ext.base import (ClothesImageDataset, DatasetLayoutError, added_train, keep_test_protocols,
+                              to_clothes_items)
 from datasets_ext.image_io import read_image
 
 logger = logging.getLogger(__name__)

@@ -4,8 +4,8 @@ torchreid's ``re_ranking`` (Zhong et al., CVPR 2017) needs the query-query, gall
 distances as numpy arrays and holds several ``(Q+G)^2`` arrays at once: about
 :data:`RERANK_BYTES_PER_PAIR` bytes per pair at its peak, inputs included (:func:`rerank_memory_bytes`; a test
 checks it against ``tracemalloc``). At LaST's size (10k queries, 125k gallery images) that is over 400 GB, so a run
-asking for it is stopped before training with the figure, not at its first evaluation. The distances are computed a block of rows
-at a time on the features' device and written into host arrays, so the GPU never holds a full matrix.
+asking for it is stopped before training with the figure, not at its first evaluation. The distances are computed a
+block of rows at a time on the features' device and written into host arrays, so the GPU never holds a full matrix.
 """
 from __future__ import annotations
 

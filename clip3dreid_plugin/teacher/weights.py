@@ -4,8 +4,9 @@
 (``.pt``/``.pth``/``.bin``, also ``{'state_dict': ...}`` with ``module.`` prefixes) or ``.safetensors``, loaded
 through ``open_clip.load_checkpoint``. An OpenAI TorchScript archive (what ``pretrained='openai'`` downloads from
 openaipublic) cannot be read with ``torch.load(weights_only=True)``, so its tensors are read as data by
-``utils.safe_pickle.read_torchscript_state_dict`` (its TorchScript code is never run) and its state dict (minus
-the non-weight entries ``input_resolution``, ``context_length``, ``vocab_size``, ``attn_mask``) is loaded into the open_clip model. OpenAI weights need a QuickGELU model (``ViT-L-14-quickgelu``).
+``utils.safe_pickle.read_torchscript_state_dict`` (its TorchScript code is never run) and its state dict (minus the
+non-weight entries ``input_resolution``, ``context_length``, ``vocab_size``, ``attn_mask``) is loaded into the
+open_clip model. OpenAI weights need a QuickGELU model (``ViT-L-14-quickgelu``).
 A tag is first looked up in the local download caches; only when it is not there is the network used, after a
 short HTTPS probe that fails in seconds instead of huggingface_hub's long retries.
 """

@@ -6,9 +6,9 @@ Examples::
     clip3dreid-download --dataset ltcc --root /data      # prints how to request it
     clip3dreid-download --dataset ccvid --root /data --no-download
 
-Only links published by the dataset authors (or, for PRCC, in the reference CAL code) are used,
-through ``gdown``. Each downloaded archive's SHA-256 is printed (``--sha256`` checks it), and an archive is
-extracted only when none of its members would land outside ``--root``. Every other dataset is distributed on request or from a page gdown cannot
+Only links published by the dataset authors (or, for PRCC, in the reference CAL code) are used, through ``gdown``.
+Each downloaded archive's SHA-256 is printed (``--sha256`` checks it), and an archive is extracted only when none of
+its members would land outside ``--root``. Every other dataset is distributed on request or from a page gdown cannot
 fetch: the script prints where to ask and the exact directory tree the loader expects under
 ``--root``. Exit status: 0 when the dataset is present or instructions were printed, 1 when a
 download or extraction failed, 2 on bad arguments.

@@ -221,7 +221,8 @@ def read_torchscript_state_dict(path: str) -> Dict[str, torch.Tensor]:
                     raise TorchScriptReadError(f"'{path}' lacks the storage {entry}")
                 data = zf.read(entry)
                 # frombuffer refuses an empty buffer, and a zero-element tensor still has its storage entry
-                raw = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+                raw = (torch.frombuffer(bytearray(data), dtype=torch.uint8) if data
+                       else torch.empty(0, dtype=torch.uint8))
                 storages[key] = torch.storage.TypedStorage(wrap_storage=raw.untyped_storage(), dtype=pid[1].dtype,
                                                            _internal=True)
             return storages[key]
