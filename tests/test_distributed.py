@@ -67,7 +67,7 @@ def _kill_tree(proc: subprocess.Popen) -> None:
             pass
     proc.wait()
     deadline = time.time() + 30
-    while any(osp.exists(f"/proc/{p}") and _is_alive(p) for p in pids) and time.time() < deadline:
+    while any(_is_alive(p) for p in pids) and time.time() < deadline:
         time.sleep(0.1)
 
 

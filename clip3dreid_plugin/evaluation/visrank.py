@@ -95,7 +95,7 @@ def ranked_gallery(distmat, query: Sequence[tuple], gallery: Sequence[tuple], mo
         out[1].append(idx[valid])
         out[2].append(vals[valid])
         out[3].append(good.gather(1, idx.clamp(min=0))[valid] & (idx[valid] >= 0))
-    if not out[0] or not sum(len(x) for x in out[0]):
+    if not out[0]:  # no query at all; blocks without a valid query concatenate to empty arrays
         return (np.zeros(0, dtype=np.int64), np.zeros((0, k), dtype=np.int64), np.zeros((0, k)),
                 np.zeros((0, k), dtype=bool))
     return tuple(torch.cat(x).cpu().numpy() for x in out)  # type: ignore[return-value]

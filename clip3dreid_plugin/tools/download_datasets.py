@@ -224,9 +224,10 @@ def extract(archive: str, dest: str) -> bool:
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             members = zf.infolist()
+            kinds = [_zip_kind(m) for m in members]
             # zipfile would write a link as a file holding its target; refuse links so none is ever followed
-            _check_members(archive, dest, [(m.filename, _zip_kind(m), zf.read(m).decode("utf-8", "replace")
-                                            if _zip_kind(m) == "symlink" else "") for m in members])
+            _check_members(archive, dest, [(m.filename, kind, zf.read(m).decode("utf-8", "replace")
+                                            if kind == "symlink" else "") for m, kind in zip(members, kinds)])
             for member in progress(members, total=len(members), desc="extracting"):
                 zf.extract(member, dest)
         return True

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, Callable, Dict, Mapping, Optional, Tuple
 import torch
 
 __all__ = ["RefusedGlobalError", "AllowListUnpickler", "Resolver", "builtin_resolver", "numpy_resolver",
-           "chain_resolvers", "read_torchscript_state_dict", "TorchScriptReadError", "weights_only_refusal"]
+           "read_torchscript_state_dict", "TorchScriptReadError", "weights_only_refusal"]
 
 #: ``resolver(module, name)`` returns the object a pickle may use under that name, or None to refuse it.
 Resolver = Callable[[str, str], Optional[Any]]
@@ -99,19 +99,6 @@ def numpy_resolver(module: str, name: str) -> Optional[Any]:
             core = getattr(np, "_core", None) or np.core
             return getattr(getattr(core, module[len(prefix):]), name, None)
     return None
-
-
-def chain_resolvers(*resolvers: Resolver) -> Resolver:
-    """The first non-None answer of ``resolvers``."""
-
-    def resolve(module: str, name: str) -> Optional[Any]:
-        for r in resolvers:
-            obj = r(module, name)
-            if obj is not None:
-                return obj
-        return None
-
-    return resolve
 
 
 def weights_only_refusal(err: BaseException) -> str:
