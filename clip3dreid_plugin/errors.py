@@ -1,0 +1,32 @@
+"""The base of every error a user can fix: its message names the file or option and the fix, so a command prints it
+as one line (``error: ...``, exit status 2) instead of a traceback.
+
+The bottom layer: it imports nothing of the plugin, and every package may import it. Each error keeps the built-in
+base its callers caught before (``ValueError``, ``RuntimeError``, ``KeyError``, ``OSError``) as a second base.
+"""
+from __future__ import annotations
+
+__all__ = ["UserError", "InputError", "WriteError"]
+
+
+class UserError(Exception):
+    """An error caused by the user's input or machine (a config value, a file, a missing package), not by a bug."""
+
+
+class InputError(UserError, ValueError):
+    """A command's argument, or a file given to it, is not what it takes; the message names it and the fix."""
+
+
+class WriteError(UserError, OSError):
+    """A file could not be written (no space left, permission denied); the message names the file and the cause.
+
+    ``errno``, ``strerror`` and ``filename`` are those of the failed OS call, as an ``OSError``'s.
+    """
+
+    def __init__(self, path: str, err: OSError) -> None:
+        cause = err.strerror or str(err) or type(err).__name__
+        super().__init__(err.errno, f"cannot write '{path}': {cause}", path)
+        self.path = path
+
+    def __str__(self) -> str:  # OSError's own str would print "[Errno 28] ..." before the message
+        return str(self.strerror)
