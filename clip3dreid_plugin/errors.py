@@ -20,13 +20,17 @@ class InputError(UserError, ValueError):
 class WriteError(UserError, OSError):
     """A file could not be written (no space left, permission denied); the message names the file and the cause.
 
-    ``errno``, ``strerror`` and ``filename`` are those of the failed OS call, as an ``OSError``'s.
+    ``errno`` is the failed OS call's, ``filename`` (and ``path``) the file that was to be written, ``cause`` the OS
+    error's text (its ``strerror``).
     """
 
     def __init__(self, path: str, err: OSError) -> None:
-        cause = err.strerror or str(err) or type(err).__name__
-        super().__init__(err.errno, f"cannot write '{path}': {cause}", path)
-        self.path = path
+        """Args: path: the file that was to be written. err: the failed OS call's error."""
+        self.path, self.cause = path, err.strerror or str(err) or type(err).__name__
+        super().__init__(err.errno, f"cannot write '{path}': {self.cause}", path)
 
     def __str__(self) -> str:  # OSError's own str would print "[Errno 28] ..." before the message
         return str(self.strerror)
+
+    def __reduce__(self):  # rebuilt from its own arguments (a DataLoader worker or a spawned process pickles it)
+        return type(self), (self.path, OSError(self.errno, self.cause))

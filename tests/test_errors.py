@@ -8,6 +8,7 @@ import importlib
 import inspect
 import os
 import os.path as osp
+import pickle
 import pkgutil
 import subprocess
 import sys
@@ -129,7 +130,9 @@ def test_a_checkpoint_write_without_space_is_one_line_naming_the_file_and_leaves
     monkeypatch.undo()
     line = common.error_line(err.value)
     assert line == f"cannot write '{path}': {os.strerror(errno.ENOSPC)}", line
-    assert err.value.errno == errno.ENOSPC and isinstance(err.value, OSError)
+    assert err.value.errno == errno.ENOSPC and isinstance(err.value, OSError) and err.value.filename == path
+    copy = pickle.loads(pickle.dumps(err.value))  # as a DataLoader worker or a spawned process would send it
+    assert type(copy) is WriteError and str(copy) == str(err.value) and copy.errno == errno.ENOSPC
     assert os.listdir(tmp_path / "model") == ["model.pth.tar-1"]  # no partial file, no temp file
     assert open(path, "rb").read() == before
     assert compat.load_checkpoint(path)["epoch"] == 1
