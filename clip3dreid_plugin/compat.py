@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import os.path as osp
 from collections import OrderedDict
 from typing import Any, Dict, List, Mapping
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 import torchreid
 
+from clip3dreid_plugin.config.check import Accepted
 from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.utils.io import atomic_write
 from clip3dreid_plugin.utils.safe_pickle import weights_only_refusal
@@ -32,6 +32,7 @@ __all__ = [
     "model_factory",
     "image_dataset_registry",
     "video_dataset_registry",
+    "accepted_names",
     "save_checkpoint",
     "load_checkpoint",
     "load_pretrained_weights",
@@ -57,6 +58,14 @@ def video_dataset_registry() -> Dict[str, Any]:
     return getattr(torchreid.data.datasets, "__video_datasets")
 
 
+def accepted_names() -> Accepted:
+    """The dataset, sampler, optimiser and scheduler names torchreid accepts now (registered datasets included)."""
+    return Accepted(image_datasets=tuple(image_dataset_registry()), video_datasets=tuple(video_dataset_registry()),
+                    samplers=tuple(torchreid.data.sampler.AVAI_SAMPLERS),
+                    optimizers=tuple(torchreid.optim.optimizer.AVAI_OPTIMS),
+                    schedulers=tuple(torchreid.optim.lr_scheduler.AVAI_SCH))
+
+
 def to_plain(obj: Any) -> Any:
     """Recursively turns numpy scalars/arrays into Python numbers/lists so ``weights_only`` loads work."""
     if isinstance(obj, np.generic):
@@ -74,8 +83,10 @@ def save_checkpoint(state: Mapping[str, Any], fpath: str) -> str:
     """Atomically writes ``state`` to ``fpath`` (temp file + rename) with plain Python scalars.
 
     ``None`` entries (e.g. a model trained without scheduler) are kept as ``None``.
+
+    Raises:
+        WriteError: the file cannot be written (no space left, permission denied); the previous file is untouched.
     """
-    os.makedirs(osp.dirname(osp.abspath(fpath)), exist_ok=True)
     state = {k: (v.state_dict() if hasattr(v, "state_dict") and not torch.is_tensor(v) else v)
              for k, v in state.items()}
     state = {k: (to_plain(v) if k not in ("state_dict", "optimizer", "scheduler") else v)

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # importing the package stays light: no torch, no torchreid
+    from clip3dreid_plugin.config.check import Accepted
 
 logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _done = False
 
-__all__ = ["register", "is_registered", "register_manifest_dataset"]
+__all__ = ["register", "is_registered", "register_manifest_dataset", "accepted_names"]
 
 _manifests: dict = {}  # name -> the dataset class registered for it by register_manifest_dataset
 
@@ -58,6 +62,15 @@ def register() -> None:
             "registered %d models, %d image and %d video datasets",
             len(MODEL_FACTORIES), len(IMAGE_DATASETS), len(VIDEO_DATASETS),
         )
+
+
+def accepted_names() -> Accepted:
+    """:func:`register`, then the names torchreid accepts (:class:`~clip3dreid_plugin.config.check.Accepted`): what
+    the config check compares ``data.sources``, the sampler, the optimiser and the scheduler with."""
+    register()
+    from clip3dreid_plugin import compat
+
+    return compat.accepted_names()
 
 
 def register_manifest_dataset(name: str, csv_path: str) -> None:

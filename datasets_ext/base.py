@@ -14,6 +14,7 @@ from typing import Iterable, List, Sequence, Tuple
 
 import torchreid
 
+from datasets_ext.errors import DatasetError
 from datasets_ext.image_io import read_image
 
 logger = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ __all__ = ["ClothesImageDataset", "DatasetLayoutError", "relabel", "label_splits
            "added_train", "keep_test_protocols"]
 
 
-class DatasetLayoutError(RuntimeError):
+class DatasetLayoutError(DatasetError, RuntimeError):
     """Raised when a dataset root does not match the expected on-disk layout."""
 
 

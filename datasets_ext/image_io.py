@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from PIL import Image, UnidentifiedImageError
 
+from datasets_ext.errors import DatasetError
+
 __all__ = ["ImageReadError", "read_image"]
 
 
-class ImageReadError(IOError):
+class ImageReadError(DatasetError, IOError):
     """An image file is missing or cannot be decoded."""
 
 

@@ -111,7 +111,8 @@ def test_full_size_baseline_beats_chance_in_the_method_study():
 
 def test_quickstart_refuses_too_few_identities_for_the_sampler(tmp_path, capsys):
     assert quickstart.main(["--work-dir", str(tmp_path / "qs"), "--num-ids", "4"]) == 2
-    assert "--num-ids must be at least 16" in capsys.readouterr().out
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("error: --num-ids must be at least 16"), err
     assert not (tmp_path / "qs" / "data").exists()  # refused before building anything
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from clip3dreid_plugin.body.skeleton import NUM_BODY_JOINTS, J
+from clip3dreid_plugin.errors import UserError
 
 __all__ = ["builtin_pose_pool", "builtin_pose_names", "load_pose_file", "PoseFileError", "pose_from_rotations"]
 
@@ -31,7 +32,7 @@ Rot = Sequence[Tuple[str, float]]  # [(axis, degrees), ...] applied in order
 _COLLAR_SHARE = 0.15  # part of the arm lowering done by the collar, as in real shoulders (avoids a sharp corner)
 
 
-class PoseFileError(ValueError):
+class PoseFileError(UserError, ValueError):
     """A user pose file is missing, unreadable, or not shaped [K, 69] / [K, 23, 3]."""
 
 

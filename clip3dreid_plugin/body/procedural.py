@@ -77,6 +77,7 @@ import scipy.sparse
 from scipy.interpolate import PchipInterpolator
 
 from clip3dreid_plugin.body.skeleton import NUM_BETAS, PARENTS, J
+from clip3dreid_plugin.errors import InputError
 from clip3dreid_plugin.utils.io import atomic_write
 
 __all__ = [
@@ -604,7 +605,7 @@ def _resolution_for(num_vertices: int) -> float:
     while procedural_vertex_count(hi) < num_vertices:
         hi *= 2.0
         if hi > 64:
-            raise ValueError(f"num_vertices={num_vertices} is too large for the procedural body")
+            raise InputError(f"num_vertices={num_vertices} is too large for the procedural body")
     for _ in range(30):
         mid = 0.5 * (lo + hi)
         if procedural_vertex_count(mid) < num_vertices:

@@ -29,6 +29,8 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from clip3dreid_plugin.errors import UserError
+
 __all__ = ["HeadlessGLError", "select_gl_platform", "MeshRenderer", "INSTALL_HINT", "vertex_normals"]
 
 logger = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ INSTALL_HINT = (
 )
 
 
-class HeadlessGLError(RuntimeError):
+class HeadlessGLError(UserError, RuntimeError):
     """No usable headless OpenGL platform (EGL or OSMesa) on this machine."""
 
 

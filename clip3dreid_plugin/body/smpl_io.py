@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from clip3dreid_plugin.body.skeleton import NUM_BODY_JOINTS, NUM_JOINTS
+from clip3dreid_plugin.errors import UserError
 from clip3dreid_plugin.utils.safe_pickle import AllowListUnpickler, RefusedGlobalError, builtin_resolver, numpy_resolver
 
 __all__ = ["BodyModelError", "BodyModel", "ChumpyFreeUnpickler", "read_smpl_pickle", "find_smpl_file",
@@ -58,7 +59,7 @@ SMPL_HELP = (
 )
 
 
-class BodyModelError(RuntimeError):
+class BodyModelError(UserError, RuntimeError):
     """The body model files are missing, unreadable, or not in SMPL's format."""
 
 

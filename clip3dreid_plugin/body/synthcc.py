@@ -50,6 +50,7 @@ from clip3dreid_plugin.body.poses import builtin_pose_pool
 from clip3dreid_plugin.body.skeleton import J
 from clip3dreid_plugin.body.smpl_io import BodyModel, load_body_model
 from clip3dreid_plugin.body.synthetic_set import canonical_descriptors
+from clip3dreid_plugin.errors import UserError
 from clip3dreid_plugin.teacher.descriptors import DESCRIPTOR_PAIRS
 from clip3dreid_plugin.utils.hashing import file_sha256
 from clip3dreid_plugin.utils.io import atomic_write
@@ -96,7 +97,7 @@ _BOTTOM_BONES = (J.PELVIS, J.L_HIP, J.R_HIP)
 _SHANK_BONES = (J.L_KNEE, J.R_KNEE)  # trouser leg when long, skin when shorts
 
 
-class SynthCCError(RuntimeError):
+class SynthCCError(UserError, RuntimeError):
     """Invalid synthcc arguments, or a synthcc folder whose metadata is missing or unreadable."""
 
 

@@ -49,6 +49,7 @@ import numpy as np
 
 from clip3dreid_plugin.body.poses import builtin_pose_names, builtin_pose_pool, load_pose_file
 from clip3dreid_plugin.body.skeleton import NUM_BETAS
+from clip3dreid_plugin.errors import InputError, UserError
 from clip3dreid_plugin.utils.io import atomic_write
 from clip3dreid_plugin.utils.paths import stays_inside
 from clip3dreid_plugin.utils.rng import spawn_rngs
@@ -57,7 +58,7 @@ __all__ = ["SyntheticSetError", "SyntheticPlan", "sample_subjects", "build_pose_
            "write_synthetic_meta", "read_synthetic_meta", "META_NAME", "META_FORMAT_VERSION"]
 
 
-class SyntheticSetError(RuntimeError):
+class SyntheticSetError(UserError, RuntimeError):
     """The output folder holds a set rendered with other arguments, the inputs are inconsistent, or its metadata
     is not what the renderer writes."""
 
@@ -112,7 +113,7 @@ def sample_subjects(num_female: int, num_male: int, sigma: float = 1.0, seed: in
         (betas float32 [S, num_betas], genders str [S]).
     """
     if num_female < 0 or num_male < 0 or num_female + num_male == 0:
-        raise ValueError(f"need at least one subject, got num_female={num_female}, num_male={num_male}")
+        raise InputError(f"need at least one subject, got num_female={num_female}, num_male={num_male}")
     rng = spawn_rngs(seed, 3)[0]
     n = num_female + num_male
     betas = (rng.standard_normal((n, num_betas)) * float(sigma)).astype(np.float32)
@@ -153,10 +154,10 @@ def make_plan(num_female: int, num_male: int, poses_per_subject: int, seed: int 
         A :class:`SyntheticPlan`.
     """
     if poses_per_subject < 1:
-        raise ValueError(f"poses_per_subject must be >= 1, got {poses_per_subject}")
+        raise InputError(f"poses_per_subject must be >= 1, got {poses_per_subject}")
     ext = ext.lower().lstrip(".")
     if ext not in ("png", "jpg"):
-        raise ValueError(f"image extension must be png or jpg, got {ext!r}")
+        raise InputError(f"image extension must be png or jpg, got {ext!r}")
     betas, genders = sample_subjects(num_female, num_male, sigma, seed)
     pool, names = build_pose_pool(pose_file)
     _, pose_rng, cam_rng = spawn_rngs(seed, 3)

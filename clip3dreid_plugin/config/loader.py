@@ -8,13 +8,14 @@ import yaml
 from yacs.config import CfgNode as CN
 
 from clip3dreid_plugin.config.defaults import get_cfg
+from clip3dreid_plugin.errors import UserError
 
 __all__ = ["ConfigError", "load_config", "load_yaml_with_base", "recipe_dirs", "resolve_config_file"]
 
 BASE_KEY = "_BASE_"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override is invalid; the message names the file and key."""
 
 

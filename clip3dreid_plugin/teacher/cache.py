@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from clip3dreid_plugin.config.loader import ConfigError
+from clip3dreid_plugin.errors import InputError, UserError
 from clip3dreid_plugin.teacher.clip_teacher import gather_text_features
 from clip3dreid_plugin.utils.io import atomic_write
 from clip3dreid_plugin.utils.safe_pickle import weights_only_refusal
@@ -65,11 +66,11 @@ PARTIAL_SUFFIX = ".partial"
 REBUILD_HINT = "rebuild it with: clip3dreid-label --config-file CFG (teacher.on_stale rebuild)"
 
 
-class TeacherCacheError(RuntimeError):
+class TeacherCacheError(UserError, RuntimeError):
     """Base class of teacher-cache errors."""
 
 
-class TeacherCacheMissError(KeyError):
+class TeacherCacheMissError(UserError, KeyError):
     """An image is not in the teacher cache; the message names it."""
 
     def __str__(self) -> str:  # KeyError would print the message quoted, as a repr
@@ -459,7 +460,7 @@ def build_teacher_cache(teacher, image_paths: Sequence[str], cache_path: str, ba
         raise ConfigError(f"teacher.batch_size must be >= 1, got {batch_size}")
     paths = canonical_paths(image_paths)
     if not paths:
-        raise ValueError(f"no images to label for dataset '{dataset}'")
+        raise InputError(f"no images to label for dataset '{dataset}'")
     fp = teacher_fingerprint(teacher, paths)
 
     if osp.isfile(cache_path):

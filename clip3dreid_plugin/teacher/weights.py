@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 
 import torch.nn as nn
 
+from clip3dreid_plugin.errors import UserError
 from clip3dreid_plugin.utils.hashing import file_sha256
 from clip3dreid_plugin.utils.safe_pickle import RefusedGlobalError, read_torchscript_state_dict
 
@@ -47,7 +48,7 @@ WEIGHTS_HINT = (
 )
 
 
-class TeacherLoadError(RuntimeError):
+class TeacherLoadError(UserError, RuntimeError):
     """The CLIP teacher cannot be built; the message says why and how to supply local weights."""
 
 

@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from clip3dreid_plugin.tools.common import CLIParser
+from clip3dreid_plugin.tools.common import CLIParser, cli_main
 from clip3dreid_plugin.utils.io import atomic_write_json
 from clip3dreid_plugin.utils.runtime import DEVICE_HELP
 
@@ -281,6 +281,7 @@ def _table(res: Dict) -> str:
     return "\n".join(lines)
 
 
+@cli_main
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = CLIParser(description="Training, labelling and evaluation throughput on one device.")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -299,15 +300,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--json", default="", help="write the results as JSON")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from clip3dreid_plugin.config import ConfigError
-    from clip3dreid_plugin.tools.common import report_error
     from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings, resolve_device
 
     quiet_torchreid_warnings()
-    try:
-        device = resolve_device(args.device)
-    except ConfigError as err:
-        return report_error(err)
+    device = resolve_device(args.device)
     res = {"config": {"device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else "",
                       "batch_size": args.batch_size, "size": f"{args.height}x{args.width}",
                       "teacher": args.teacher, "torch": torch.__version__, "threads": torch.get_num_threads()}}

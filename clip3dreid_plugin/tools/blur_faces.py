@@ -27,7 +27,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from clip3dreid_plugin.tools.common import CLIParser
+from clip3dreid_plugin.errors import InputError, UserError
+from clip3dreid_plugin.tools.common import CLIParser, cli_main
 
 logger = logging.getLogger("blur_faces")
 
@@ -38,8 +39,12 @@ Box = Tuple[int, int, int, int]  # x, y, w, h
 Detector = Callable[[np.ndarray], List[Box]]
 
 
-class DetectorUnavailable(RuntimeError):
+class DetectorUnavailable(UserError, RuntimeError):
     """The Haar cascade detector cannot be built with this OpenCV installation."""
+
+
+class DestinationNotEmptyError(UserError, FileExistsError):
+    """``--dst`` holds files and ``--overwrite`` was not given."""
 
 
 def haar_detector(cascade_path: Optional[str] = None, scale_factor: float = 1.1, min_neighbors: int = 5,
@@ -108,9 +113,9 @@ def _check_paths(src: str, dst: str, overwrite: bool) -> None:
         raise FileNotFoundError(f"--src '{src}' does not exist or is not a folder")
     s, d = osp.realpath(src), osp.realpath(dst)
     if d == s or d.startswith(s + os.sep) or s.startswith(d + os.sep):
-        raise ValueError(f"--dst '{dst}' must not be --src or nested in/around it")
+        raise InputError(f"--dst '{dst}' must not be --src or nested in/around it")
     if osp.isdir(dst) and os.listdir(dst) and not overwrite:
-        raise FileExistsError(f"--dst '{dst}' is not empty (pass --overwrite to write into it)")
+        raise DestinationNotEmptyError(f"--dst '{dst}' is not empty (pass --overwrite to write into it)")
 
 
 def process_tree(src: str, dst: str, detect: Detector, overwrite: bool = False, kernel_frac: float = 0.5,
@@ -176,6 +181,7 @@ def process_tree(src: str, dst: str, detect: Detector, overwrite: bool = False, 
     return counts
 
 
+@cli_main
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 2 bad arguments or no detector)."""
     parser = CLIParser(description=__doc__.split("\n")[0])
@@ -193,13 +199,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     start_cli(stream=sys.stderr)
 
-    try:
-        detect = haar_detector(args.cascade, args.scale_factor, args.min_neighbors, args.min_size)
-        counts = process_tree(args.src, args.dst, detect, overwrite=args.overwrite, kernel_frac=args.kernel_frac,
-                              jpeg_quality=args.quality)
-    except (DetectorUnavailable, FileNotFoundError, FileExistsError, ValueError) as err:
-        logger.error("%s", err)
-        return 2
+    detect = haar_detector(args.cascade, args.scale_factor, args.min_neighbors, args.min_size)
+    counts = process_tree(args.src, args.dst, detect, overwrite=args.overwrite, kernel_frac=args.kernel_frac,
+                          jpeg_quality=args.quality)
     print(f"{counts['images']} images: {counts['blurred']} blurred, {counts['no_face']} without a detected face "
           f"(copied unchanged); {counts['other_files']} other files copied -> {args.dst}")
     return 0

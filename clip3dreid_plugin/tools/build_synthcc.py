@@ -19,15 +19,14 @@ import sys
 from typing import Optional, Sequence
 
 from clip3dreid_plugin.body.procedural import write_procedural_smpl
-from clip3dreid_plugin.body.render import HeadlessGLError
-from clip3dreid_plugin.body.smpl_io import BodyModelError
 from clip3dreid_plugin.config.defaults import get_cfg
-from clip3dreid_plugin.body.synthcc import SynthCCError, build_synthcc
-from clip3dreid_plugin.tools.common import CLIParser
+from clip3dreid_plugin.body.synthcc import build_synthcc
+from clip3dreid_plugin.tools.common import CLIParser, cli_main
 
 logger = logging.getLogger("build_synthcc")
 
 
+@cli_main
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 2 bad input or environment)."""
     sc = get_cfg().synthcc  # the config's synthcc.* defaults, so the script and the quickstart agree
@@ -52,19 +51,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     start_cli(stream=sys.stderr)
 
-    try:
-        body = args.body_model
-        if not body:
-            body = osp.join(args.root, "body_model")
-            logger.info("writing the procedural SMPL-format body model to %s (use --body-model for SMPL)", body)
-            write_procedural_smpl(body)
-        meta = build_synthcc(args.root, body, num_ids=args.num_ids, outfits_per_id=args.outfits_per_id,
-                             num_cameras=args.num_cameras, poses_per_view=args.poses_per_view, height=args.height,
-                             width=args.width, seed=args.seed, progress=not args.no_progress,
-                             beta_sigma=args.beta_sigma)
-    except (BodyModelError, HeadlessGLError, SynthCCError, OSError) as err:
-        logger.error("%s", err)
-        return 2
+    body = args.body_model
+    if not body:
+        body = osp.join(args.root, "body_model")
+        logger.info("writing the procedural SMPL-format body model to %s (use --body-model for SMPL)", body)
+        write_procedural_smpl(body)
+    meta = build_synthcc(args.root, body, num_ids=args.num_ids, outfits_per_id=args.outfits_per_id,
+                         num_cameras=args.num_cameras, poses_per_view=args.poses_per_view, height=args.height,
+                         width=args.width, seed=args.seed, progress=not args.no_progress,
+                         beta_sigma=args.beta_sigma)
     counts = {s: sum(im["split"] == s for im in meta["images"]) for s in ("train", "query", "gallery")}
     logger.info("synthcc ready at %s: %d train / %d query / %d gallery images, %d identities, %d pool outfits",
                 meta["dataset_dir"], counts["train"], counts["query"], counts["gallery"], len(meta["identities"]),

@@ -3,6 +3,7 @@ for the inference tools the student and its transform."""
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
@@ -10,7 +11,7 @@ if TYPE_CHECKING:  # a command's parser is built before torch is imported (``--h
     import torch
     from yacs.config import CfgNode
 
-__all__ = ["CLIParser", "add_overrides", "start_cli", "error_line", "report_error", "user_error_types",
+__all__ = ["CLIParser", "add_overrides", "start_cli", "cli_main", "error_line", "report_error", "user_error_types",
            "load_student", "run_config_for", "eval_transform"]
 
 
@@ -89,24 +90,16 @@ def start_cli(stream=None) -> None:
 
 
 def user_error_types() -> tuple:
-    """The project's own error types: their message names the cause, so one line is all a user needs.
+    """The error types whose message names the cause, so one line is all a user needs: the plugin's
+    :class:`~clip3dreid_plugin.errors.UserError`, the dataset loaders' own base (``datasets_ext`` imports nothing of
+    the plugin), and a missing file (the OS names it).
 
     Anything else (a shape bug in model code, a failed assertion) keeps its traceback.
     """
-    from clip3dreid_plugin.body.poses import PoseFileError
-    from clip3dreid_plugin.body.render import HeadlessGLError
-    from clip3dreid_plugin.body.smpl_io import BodyModelError
-    from clip3dreid_plugin.body.synthcc import SynthCCError
-    from clip3dreid_plugin.body.synthetic_set import SyntheticSetError
-    from clip3dreid_plugin.config import ConfigError
-    from clip3dreid_plugin.teacher.cache import TeacherCacheError, TeacherCacheMissError
-    from clip3dreid_plugin.teacher.weights import TeacherLoadError
-    from datasets_ext.base import DatasetLayoutError
-    from datasets_ext.image_io import ImageReadError
+    from clip3dreid_plugin.errors import UserError
+    from datasets_ext.errors import DatasetError
 
-    return (ConfigError, DatasetLayoutError, ImageReadError, TeacherCacheError, TeacherCacheMissError,
-            TeacherLoadError, BodyModelError, PoseFileError, HeadlessGLError, SyntheticSetError, SynthCCError,
-            FileNotFoundError)
+    return (UserError, DatasetError, FileNotFoundError)
 
 
 def error_line(err: BaseException) -> Optional[str]:
@@ -128,8 +121,6 @@ def error_line(err: BaseException) -> Optional[str]:
     return msg.strip("'\"") if isinstance(err, KeyError) else msg
 
 
-
-
 def report_error(err: BaseException) -> int:
     """Prints a user error's one line (``error: ...``) and returns exit code 2; re-raises anything else.
 
@@ -145,6 +136,23 @@ def report_error(err: BaseException) -> int:
     rank = int(os.environ.get("RANK", "0"))
     print(f"error: {msg}" if rank == 0 else f"error (rank {rank}): {msg}", file=sys.stderr)
     return 2
+
+
+def cli_main(main: Callable[[Optional[Sequence[str]]], int]) -> Callable[[Optional[Sequence[str]]], int]:
+    """The one wrapper of every command's ``main(argv) -> exit status``: a user error or a CUDA out-of-memory ends in
+    one line on stderr and exit status 2 (:func:`report_error`); any other exception propagates with its traceback.
+
+    A bad option never reaches ``main``'s body: :class:`CLIParser` exits with its own line and status 2.
+    """
+
+    @functools.wraps(main)
+    def run(argv: Optional[Sequence[str]] = None) -> int:
+        try:
+            return main(argv)
+        except Exception as err:
+            return report_error(err)
+
+    return run
 
 
 def run_config_for(weights: str) -> str:

@@ -19,7 +19,7 @@ import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from clip3dreid_plugin.evaluation.records import read_metrics
-from clip3dreid_plugin.tools.common import CLIParser
+from clip3dreid_plugin.tools.common import CLIParser, cli_main
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ def write_comparison(runs: Sequence[Run], output: str, which: str = "last") -> T
     return table, plots
 
 
+@cli_main
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = CLIParser(description="Compare clip3dreid-train runs: a markdown table and CMC plots.")
     p.add_argument("run_dirs", nargs="+", help="output folders of clip3dreid-train runs (each holds metrics.json)")
@@ -127,16 +128,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--output", default=".", help="folder for table.md and the CMC plots (default: here)")
     args = p.parse_args(argv)
     from clip3dreid_plugin.config.loader import ConfigError
-    from clip3dreid_plugin.tools.common import report_error, start_cli
+    from clip3dreid_plugin.tools.common import start_cli
 
     start_cli(stream=sys.stderr)  # stdout carries the table
-    try:
-        if args.labels and len(args.labels) != len(args.run_dirs):
-            raise ConfigError(f"--labels needs one label per run ({len(args.run_dirs)}), got {len(args.labels)}")
-        runs = load_runs(args.run_dirs, args.labels)
-        table, plots = write_comparison(runs, args.output, args.which)
-    except Exception as err:
-        return report_error(err)
+    if args.labels and len(args.labels) != len(args.run_dirs):
+        raise ConfigError(f"--labels needs one label per run ({len(args.run_dirs)}), got {len(args.labels)}")
+    runs = load_runs(args.run_dirs, args.labels)
+    table, plots = write_comparison(runs, args.output, args.which)
     print(table)
     for name, path in plots.items():
         logger.info("CMC %s -> %s", name, path)

@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from clip3dreid_plugin.tools.common import CLIParser
+from clip3dreid_plugin.errors import InputError
+from clip3dreid_plugin.tools.common import CLIParser, cli_main
 from clip3dreid_plugin.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ def teacher_complexity(name: str) -> Dict:
     return count_complexity(visual, torch.randn(1, 3, size, size))
 
 
+@cli_main
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = CLIParser(description=__doc__.splitlines()[0])
     p.add_argument("--height", type=int, default=384)
@@ -71,6 +73,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--teachers", nargs="*", default=["ViT-L-14", "ViT-B-16", "ViT-B-32"])
     p.add_argument("--json", default="", help="also write the rows as JSON")
     args = p.parse_args(argv)
+    for option, value in (("--height", args.height), ("--width", args.width), ("--num-classes", args.num_classes)):
+        if value < 1:
+            raise InputError(f"{option} must be a positive integer, got {value}")
     rows: List[Dict] = []
     for ls in (1, 2):
         r = student_complexity(args.height, args.width, args.num_classes, ls)

@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from clip3dreid_plugin.tools.common import CLIParser
+from clip3dreid_plugin.tools.common import CLIParser, cli_main
 
 logger = logging.getLogger("dataset_info")
 
@@ -114,6 +114,7 @@ def format_table(info: dict) -> str:
     return "\n".join(lines)
 
 
+@cli_main
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 1 unreadable images, 2 bad dataset)."""
     parser = CLIParser(description=__doc__.split("\n")[0])
@@ -127,17 +128,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from clip3dreid_plugin.tools.common import start_cli
 
     start_cli(stream=sys.stderr)  # stdout carries the table or the JSON
-    from datasets_ext.base import DatasetLayoutError
+    from clip3dreid_plugin.errors import InputError
 
     if not os.path.isdir(args.root):
         # torchreid would otherwise try to download some of its own datasets into it.
-        logger.error("--root '%s' does not exist or is not a folder", args.root)
-        return 2
-    try:
-        info = collect_info(args.dataset, args.root)
-    except (DatasetLayoutError, ValueError) as err:
-        logger.error("%s", err)
-        return 2
+        raise InputError(f"--root '{args.root}' does not exist or is not a folder")
+    info = collect_info(args.dataset, args.root)
     ds = info.pop("_dataset")
     status = 0
     if args.check_images:
@@ -152,8 +148,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             logger.info("--check-images: all %d image files of train, query and gallery open", checked)
     if args.chance > 0:
         if info["kind"] == "video":
-            logger.error("--chance is for image datasets; '%s' is a video dataset", args.dataset)
-            return 2
+            raise InputError(f"--chance is for image datasets; '{args.dataset}' is a video dataset")
         info["chance_draws"] = args.chance
         from clip3dreid_plugin.evaluation.chance import chance_level
 

@@ -26,7 +26,8 @@ import zipfile
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
 
-from clip3dreid_plugin.tools.common import CLIParser
+from clip3dreid_plugin.errors import UserError
+from clip3dreid_plugin.tools.common import CLIParser, cli_main
 from clip3dreid_plugin.utils.paths import stays_inside
 
 logger = logging.getLogger("download_datasets")
@@ -165,7 +166,7 @@ def instructions(name: str, root: str) -> str:
     )
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(UserError, ValueError):
     """An archive member would land outside the destination folder, or is a link or device file."""
 
 
@@ -295,6 +296,7 @@ def download(name: str, root: str, sha256: Optional[str] = None) -> int:
     return 0
 
 
+@cli_main
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status."""
     names = sorted(SOURCES) + sorted(ALIASES)

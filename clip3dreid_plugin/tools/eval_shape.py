@@ -20,8 +20,9 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from clip3dreid_plugin.body.shape_eval import evaluate_shapes
-from clip3dreid_plugin.body.smpl_io import BodyModel, BodyModelError, load_body_model
-from clip3dreid_plugin.tools.common import CLIParser, add_overrides
+from clip3dreid_plugin.body.smpl_io import BodyModel, load_body_model
+from clip3dreid_plugin.errors import InputError
+from clip3dreid_plugin.tools.common import CLIParser, add_overrides, cli_main
 from clip3dreid_plugin.utils.io import atomic_write_json
 
 logger = logging.getLogger("eval_shape")
@@ -34,7 +35,7 @@ def _load_npz(path: str, role: str) -> Dict[str, np.ndarray]:
     except FileNotFoundError:
         raise FileNotFoundError(f"{role} file {path} does not exist") from None
     except Exception as exc:
-        raise ValueError(f"{role} file {path} is not a readable .npz: {exc}") from exc
+        raise InputError(f"{role} file {path} is not a readable .npz: {exc}") from exc
 
 
 def predict_from_images(config_file: str, weights: str, images_dir: str, opts: Sequence[str] = (),
@@ -83,10 +84,10 @@ def chamfer_per_sample(pred_betas: np.ndarray, gt: Dict[str, np.ndarray], model:
                               num_points=args.num_points, seed=args.seed, align=args.align)
         return np.asarray(res["chamfer_mm"], dtype=np.float64)
     if "betas" not in gt:
-        raise ValueError(f"{args.gt_npz} has neither 'betas' nor 'vertices' (keys: {sorted(gt)})")
+        raise InputError(f"{args.gt_npz} has neither 'betas' nor 'vertices' (keys: {sorted(gt)})")
     genders = gt["gender"].astype(str) if "gender" in gt else np.full(len(gt["betas"]), args.gender)
     if len(genders) != len(gt["betas"]) or len(gt["betas"]) != len(pred_betas):
-        raise ValueError(f"size mismatch: {len(pred_betas)} predictions, {len(gt['betas'])} gt betas, "
+        raise InputError(f"size mismatch: {len(pred_betas)} predictions, {len(gt['betas'])} gt betas, "
                          f"{len(genders)} genders")
     models: Dict[str, BodyModel] = {args.gender: model}
     for g in np.unique(genders):
@@ -99,6 +100,7 @@ def chamfer_per_sample(pred_betas: np.ndarray, gt: Dict[str, np.ndarray], model:
     return per_sample
 
 
+@cli_main
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 2 bad input)."""
     parser = CLIParser(description=__doc__.split("\n")[0])
@@ -121,24 +123,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     start_cli(stream=sys.stderr)
 
-    try:
-        if args.images_dir:
-            out = predict_from_images(args.config_file, args.weights, args.images_dir, args.opts)
-            pred, gt = {"betas": out["pred"]}, {"betas": out["gt"], "gender": out["gender"]}
-        elif args.pred_npz and args.gt_npz:
-            pred = _load_npz(args.pred_npz, "prediction")
-            gt = _load_npz(args.gt_npz, "ground-truth")
-        else:
-            raise ValueError("give --images-dir (with --config-file/--weights) or both --pred-npz and --gt-npz")
-        if "betas" not in pred:
-            raise ValueError(f"{args.pred_npz} has no 'betas' array (keys: {sorted(pred)})")
-        model = load_body_model(args.body_model, args.gender)
-        per_sample = chamfer_per_sample(pred["betas"], gt, model, args)
-        # The reference a shape head has to beat: every prediction the body model's mean shape (betas 0).
-        mean_shape = chamfer_per_sample(np.zeros_like(pred["betas"]), gt, model, args)
-    except (BodyModelError, FileNotFoundError, ValueError) as err:
-        logger.error("%s", err)
-        return 2
+    if args.images_dir:
+        out = predict_from_images(args.config_file, args.weights, args.images_dir, args.opts)
+        pred, gt = {"betas": out["pred"]}, {"betas": out["gt"], "gender": out["gender"]}
+    elif args.pred_npz and args.gt_npz:
+        pred = _load_npz(args.pred_npz, "prediction")
+        gt = _load_npz(args.gt_npz, "ground-truth")
+    else:
+        raise InputError("give --images-dir (with --config-file/--weights) or both --pred-npz and --gt-npz")
+    if "betas" not in pred:
+        raise InputError(f"{args.pred_npz} has no 'betas' array (keys: {sorted(pred)})")
+    model = load_body_model(args.body_model, args.gender)
+    per_sample = chamfer_per_sample(pred["betas"], gt, model, args)
+    # The reference a shape head has to beat: every prediction the body model's mean shape (betas 0).
+    mean_shape = chamfer_per_sample(np.zeros_like(pred["betas"]), gt, model, args)
     mean = float(per_sample.mean()) if len(per_sample) else float("nan")
     reference = float(mean_shape.mean()) if len(mean_shape) else float("nan")
     logger.info("mean Chamfer distance over %d shapes: %.2f mm; predicting the mean shape (betas 0) for every one: "

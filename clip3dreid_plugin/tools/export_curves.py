@@ -11,7 +11,7 @@ import os.path as osp
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from clip3dreid_plugin.tools.common import CLIParser
+from clip3dreid_plugin.tools.common import CLIParser, cli_main
 
 __all__ = ["read_scalars", "main"]
 
@@ -36,17 +36,14 @@ def read_scalars(logdir: str) -> Dict[str, List[Tuple[int, float]]]:
     return out
 
 
+@cli_main
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = CLIParser(description="Export TensorBoard scalars (losses, lr, test metrics) to CSV.")
     p.add_argument("--logdir", required=True)
     p.add_argument("--output", required=True, help="CSV file")
     p.add_argument("--tags", nargs="*", default=None, help="only these tags (default: all)")
     args = p.parse_args(argv)
-    try:
-        scalars = read_scalars(args.logdir)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    scalars = read_scalars(args.logdir)
     with open(args.output, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["tag", "step", "value"])

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from clip3dreid_plugin.tools.common import CLIParser, add_overrides
+from clip3dreid_plugin.tools.common import CLIParser, add_overrides, cli_main
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ def onnx_parity(model: torch.nn.Module, path: str, height: int, width: int, batc
     return float(np.abs(got - ref).max())
 
 
+@cli_main
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = CLIParser(description="Export the student to ONNX and check it against PyTorch.")
     p.add_argument("--config-file", default="")
@@ -53,15 +54,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--atol", type=float, default=1e-4)
     add_overrides(p)
     args = p.parse_args(argv)
-    from clip3dreid_plugin.config import ConfigError
     from clip3dreid_plugin.tools.common import load_student, start_cli
 
     start_cli()
-    try:
-        cfg, model = load_student(args.config_file, args.opts, args.weights)
-    except (ConfigError, FileNotFoundError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg, model = load_student(args.config_file, args.opts, args.weights)
     export_onnx(model, args.output, cfg.data.height, cfg.data.width)
     diff = onnx_parity(model, args.output, cfg.data.height, cfg.data.width)
     logger.info("exported %s; max |onnx - torch| = %.2e (atol %.0e)", args.output, diff, args.atol)

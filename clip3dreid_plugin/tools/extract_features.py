@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from clip3dreid_plugin.tools.common import CLIParser, add_overrides
+from clip3dreid_plugin.tools.common import CLIParser, add_overrides, cli_main
 from clip3dreid_plugin.utils.runtime import DEVICE_HELP
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ def extract(model: torch.nn.Module, paths: Sequence[str], transform, batch_size:
     return out.numpy()
 
 
+@cli_main
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = CLIParser(description="Extract features of a folder of images into .npy.")
     p.add_argument("--config-file", default="")
@@ -76,19 +77,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_overrides(p)
     args = p.parse_args(argv)
-    from clip3dreid_plugin.config import ConfigError
     from clip3dreid_plugin.tools.common import eval_transform, load_student, start_cli
     from clip3dreid_plugin.utils.runtime import resolve_device
 
     start_cli()
-    try:
-        device = str(resolve_device(args.device))  # before the model is built: a bad --device fails at once
-        paths = list_images(args.input)
-        cfg, model = load_student(args.config_file, args.opts, args.weights)
-        feats = extract(model, paths, eval_transform(cfg), args.batch_size, args.flip, not args.no_normalize, device)
-    except (ConfigError, FileNotFoundError, RuntimeError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    device = str(resolve_device(args.device))  # before the model is built: a bad --device fails at once
+    paths = list_images(args.input)
+    cfg, model = load_student(args.config_file, args.opts, args.weights)
+    feats = extract(model, paths, eval_transform(cfg), args.batch_size, args.flip, not args.no_normalize, device)
     os.makedirs(osp.dirname(osp.abspath(args.output)), exist_ok=True)
     np.save(args.output, feats)
     with open(osp.splitext(args.output)[0] + ".txt", "w", encoding="utf-8") as f:

@@ -21,7 +21,7 @@ import os.path as osp
 import sys
 from typing import List, Optional, Sequence
 
-from clip3dreid_plugin.tools.common import CLIParser, add_overrides
+from clip3dreid_plugin.tools.common import CLIParser, add_overrides, cli_main
 
 logger = logging.getLogger("label_descriptors")
 
@@ -72,6 +72,7 @@ def write_report(cache, out_dir: str, dataset: str, image_paths: Optional[Sequen
     return [labels_csv, freq_csv]
 
 
+@cli_main
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 2 bad config/teacher/cache)."""
     parser = CLIParser(description=__doc__.split("\n")[0])
@@ -87,36 +88,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings
 
     quiet_torchreid_warnings()  # before torchreid's first import
-    from clip3dreid_plugin.config.loader import ConfigError, load_config
-    from clip3dreid_plugin.teacher.cache import TeacherCacheError, build_teacher_cache, cache_file_path
-    from clip3dreid_plugin.teacher.weights import TeacherLoadError
+    from clip3dreid_plugin.config.loader import load_config
+    from clip3dreid_plugin.teacher.cache import build_teacher_cache, cache_file_path
     from clip3dreid_plugin.teacher.source import build_teacher
     from clip3dreid_plugin.utils.runtime import resolve_device
 
-    try:
-        cfg = load_config(args.config_file or None, args.opts)
-    except ConfigError as err:
-        logger.error("%s", err)
-        return 2
-    try:
-        device = resolve_device(cfg.runtime.device)
-        teacher = build_teacher(cfg, device)
-    except (TeacherLoadError, ValueError, RuntimeError) as err:
-        logger.error("%s", err)
-        return 2
+    cfg = load_config(args.config_file or None, args.opts)
+    device = resolve_device(cfg.runtime.device)
+    teacher = build_teacher(cfg, device)
     logger.info("teacher: %s on %s", teacher.extra_repr(), device)
     workers = cfg.data.workers if args.workers is None else args.workers
     for name in cfg.data.sources:
         paths = training_image_paths(name, cfg)
         cache_path = cache_file_path(cfg.teacher.cache_dir, name, cfg.teacher.name, teacher.weights_label())
         logger.info("%s: %d training images -> %s", name, len(paths), cache_path)
-        try:
-            cache = build_teacher_cache(teacher, paths, cache_path, batch_size=cfg.teacher.batch_size,
-                                        on_stale=cfg.teacher.on_stale, progress=cfg.runtime.progress,
-                                        num_workers=workers, dataset=name)
-        except TeacherCacheError as err:
-            logger.error("%s", err)
-            return 2
+        cache = build_teacher_cache(teacher, paths, cache_path, batch_size=cfg.teacher.batch_size,
+                                    on_stale=cfg.teacher.on_stale, progress=cfg.runtime.progress,
+                                    num_workers=workers, dataset=name)
         if args.report:
             for out in write_report(cache, args.report, name, paths):
                 logger.info("wrote %s", out)

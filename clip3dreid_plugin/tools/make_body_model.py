@@ -17,11 +17,13 @@ import sys
 from typing import Optional, Sequence
 
 from clip3dreid_plugin.body.procedural import write_procedural_smpl
-from clip3dreid_plugin.tools.common import CLIParser
+from clip3dreid_plugin.errors import InputError
+from clip3dreid_plugin.tools.common import CLIParser, cli_main
 
 logger = logging.getLogger("make_body_model")
 
 
+@cli_main
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = CLIParser(description=__doc__.split("\n")[0])
@@ -32,8 +34,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     start_cli(stream=sys.stderr)
     if args.num_vertices < 300:
-        logger.error("--num-vertices must be at least 300 (got %d)", args.num_vertices)
-        return 2
+        raise InputError(f"--num-vertices must be at least 300 (got {args.num_vertices})")
     write_procedural_smpl(args.out, num_vertices=args.num_vertices)
     return 0
 

@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from clip3dreid_plugin.tools.common import CLIParser
+from clip3dreid_plugin.tools.common import CLIParser, cli_main
 
 logger = logging.getLogger("clip3dreid.quickstart")
 
@@ -95,17 +95,9 @@ def _train(cfg_file: str, out_dir: str, device: str, opts: List[str]) -> Dict[st
     return train_net.run(train_net.setup_cfg(args), cfg_file)
 
 
+@cli_main
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point: a user error ends in one line and exit code 2 (``CLIP3DREID_DEBUG=1`` for the traceback)."""
-    try:
-        return _main(argv)
-    except Exception as err:
-        from clip3dreid_plugin.tools.common import report_error
-
-        return report_error(err)
-
-
-def _main(argv: Optional[Sequence[str]]) -> int:
     from clip3dreid_plugin.utils.runtime import DEVICE_HELP, quiet_torchreid_warnings, resolve_device, setup_logging
 
     p = CLIParser(description="Run CLIP3DReID and the ResNet-50 baseline end to end on synthcc.")
@@ -153,8 +145,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     # Half of synthcc's identities train, and the identity sampler needs batch_size / num_instances of them.
     min_ids = 2 * cfg.train.batch_size // cfg.sampler.num_instances
     if (args.num_ids or cfg.synthcc.num_ids) < min_ids:
-        logger.error("--num-ids must be at least %d (half of them train, %d per batch)", min_ids, min_ids // 2)
-        return 2
+        raise ConfigError(f"--num-ids must be at least {min_ids} (half of them train, {min_ids // 2} per batch)")
 
     teacher = args.teacher if args.teacher != "auto" else ("clip" if args.clip_weights else "ideal")
     if teacher == "clip" and not args.clip_weights:

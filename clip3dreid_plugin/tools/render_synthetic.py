@@ -17,16 +17,14 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from clip3dreid_plugin.body.poses import PoseFileError
-from clip3dreid_plugin.body.render import HeadlessGLError
-from clip3dreid_plugin.body.smpl_io import BodyModelError
 from clip3dreid_plugin.body.synthetic import read_synthetic_meta
-from clip3dreid_plugin.body.synthetic_set import SyntheticSetError, render_synthetic_set
-from clip3dreid_plugin.tools.common import CLIParser
+from clip3dreid_plugin.body.synthetic_set import render_synthetic_set
+from clip3dreid_plugin.tools.common import CLIParser, cli_main
 
 logger = logging.getLogger("render_synthetic")
 
 
+@cli_main
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 2 bad input or environment)."""
     parser = CLIParser(description=__doc__.split("\n")[0])
@@ -51,15 +49,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     start_cli(stream=sys.stderr)
 
-    try:
-        thresholds = read_synthetic_meta(args.thresholds_from)["thresholds"] if args.thresholds_from else None
-        meta = render_synthetic_set(
-            args.body_model, args.out, args.num_female, args.num_male, args.poses_per_subject, height=args.height,
-            width=args.width, seed=args.seed, pose_file=args.pose_file, sigma=args.sigma, thresholds=thresholds,
-            ext=args.ext, overwrite=args.overwrite, show_progress=not args.no_progress)
-    except (BodyModelError, HeadlessGLError, PoseFileError, SyntheticSetError, FileNotFoundError, ValueError) as err:
-        logger.error("%s", err)
-        return 2
+    thresholds = read_synthetic_meta(args.thresholds_from)["thresholds"] if args.thresholds_from else None
+    meta = render_synthetic_set(
+        args.body_model, args.out, args.num_female, args.num_male, args.poses_per_subject, height=args.height,
+        width=args.width, seed=args.seed, pose_file=args.pose_file, sigma=args.sigma, thresholds=thresholds,
+        ext=args.ext, overwrite=args.overwrite, show_progress=not args.no_progress)
     logger.info("%d images (%d subjects) in %s; metadata: %s/meta.npz", len(meta["files"]),
                 len(set(meta["subject"].tolist())), args.out, args.out)
     return 0

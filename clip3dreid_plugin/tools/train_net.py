@@ -18,7 +18,7 @@ import os.path as osp
 import sys
 from typing import Optional, Sequence
 
-from clip3dreid_plugin.tools.common import CLIParser, add_overrides
+from clip3dreid_plugin.tools.common import CLIParser, add_overrides, cli_main
 from clip3dreid_plugin.utils.runtime import DEVICE_HELP, quiet_torchreid_warnings
 
 logger = logging.getLogger("clip3dreid")
@@ -43,8 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args: argparse.Namespace):
-    """Merges defaults, the config file, ``KEY VALUE`` overrides and the CLI flags; freezes the result."""
+    """Merges defaults, the config file, ``KEY VALUE`` overrides and the CLI flags; checks and freezes the result.
+
+    Raises:
+        ConfigError: a bad key or value, or an option torchreid would refuse later (:func:`check_config`).
+    """
     from clip3dreid_plugin.config import load_config
+    from clip3dreid_plugin.config.check import check_config
+    from clip3dreid_plugin.registry import accepted_names
 
     cfg = load_config(args.config_file or None, args.opts)
     if args.device is not None:
@@ -59,6 +65,7 @@ def setup_cfg(args: argparse.Namespace):
         cfg.train.seed = args.seed
     if args.amp is not None:
         cfg.runtime.amp = args.amp
+    check_config(cfg, accepted_names())
     cfg.freeze()
     return cfg
 
@@ -229,6 +236,7 @@ def run(cfg, config_file: str = "") -> dict:
     return last
 
 
+@cli_main
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; returns the process exit code (2 for a user error, with a one-line message).
 
@@ -239,16 +247,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from clip3dreid_plugin.utils.runtime import setup_logging
 
-    try:
-        cfg = setup_cfg(args)
-        save_dir = cfg.data.save_dir
-        is_main = int(os.environ.get("RANK", "0")) == 0  # only rank 0 of a torchrun job writes files
-        setup_logging(save_dir, "train.log" if not cfg.test.evaluate else "test.log", is_main=is_main)
-        run(cfg, args.config_file)
-    except Exception as err:
-        from clip3dreid_plugin.tools.common import report_error
-
-        return report_error(err)
+    cfg = setup_cfg(args)
+    save_dir = cfg.data.save_dir
+    is_main = int(os.environ.get("RANK", "0")) == 0  # only rank 0 of a torchrun job writes files
+    setup_logging(save_dir, "train.log" if not cfg.test.evaluate else "test.log", is_main=is_main)
+    run(cfg, args.config_file)
     return 0
 
 

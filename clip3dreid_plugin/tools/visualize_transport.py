@@ -31,7 +31,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from clip3dreid_plugin.tools.common import CLIParser, add_overrides
+from clip3dreid_plugin.tools.common import CLIParser, add_overrides, cli_main
 
 logger = logging.getLogger(__name__)
 
@@ -239,6 +239,7 @@ def descriptor_labels_for(cfg, model: torch.nn.Module, image_path: str, x: torch
     return cost.argmin(1), "the student's own reading (no teacher labels this image)"
 
 
+@cli_main
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; a user error ends in one line and exit code 2."""
     p = CLIParser(description="Overlay the OT plan of body-shape descriptors on an image.")
@@ -249,7 +250,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--descriptor", type=int, default=None, help="only this descriptor pair index (0-15)")
     add_overrides(p)
     args = p.parse_args(argv)
-    from clip3dreid_plugin.tools.common import eval_transform, load_student, report_error, start_cli
+    from clip3dreid_plugin.tools.common import eval_transform, load_student, start_cli
 
     start_cli()  # before torchreid's first import, whose warnings it silences
     from PIL import Image
@@ -258,18 +259,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from clip3dreid_plugin.config import ConfigError
     from datasets_ext.image_io import read_image
 
-    try:
-        cfg, model = load_student(args.config_file, ["model.name", "clip3dreid", *args.opts], args.weights)
-        phrases = phrase_features(cfg, compat.load_checkpoint(args.weights) if args.weights else {})
-        pil = read_image(args.image)
-        x = eval_transform(cfg)(pil)
-        labels, labelled_by = descriptor_labels_for(cfg, model, args.image, x, phrases)
-        m = phrases.features.size(0)
-        idx = [args.descriptor] if args.descriptor is not None else list(range(m))
-        if any(i < 0 or i >= m for i in idx):
-            raise ConfigError(f"--descriptor must be in 0..{m - 1}")
-    except Exception as err:
-        return report_error(err)
+    cfg, model = load_student(args.config_file, ["model.name", "clip3dreid", *args.opts], args.weights)
+    phrases = phrase_features(cfg, compat.load_checkpoint(args.weights) if args.weights else {})
+    pil = read_image(args.image)
+    x = eval_transform(cfg)(pil)
+    labels, labelled_by = descriptor_labels_for(cfg, model, args.image, x, phrases)
+    m = phrases.features.size(0)
+    idx = [args.descriptor] if args.descriptor is not None else list(range(m))
+    if any(i < 0 or i >= m for i in idx):
+        raise ConfigError(f"--descriptor must be in 0..{m - 1}")
     logger.info("phrase features: %s", phrases.source)
     logger.info("phrases chosen by %s", labelled_by)
     text = phrases.features[torch.arange(m), labels]  # [M, d]

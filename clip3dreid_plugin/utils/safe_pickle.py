@@ -18,6 +18,8 @@ from typing import Any, BinaryIO, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 
+from clip3dreid_plugin.errors import UserError
+
 __all__ = ["RefusedGlobalError", "AllowListUnpickler", "Resolver", "builtin_resolver", "numpy_resolver",
            "read_torchscript_state_dict", "TorchScriptReadError", "weights_only_refusal"]
 
@@ -25,7 +27,7 @@ __all__ = ["RefusedGlobalError", "AllowListUnpickler", "Resolver", "builtin_reso
 Resolver = Callable[[str, str], Optional[Any]]
 
 
-class RefusedGlobalError(pickle.UnpicklingError):
+class RefusedGlobalError(UserError, pickle.UnpicklingError):
     """A pickle asked for a class or function outside the allow-list; nothing of it was constructed."""
 
     def __init__(self, module: str, name: str) -> None:
@@ -115,7 +117,7 @@ def weights_only_refusal(err: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------------------ TorchScript
-class TorchScriptReadError(ValueError):
+class TorchScriptReadError(UserError, ValueError):
     """A TorchScript archive whose weights cannot be read as data."""
 
 
