@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from clip3dreid_plugin.config import engine_run_kwargs
-from clip3dreid_plugin.engine.base import ClothesAwareEngineMixin, EvalSettings
+from clip3dreid_plugin.engine.evaluator import selection_score
 from clip3dreid_plugin.tools import train_net
 from fixtures.dataset_trees import make_ccvid, make_ltcc, make_prcc
 
@@ -100,15 +100,10 @@ def test_video_dataset_trains_and_evaluates_tracklets(cc_root, tmp_path):
     assert {"general_mAP", "cc_mAP"} <= set(res["ccvid"])
 
 
-class _Sel(ClothesAwareEngineMixin):
-    def __init__(self, select_by="auto"):
-        self.eval_settings = EvalSettings(select_by=select_by)
-
-
 def test_selection_prefers_cc_rank1_and_validates_key():
     metrics = {"ltcc": {"general_rank1": 0.9, "cc_rank1": 0.2}, "prcc": {"general_rank1": 0.1}}
-    assert _Sel().selection_score(metrics) == 0.2
-    assert _Sel().selection_score({"m": {"general_rank1": 0.7}}) == 0.7
-    assert _Sel("general_mAP").selection_score({"m": {"general_mAP": 0.4}}) == 0.4
+    assert selection_score(metrics) == 0.2
+    assert selection_score({"m": {"general_rank1": 0.7}}) == 0.7
+    assert selection_score({"m": {"general_mAP": 0.4}}, "general_mAP") == 0.4
     with pytest.raises(KeyError, match="sc_rank1"):
-        _Sel("sc_rank1").selection_score(metrics)
+        selection_score(metrics, "sc_rank1")

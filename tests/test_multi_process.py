@@ -107,8 +107,8 @@ def test_two_gloo_ranks_draw_different_synthetic_images_in_the_same_step(tmp_pat
 
 
 def test_a_model_with_nothing_to_train_is_not_wrapped_in_ddp():
-    from clip3dreid_plugin.engine.base import unwrap
-    from clip3dreid_plugin.tools.train_net import wrap_for_training
+    from clip3dreid_plugin.engine.common import unwrap
+    from clip3dreid_plugin.engine.trainer import wrap_for_training
 
     frozen = torch.nn.Linear(2, 2).requires_grad_(False)
     # No process group exists here: constructing DDP would fail, so returning the module proves it was not tried.
@@ -224,7 +224,7 @@ def _ddp_gradient_worker(rank: int, store: str, out, ddp_kwargs, steps: int):
     """Trains under DDP; rank 0 also computes, before each step, the single-process gradient from the same weights:
     the mean of the two half batches' gradients. Reports per step the largest deviation and the gradient-less
     parameters, and a checksum of the gradients so that the ranks can be compared."""
-    from clip3dreid_plugin.tools.train_net import wrap_for_training
+    from clip3dreid_plugin.engine.trainer import wrap_for_training
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
@@ -268,7 +268,7 @@ def test_ddp_options_give_the_gradients_of_one_process(tmp_path, fixbase_epoch):
     the two half batches' gradients, and phi has none. Plain DDP, told nothing, fails on the second step: the
     unused head is really there."""
     from clip3dreid_plugin.config import get_cfg
-    from clip3dreid_plugin.tools.train_net import ddp_options
+    from clip3dreid_plugin.engine.trainer import ddp_options
 
     cfg = get_cfg()
     cfg.train.fixbase_epoch = fixbase_epoch
@@ -630,32 +630,20 @@ def test_quickstart_labels_on_the_device_it_is_given(monkeypatch):
     assert seen == [torch.device("cuda", 1)]
 
 
-class _BareEngine:
-    """Just what the mixin's save_model / resume read, so a checkpoint round trip needs no dataset or model build."""
+def _save(save_dir: str, scaler) -> str:
+    """One checkpoint of a small module through the checkpoint room alone: no dataset, model build or engine."""
+    from clip3dreid_plugin.engine import checkpoint
 
-    def __init__(self, scaler):
-        from clip3dreid_plugin.engine.base import ClothesAwareEngineMixin
+    model = torch.nn.Linear(2, 2)
+    own, per_rank = checkpoint.gather_rng_states()  # the state the caller draws from next
+    state = checkpoint.checkpoint_state(model, epoch=1, rng=own, rng_per_rank=per_rank, scaler=scaler)
+    return checkpoint.write_checkpoint(state, save_dir)
 
-        self._mixin = ClothesAwareEngineMixin
-        self._models = {"model": torch.nn.Linear(2, 2)}
-        self._optims, self._scheds = {"model": None}, {"model": None}
-        self.best_metric, self.evaluations, self._rng_after_train, self.is_main = 0.0, {}, None, True
-        self.scaler, self.keep_checkpoints = scaler, 2
 
-    def get_model_names(self):
-        return ["model"]
+def _resume(path: str, scaler) -> int:
+    from clip3dreid_plugin.engine import checkpoint
 
-    def checkpoint_extras(self) -> dict:
-        return self._mixin.checkpoint_extras(self)
-
-    def save(self, save_dir: str) -> None:
-        self._mixin.save_model(self, 0, 0.0, save_dir)
-
-    def resume(self, path: str) -> int:
-        return self._mixin.resume(self, path)
-
-    def _restore_rng(self, ckpt):
-        return self._mixin._restore_rng(self, ckpt)
+    return int(checkpoint.restore_checkpoint(path, torch.nn.Linear(2, 2), scaler=scaler)["epoch"])
 
 
 def test_checkpoint_round_trip_restores_the_scaler_and_the_random_streams(tmp_path):
@@ -663,19 +651,18 @@ def test_checkpoint_round_trip_restores_the_scaler_and_the_random_streams(tmp_pa
 
     import numpy as np
 
-    saved = _BareEngine(torch.amp.GradScaler("cpu", init_scale=64.0, growth_interval=7))
-    saved.save(str(tmp_path))
-    path = str(tmp_path / "model" / "model.pth.tar-1")
+    path = _save(str(tmp_path), torch.amp.GradScaler("cpu", init_scale=64.0, growth_interval=7))
+    assert path == str(tmp_path / "model" / "model.pth.tar-1")
     after_save = (torch.rand(3), np.random.rand(3), random.random())
     torch.manual_seed(123), np.random.seed(123), random.seed(123)
-    fresh = _BareEngine(torch.amp.GradScaler("cpu", init_scale=2.0 ** 16))
-    assert fresh.resume(path) == 1
-    assert fresh.scaler.get_scale() == 64.0 and fresh.scaler.get_growth_interval() == 7
+    fresh = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    assert _resume(path, fresh) == 1
+    assert fresh.get_scale() == 64.0 and fresh.get_growth_interval() == 7
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(after_save[0], again[0]) and np.array_equal(after_save[1], again[1])
     assert after_save[2] == again[2]
     # A disabled scaler (CPU, bf16) stores its empty state; resuming it into an enabled one keeps that one's state.
-    _BareEngine(torch.amp.GradScaler("cpu", enabled=False)).save(str(tmp_path / "off"))
-    enabled = _BareEngine(torch.amp.GradScaler("cpu", init_scale=8.0))
-    enabled.resume(str(tmp_path / "off" / "model" / "model.pth.tar-1"))
-    assert enabled.scaler.get_scale() == 8.0
+    off = _save(str(tmp_path / "off"), torch.amp.GradScaler("cpu", enabled=False))
+    enabled = torch.amp.GradScaler("cpu", init_scale=8.0)
+    _resume(off, enabled)
+    assert enabled.get_scale() == 8.0

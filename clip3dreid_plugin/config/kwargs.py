@@ -72,6 +72,11 @@ def lr_scheduler_kwargs(cfg: CN) -> Dict[str, Any]:
 
 
 def engine_run_kwargs(cfg: CN) -> Dict[str, Any]:
+    """The loop's keywords of torchreid's ``Engine.run``.
+
+    The evaluation options are not among them: the plugin's engines hold them as one
+    :class:`~clip3dreid_plugin.engine.evaluator.EvalOptions` (``EvalOptions.from_cfg``), given to their constructor.
+    """
     return {
         "save_dir": cfg.data.save_dir,
         "max_epoch": cfg.train.max_epoch,
@@ -82,11 +87,4 @@ def engine_run_kwargs(cfg: CN) -> Dict[str, Any]:
         "eval_freq": cfg.test.eval_freq,
         "test_only": cfg.test.evaluate,
         "print_freq": cfg.train.print_freq,
-        "dist_metric": cfg.test.dist_metric,
-        "normalize_feature": cfg.test.normalize_feature,
-        "visrank": cfg.test.visrank,
-        "visrank_topk": cfg.test.visrank_topk,
-        "use_metric_cuhk03": cfg.cuhk03.use_metric_cuhk03,
-        "ranks": list(cfg.test.ranks),
-        "rerank": cfg.test.rerank,
     }

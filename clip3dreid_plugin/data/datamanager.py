@@ -16,7 +16,7 @@ import torch
 import torchreid
 
 from clip3dreid_plugin.config.loader import ConfigError
-from clip3dreid_plugin.data.samplers import ShardSampler
+from clip3dreid_plugin.data.samplers import ShardSampler, build_train_sampler
 from datasets_ext.base import ClothesImageDataset, DatasetLayoutError
 
 logger = logging.getLogger(__name__)
@@ -52,8 +52,9 @@ class ClothesImageDataManager(torchreid.data.ImageDataManager):
         pin_memory: pin host memory when training on CUDA.
         persistent_workers: keep the training loader's workers alive across epochs (only when workers > 0; the
             query and gallery loaders start theirs at each evaluation).
-        train_sampler_fn: optional ``fn(data_source, batch_size) -> Sampler`` replacing torchreid's
-            sampler (the distributed P x K sampler plugs in here).
+        train_sampler_fn: optional ``fn(data_source, batch_size) -> Sampler`` building the training sampler
+            (the trainer's ``build_sampler``: ``train_sampler`` made distributed under ``torchrun``); None: the
+            one-process sampler ``train_sampler`` (:func:`~clip3dreid_plugin.data.samplers.build_train_sampler`).
         eval_shard: ``(rank, world_size)``; each rank then extracts features of items
             ``rank::world_size`` of every query/gallery set (gathered back in order by the engine).
     """
@@ -137,11 +138,9 @@ class ClothesImageDataManager(torchreid.data.ImageDataManager):
 
         if train_sampler_fn is not None:
             sampler = train_sampler_fn(trainset.train, batch_size_train)
-        else:
-            sampler = torchreid.data.sampler.build_train_sampler(
-                trainset.train, train_sampler, batch_size=batch_size_train, num_instances=num_instances,
-                num_cams=num_cams, num_datasets=num_datasets,
-            )
+        else:  # one process: torchreid's sampler of that name
+            sampler = build_train_sampler(trainset.train, train_sampler, batch_size_train, num_instances=num_instances,
+                                          num_cams=num_cams, num_datasets=num_datasets)
         self.train_loader = torch.utils.data.DataLoader(
             trainset, sampler=sampler, batch_size=batch_size_train, shuffle=False, drop_last=True,
             persistent_workers=self._train_persistent, **self._loader_kw,

@@ -1,5 +1,9 @@
 """Samplers for distributed training and evaluation.
 
+``build_train_sampler`` is the one place that decides how a run draws its training batches: the sampler
+``sampler.train_sampler`` names, made distributed under ``torchrun`` (or a one-line error naming the samplers that
+work there), never another one in its place.
+
 ``DistributedIdentitySampler`` is torchreid's ``RandomIdentitySampler`` idea (P identities x K
 instances per batch) made rank-aware: every rank builds the same epoch-level index list from
 ``seed + epoch`` and takes its own contiguous slice of every global batch, so the global batch is
@@ -12,11 +16,63 @@ import random
 from collections import defaultdict
 from typing import Iterator, List, Sequence
 
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler, SequentialSampler
 
 from clip3dreid_plugin.config.loader import ConfigError
 
-__all__ = ["DistributedIdentitySampler", "ShardSampler"]
+__all__ = ["DistributedIdentitySampler", "ShardSampler", "build_train_sampler", "DISTRIBUTED_SAMPLERS"]
+
+#: torchreid's training samplers that have a distributed version, and what they become under ``torchrun``.
+DISTRIBUTED_SAMPLERS = {
+    "RandomIdentitySampler": "DistributedIdentitySampler: P identities x K images per global batch",
+    "RandomSampler": "torch's DistributedSampler, shuffled every epoch",
+    "SequentialSampler": "torch's DistributedSampler, in dataset order",
+}
+
+
+def build_train_sampler(data_source: Sequence, name: str, batch_size: int, num_instances: int = 4,
+                        num_cams: int = 1, num_datasets: int = 1, rank: int = 0, world_size: int = 1,
+                        seed: int = 0, evaluate_only: bool = False) -> Sampler:
+    """The training sampler of a run: the sampler policy, in one place.
+
+    * one process: torchreid's sampler ``name``, as torchreid builds it;
+    * ``world_size`` > 1 (``torchrun``): that sampler made distributed (:data:`DISTRIBUTED_SAMPLERS`), seeded with
+      ``seed`` and re-shuffled by the loop's ``set_epoch``; a sampler without a distributed version stops the run;
+    * ``evaluate_only``: a sequential sampler, whatever ``name`` is. Such a run never draws a training batch, and the
+      identity samplers would refuse a training set smaller than one (global) batch.
+
+    Args:
+        data_source: the training items ``(path, pid, camid, dsetid, ...)``.
+        name: ``sampler.train_sampler``.
+        batch_size: per-process batch size (``train.batch_size``).
+        num_instances, num_cams, num_datasets: ``sampler.*``, for the samplers that read them.
+        rank, world_size: this process and the number of processes.
+        seed: ``train.seed``: every rank draws the same epoch order from it.
+
+    Raises:
+        ConfigError: under ``torchrun``, a sampler without a distributed version (``RandomDomainSampler``,
+            ``RandomDatasetSampler``), or a training set too small for one global batch.
+    """
+    if evaluate_only:
+        return SequentialSampler(data_source)
+    if world_size <= 1:
+        import torchreid
+
+        return torchreid.data.sampler.build_train_sampler(
+            data_source, name, batch_size=batch_size, num_instances=num_instances, num_cams=num_cams,
+            num_datasets=num_datasets)
+    if name == "RandomIdentitySampler":
+        return DistributedIdentitySampler(data_source, batch_size, num_instances, rank, world_size, seed=seed)
+    if name in ("RandomSampler", "SequentialSampler"):
+        sampler = DistributedSampler(data_source, num_replicas=world_size, rank=rank,
+                                     shuffle=name == "RandomSampler", seed=seed, drop_last=True)
+        if len(sampler) < batch_size:
+            raise ConfigError(f"the training set ({len(data_source)} items) is too small for a global batch of "
+                              f"{batch_size * world_size} (train.batch_size {batch_size} x {world_size} processes): "
+                              "lower train.batch_size")
+        return sampler
+    raise ConfigError(f"sampler.train_sampler {name} has no distributed version, so it cannot run under torchrun "
+                      f"({world_size} processes): use {', '.join(DISTRIBUTED_SAMPLERS)}")
 
 
 class DistributedIdentitySampler(Sampler[int]):

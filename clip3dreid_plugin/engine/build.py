@@ -8,7 +8,7 @@ from yacs.config import CfgNode as CN
 
 from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.data.frames import item_image_paths
-from clip3dreid_plugin.engine.base import EvalSettings
+from clip3dreid_plugin.engine.evaluator import EvalOptions
 from clip3dreid_plugin.engine.standard import ClothesSoftmaxEngine, ClothesTripletEngine, ClothesVideoSoftmaxEngine
 
 __all__ = ["build_engine", "ENGINE_BUILDERS"]
@@ -107,6 +107,6 @@ def build_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: boo
     builder = ENGINE_BUILDERS.get(cfg.model.name, _standard_engine)
     if device is None:
         device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
-    return builder(cfg, datamanager, model, optimizer, scheduler, use_gpu, eval_settings=EvalSettings.from_cfg(cfg),
+    return builder(cfg, datamanager, model, optimizer, scheduler, use_gpu, eval_options=EvalOptions.from_cfg(cfg),
                    ckpt_freq=cfg.runtime.ckpt_freq, is_main=is_main, show_progress=cfg.runtime.progress,
                    device=device, keep_checkpoints=cfg.runtime.keep_checkpoints)

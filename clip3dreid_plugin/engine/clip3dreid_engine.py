@@ -112,7 +112,7 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         diagnostics_every: steps between the collapse diagnostics (``diag_*`` on the epoch line and in TensorBoard,
             see :mod:`clip3dreid_plugin.engine.diagnostics`); 0 switches them off.
         **kwargs: the evaluation and checkpoint options of
-            :class:`~clip3dreid_plugin.engine.base.ClothesAwareEngineMixin` (``eval_settings``, ``ckpt_freq``,
+            :class:`~clip3dreid_plugin.engine.base.ClothesAwareEngineMixin` (``eval_options``, ``ckpt_freq``,
             ``is_main``, ``show_progress``).
     """
 

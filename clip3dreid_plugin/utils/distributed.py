@@ -16,9 +16,20 @@ logger = logging.getLogger(__name__)
 MAIN_WORK_TIMEOUT = datetime.timedelta(hours=24)
 _main_work_group: Optional[object] = None
 
-__all__ = ["init_distributed", "is_distributed", "get_rank", "get_world_size", "is_main_process",
-           "all_gather_ordered", "all_gather_objects", "all_reduce_sum", "broadcast_buffers", "barrier", "cleanup",
-           "convert_sync_batchnorm", "run_on_main"]
+__all__ = ["launched_rank", "launched_world_size", "init_distributed", "is_distributed", "get_rank",
+           "get_world_size", "is_main_process", "all_gather_ordered", "all_gather_objects", "all_reduce_sum",
+           "broadcast_buffers", "barrier", "cleanup", "convert_sync_batchnorm", "run_on_main"]
+
+
+def launched_rank() -> int:
+    """This process's rank in torchrun's environment (``RANK``; 0 outside torchrun), before any process group
+    forms: who writes a run's files from the start."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def launched_world_size() -> int:
+    """The number of processes torchrun started (``WORLD_SIZE``; 1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def is_distributed() -> bool:
@@ -47,7 +58,7 @@ def init_distributed(backend: str = "auto", device_type: str = "cpu") -> bool:
     Returns:
         True when running distributed.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched_world_size()
     if world <= 1 or is_distributed():
         return is_distributed()
     if backend == "auto":
