@@ -16,7 +16,7 @@ import torch
 import torchreid
 
 from clip3dreid_plugin.config import ConfigError, load_config
-from clip3dreid_plugin.engine import CLIP3DReIDEngine, LossSwitches
+from clip3dreid_plugin.engine import LOSS_TERMS, CLIP3DReIDEngine, LossSwitches
 from clip3dreid_plugin.losses import global_distill_loss
 from clip3dreid_plugin.models.build import build_model
 from clip3dreid_plugin.models.clip3dreid import CLIP3DReID
@@ -396,8 +396,11 @@ def test_global_loss_reduction_sum_is_mean_times_width():
     by_hand = sum(float(((a[i] - b[i]) ** 2).sum()) for i in range(3)) / 3
     assert float(global_distill_loss(a, b)) == pytest.approx(by_hand, rel=1e-5)
     assert float(global_distill_loss(a, b, "mean")) == pytest.approx(by_hand / 2048, rel=1e-5)
-    with pytest.raises(ValueError, match="global_reduction"):
+    # The loss names its argument; the table of loss terms names the option.
+    with pytest.raises(ValueError, match="reduction must be one of"):
         global_distill_loss(a, b, "max")
+    with pytest.raises(ConfigError, match="loss.clip3dreid.global_reduction"):
+        LOSS_TERMS.check(LossSwitches(global_reduction="max"))
     cfg = load_config(None, ["loss.clip3dreid.global_reduction", "mean"])
     assert LossSwitches.from_cfg(cfg).global_reduction == "mean"
 

@@ -543,14 +543,13 @@ def test_cuda_checkpoint_round_trip_restores_the_gpu_random_stream_and_an_enable
     and GPU-side augmentations repeat), with the state of an fp16 run's enabled GradScaler."""
     torch.cuda.manual_seed(5)
     torch.rand(3, device="cuda")  # CUDA in use, its stream moved
-    saved = _BareEngine(torch.amp.GradScaler("cuda", init_scale=256.0, growth_interval=9))
-    saved.save(str(tmp_path))
+    path = _save(str(tmp_path), torch.amp.GradScaler("cuda", init_scale=256.0, growth_interval=9))
     after_save = torch.rand(4, device="cuda").cpu()
     torch.cuda.manual_seed(123)
-    fresh = _BareEngine(torch.amp.GradScaler("cuda", init_scale=2.0 ** 16))
-    assert fresh.resume(str(tmp_path / "model" / "model.pth.tar-1")) == 1
+    fresh = torch.amp.GradScaler("cuda", init_scale=2.0 ** 16)
+    assert _resume(path, fresh) == 1
     assert torch.equal(torch.rand(4, device="cuda").cpu(), after_save)
-    assert fresh.scaler.is_enabled() and fresh.scaler.get_scale() == 256.0 and fresh.scaler.get_growth_interval() == 9
+    assert fresh.is_enabled() and fresh.get_scale() == 256.0 and fresh.get_growth_interval() == 9
 
 
 def _sharded_eval_worker(rank: int, store: str, out, poison_row: int):

@@ -11,8 +11,10 @@ from fixtures.tiny_clip import tiny_clip
 from clip3dreid_plugin.body.procedural import write_procedural_smpl
 from clip3dreid_plugin.body.smpl_io import load_body_model
 from clip3dreid_plugin.body.synthetic_set import render_synthetic_set
+from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.data.synthetic import GENDER_IDS, SyntheticMeshDataset, synthetic_batch_size
 from clip3dreid_plugin.engine.clip3dreid_engine import LossSwitches
+from clip3dreid_plugin.engine.loss_terms import LOSS_TERMS
 from clip3dreid_plugin.losses.shape3d import ShapeLoss
 from clip3dreid_plugin.models.clip3dreid import CLIP3DReID
 from clip3dreid_plugin.teacher.cache import build_teacher_cache, cache_file_path
@@ -63,8 +65,11 @@ def test_targets_use_each_images_gendered_body(body_dir):
     mean_fn = ShapeLoss(models[GENDER_IDS["neutral"]], models, reduction="mean")
     num_vertices = diff.shape[1]
     assert float(mean_fn(betas, betas, genders)) == pytest.approx(sum(per_body) / 2 / num_vertices, rel=1e-6)
-    with pytest.raises(ValueError, match="shape_reduction"):
+    # The loss names its argument; the table of loss terms names the option.
+    with pytest.raises(ValueError, match="reduction must be one of"):
         ShapeLoss(models[GENDER_IDS["neutral"]], models, reduction="max")
+    with pytest.raises(ConfigError, match="loss.clip3dreid.shape_reduction"):
+        LOSS_TERMS.check(LossSwitches(shape_reduction="max"))
 
 
 def test_gendered_targets_need_no_host_sync_and_match_each_rows_own_body(body_dir):

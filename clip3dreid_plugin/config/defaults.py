@@ -181,6 +181,7 @@ def add_clip3dreid_config(cfg: CN) -> CN:
     cfg.ot.huge_pages = True  # CPU, Linux: back the [B,N,d'] local-feature gradient with huge pages (fewer page faults)
 
     # -------------------------------------------------------- CLIP3DReID losses
+    # Each key is a switch, weight or reduction of a term of LOSS_TERMS (engine/loss_terms.py), which checks them.
     cfg.loss.clip3dreid = CN()
     cfg.loss.clip3dreid.alpha = 0.3  # weight of L_OT
     cfg.loss.clip3dreid.beta = 0.5  # weight of L_global

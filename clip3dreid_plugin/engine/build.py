@@ -20,33 +20,34 @@ def _train_paths_per_source(datamanager) -> list:
 
 
 def _clip3dreid_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: bool, **common):
-    from clip3dreid_plugin.engine.clip3dreid_engine import CLIP3DReIDEngine, LossSwitches
+    from clip3dreid_plugin.engine.clip3dreid_engine import CLIP3DReIDEngine
+    from clip3dreid_plugin.engine.loss_terms import LOSS_TERMS, LossSwitches
     from clip3dreid_plugin.losses import OTLoss
     from clip3dreid_plugin.teacher.source import build_teacher_source
 
-    switches = LossSwitches.from_cfg(cfg)
+    terms, switches = LOSS_TERMS, LossSwitches.from_cfg(cfg)
     if cfg.test.evaluate:
         # Inference uses the student alone (as in the paper): evaluating needs no teacher, no teacher cache, no
         # synthetic bodies and no body model, so none is built.
-        switches = LossSwitches(use_ce=True, use_ot=False, use_global=False, use_3d=False)
-    teacher = None
-    if switches.use_ot or switches.use_global or switches.use_3d:
+        switches = terms.only(["ce"], switches)
+    terms.check(switches)  # the options themselves, before anything is loaded
+    # What to build is what the terms that are on need (the table's rule, which the engine checks again).
+    teacher = synthetic = shape_loss = None
+    if terms.uses("teacher", switches):
         teacher = build_teacher_source(cfg, _train_paths_per_source(datamanager), device=common["device"])
-        if teacher is None:
-            raise ConfigError("teacher.mode none leaves L_OT/L_global/L_3D without targets: switch them off "
-                              "(loss.clip3dreid.use_ot/use_global/use_3d False) or set teacher.mode cache|online")
+        terms.require(switches, "teacher", teacher)  # teacher.mode none
         if teacher.embed_dim != cfg.clip3dreid.teacher_dim:
             raise ConfigError(f"clip3dreid.teacher_dim is {cfg.clip3dreid.teacher_dim} but teacher "
                               f"'{cfg.teacher.name}' gives {teacher.embed_dim}-d features; set them equal")
-    synthetic = shape_loss = None
-    if switches.use_3d:
-        from clip3dreid_plugin.data.synthetic import build_synthetic_stream
+    if terms.uses("shape_loss", switches):
         from clip3dreid_plugin.losses.shape3d import ShapeLoss
 
-        shape_loss = ShapeLoss.from_body_dir(cfg.body.model_dir, cfg.body.gender,
-                                             cfg.loss.clip3dreid.shape_reduction, device=common["device"])
+        shape_loss = ShapeLoss.from_body_dir(cfg.body.model_dir, cfg.body.gender, device=common["device"])
+    if terms.uses("synthetic", switches):
+        from clip3dreid_plugin.data.synthetic import build_synthetic_stream
+
         synthetic = build_synthetic_stream(cfg, datamanager)
-    engine = CLIP3DReIDEngine(datamanager, model, optimizer, teacher=teacher, switches=switches,
+    engine = CLIP3DReIDEngine(datamanager, model, optimizer, teacher=teacher, switches=switches, terms=terms,
                               ot_loss=OTLoss.from_cfg(cfg), scheduler=scheduler, use_gpu=use_gpu,
                               label_smooth=cfg.loss.softmax.label_smooth, triplet_margin=cfg.loss.triplet.margin,
                               synthetic=synthetic, shape_loss=shape_loss, amp=cfg.runtime.amp,

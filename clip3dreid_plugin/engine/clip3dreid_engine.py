@@ -12,15 +12,17 @@ The engine is built from objects, like torchreid's (no config needed)::
 or a teacher source; ``switches`` (default: CE + L_OT + L_global), ``ot_loss`` and the 3D term's
 ``synthetic``/``shape_loss`` complete it.
 
-Per step: look up the teacher's image feature g and descriptor labels for each real image (from the
-cache, or online), gather the chosen descriptors' text features H, append the synthetic mesh
-batch when the 3D term is on, run the student once, then combine the enabled terms. A term that is
-switched off is not computed at all, so its head receives no gradient.
+The terms are those of the table :data:`~clip3dreid_plugin.engine.loss_terms.LOSS_TERMS`, which says for each what
+it needs, how it is weighted and how it is computed. Per step, the engine prepares what the terms that are on need
+(:meth:`CLIP3DReIDEngine.prepare_batch`: the teacher's image feature g and the text features H of the chosen
+descriptors for each real image, from the cache or online; the synthetic mesh batch), runs the student once on the
+real and synthetic rows (:meth:`CLIP3DReIDEngine.forward_step`), and hands the outputs, real and synthetic rows by
+name, to the table. A term that is switched off is not computed at all, so its head receives no gradient.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Optional, Union
+from typing import Dict, FrozenSet, Optional, Tuple, Union
 
 import torch
 import torchreid
@@ -30,36 +32,21 @@ from clip3dreid_plugin.data.frames import batch_frame_paths
 from clip3dreid_plugin.engine.amp import autocast, grad_scaler
 from clip3dreid_plugin.engine.base import ClothesAwareEngineMixin, unwrap
 from clip3dreid_plugin.engine.diagnostics import CollapseMonitor
-from clip3dreid_plugin.losses import OTLoss, batch_hard_triplet, cross_entropy, global_distill_loss
+from clip3dreid_plugin.engine.loss_terms import (
+    LOSS_TERMS,
+    LossSwitches,
+    LossTable,
+    Rows,
+    Step,
+    StepBatch,
+    SyntheticBatch,
+)
+from clip3dreid_plugin.losses import OTLoss
 from clip3dreid_plugin.teacher.source import as_teacher_source
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CLIP3DReIDEngine", "LossSwitches"]
-
-
-class LossSwitches:
-    """Weights and ablation switches of Eq. 10 (``cfg.loss.clip3dreid``)."""
-
-    def __init__(self, alpha: float = 0.3, beta: float = 0.5, gamma: float = 0.3, use_ce: bool = True,
-                 use_ot: bool = True, use_global: bool = True, use_3d: bool = False, triplet_weight: float = 0.0,
-                 global_reduction: str = "sum"):
-        self.alpha, self.beta, self.gamma = alpha, beta, gamma
-        self.use_ce, self.use_ot, self.use_global, self.use_3d = use_ce, use_ot, use_global, use_3d
-        self.triplet_weight = triplet_weight
-        self.global_reduction = global_reduction
-
-    @classmethod
-    def from_cfg(cls, cfg) -> "LossSwitches":
-        c = cfg.loss.clip3dreid
-        return cls(c.alpha, c.beta, c.gamma, c.use_ce, c.use_ot, c.use_global, c.use_3d, c.triplet_weight,
-                   c.global_reduction)
-
-    def weighted(self, terms: Dict[str, Any]) -> Dict[str, Any]:
-        """Each term of Eq. 10 times its weight (``w_<term>``), so a log shows which term dominates the total."""
-        weights = {"ce": 1.0, "triplet": self.triplet_weight, "ot": self.alpha, "global": self.beta,
-                   "ot_syn": self.gamma, "3d": self.gamma}
-        return {f"w_{k}": weights[k] * v for k, v in terms.items() if k in weights}
 
 
 def _fit_teacher_width(model, optimizer, teacher) -> None:
@@ -97,13 +84,15 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         teacher: a teacher-cache file (``clip3dreid-label``), a frozen ``CLIPTeacher`` (run on every
             batch), or a teacher source with ``lookup(paths, imgs) -> (g [B,d], labels [B,M])`` and
             ``gather_text(labels [B,M]) -> H [B,M,d]`` (see ``clip3dreid_plugin.teacher.source``). Needed when
-            L_OT, L_global or the 3D term is on.
-        switches: loss weights and ablation switches (default: CE + L_OT + L_global, the paper's weights).
+            a term that is on reads the teacher (L_OT, L_global, the 3D term's L_OT_syn).
+        switches: loss weights, ablation switches and reductions (default: CE + L_OT + L_global, the paper's
+            weights). Read every step: assigning ``engine.switches`` changes the terms of the next step.
         ot_loss: the OT loss module (default ``OTLoss()``: lambda 1, 100 iterations).
         label_smooth: label smoothing of the cross-entropy (torchreid's, eps 0.1).
         triplet_margin: margin of the optional triplet term.
         synthetic: optional iterator of synthetic batches ``{'img', 'labels', 'betas', 'gender'}`` (3D term).
-        shape_loss: optional :class:`~clip3dreid_plugin.losses.shape3d.ShapeLoss` (3D term).
+        shape_loss: optional :class:`~clip3dreid_plugin.losses.shape3d.ShapeLoss` (3D term), called with the
+            switches' ``shape_reduction``.
         amp: ``none`` | ``bf16`` | ``fp16`` autocast for the student forward.
         separate_synthetic_bn: forward the synthetic rows separately, so that batch norm gives them their own
             batch statistics and the running statistics describe real images only (``cfg.body.separate_bn``).
@@ -111,6 +100,8 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         pooling_method: ``avg`` | ``max`` over a tracklet's frame features at test time (video data).
         diagnostics_every: steps between the collapse diagnostics (``diag_*`` on the epoch line and in TensorBoard,
             see :mod:`clip3dreid_plugin.engine.diagnostics`); 0 switches them off.
+        terms: the table of loss terms (default :data:`~clip3dreid_plugin.engine.loss_terms.LOSS_TERMS`); a table
+            extended with a term of one's own trains it with no other change.
         **kwargs: the evaluation and checkpoint options of
             :class:`~clip3dreid_plugin.engine.base.ClothesAwareEngineMixin` (``eval_options``, ``ckpt_freq``,
             ``is_main``, ``show_progress``).
@@ -120,9 +111,11 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
                  switches: Optional[LossSwitches] = None, ot_loss: Optional[OTLoss] = None,
                  label_smooth: bool = True, triplet_margin: float = 0.3, synthetic=None, shape_loss=None,
                  amp: str = "none", separate_synthetic_bn: bool = False, channels_last: bool = False,
-                 pooling_method: str = "avg", diagnostics_every: int = 50, **kwargs):
+                 pooling_method: str = "avg", diagnostics_every: int = 50, terms: Optional[LossTable] = None,
+                 **kwargs):
         super().__init__(datamanager, use_gpu, **kwargs)
         switches = switches if switches is not None else LossSwitches()
+        self.terms = terms if terms is not None else LOSS_TERMS
         teacher = as_teacher_source(teacher, datamanager)
         _fit_teacher_width(model, optimizer, teacher)
         self.model = model
@@ -137,16 +130,10 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         self.synthetic = synthetic
         self.separate_synthetic_bn = separate_synthetic_bn
         self.shape_loss = shape_loss
-        if switches.use_3d and (synthetic is None or shape_loss is None):
-            raise ConfigError("loss.clip3dreid.use_3d needs body.synthetic_dir and body.model_dir")
-        if switches.use_3d and hasattr(synthetic, "genders") and hasattr(shape_loss, "check_genders"):
+        self.terms.check(switches, teacher=teacher, synthetic=synthetic, shape_loss=shape_loss)
+        if (self.terms.uses("shape_loss", switches) and hasattr(synthetic, "genders")
+                and hasattr(shape_loss, "check_genders")):
             shape_loss.check_genders(synthetic.genders)  # now: the step itself cannot check without a sync
-        if (switches.use_ot or switches.use_global or switches.use_3d) and teacher is None:
-            raise ValueError("L_OT, L_global and the 3D term need a teacher (a teacher-cache file, a CLIPTeacher "
-                             "or a teacher source): pass teacher=..., or switch them off")
-        if not (switches.use_ce or switches.use_ot or switches.use_global or switches.use_3d
-                or switches.triplet_weight > 0):
-            raise ConfigError("every term of loss.clip3dreid is switched off: nothing to train")
         self.amp = amp
         self.scaler = grad_scaler(amp, self.use_gpu)
         self.channels_last = channels_last
@@ -172,7 +159,7 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         return super().train(*args, **kwargs)
 
     def compute_losses(self, data: dict) -> Dict[str, torch.Tensor]:
-        """Forward pass and every enabled loss term (no backward).
+        """Forward pass and every term that is on (no backward).
 
         Args:
             data: a torchreid batch dict with ``img [B,3,H,W]``, ``pid [B]`` and ``impath``; or a video batch
@@ -180,10 +167,20 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
                 trained on as ``B*S`` frames.
 
         Returns:
-            ``{'loss': total, 'ce': ..., 'ot': ..., 'global': ..., 'ot_syn': ..., '3d': ..., 'triplet': ...}``
-            with only the enabled terms.
+            ``{'ce': ..., 'triplet': ..., 'ot': ..., 'global': ..., 'ot_syn': ..., '3d': ..., 'loss': total}`` with
+            only the terms that are on (see ``self.terms``).
         """
-        s = self.switches
+        needs = self.terms.needs(self.switches)
+        step = self.forward_step(self.prepare_batch(data, needs), needs)
+        values = self.terms.compute(self, step, self.switches)
+        real = step.real
+        self._diagnostics = self.monitor(real.f_id, real.local if real.text_proj is not None else None,
+                                         real.text_proj)
+        return values
+
+    def prepare_batch(self, data: dict, needs: FrozenSet[str]) -> StepBatch:
+        """The step's inputs on the device: the real rows, the teacher targets and the synthetic rows that
+        ``needs`` (keys of :data:`~clip3dreid_plugin.engine.loss_terms.NEEDS`) asks for."""
         dev = self.device
         imgs = data["img"].to(dev, non_blocking=True)
         pids = data["pid"].to(dev, non_blocking=True)
@@ -195,56 +192,61 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
             imgs = imgs.flatten(0, 1)
             pids = pids.repeat_interleave(seq_len)
             paths = batch_frame_paths(paths, clips, seq_len)
-        B = imgs.size(0)
-        text_feats = teacher_feats = None
-        if s.use_ot or s.use_global:
+        teacher_image = teacher_text = None
+        if "teacher_image" in needs or "teacher_text" in needs:
             g, labels = self.teacher.lookup(list(paths), imgs)
-            if s.use_ot:
-                text_feats = self.teacher.gather_text(labels.to(dev, non_blocking=True))
-            if s.use_global:
-                teacher_feats = g.to(dev, non_blocking=True)
-        syn = None
-        if s.use_3d:
+            if "teacher_text" in needs:
+                teacher_text = self.teacher.gather_text(labels.to(dev, non_blocking=True))
+            if "teacher_image" in needs:
+                teacher_image = g.to(dev, non_blocking=True)
+        synthetic = None
+        if "synthetic" in needs or "synthetic_text" in needs:
             syn = next(self.synthetic)
-            imgs = torch.cat([imgs, syn["img"].to(dev, non_blocking=True)])
-            syn_text = self.teacher.gather_text(syn["labels"].to(dev, non_blocking=True))
-            text_feats = syn_text if text_feats is None else torch.cat([text_feats, syn_text])
+            syn_imgs = syn["img"].to(dev, non_blocking=True)
+            text = None
+            if "synthetic_text" in needs:
+                text = self.teacher.gather_text(syn["labels"].to(dev, non_blocking=True))
+            synthetic = SyntheticBatch(syn_imgs, syn["betas"].to(dev, non_blocking=True),
+                                       syn["gender"].to(dev, non_blocking=True), text)
+        return StepBatch(imgs, pids, teacher_image, teacher_text, synthetic)
+
+    def forward_step(self, batch: StepBatch, needs: FrozenSet[str]) -> Step:
+        """One student forward over the real rows followed by the synthetic rows; its outputs split into the two."""
+        syn = batch.synthetic
+        num_real = batch.imgs.size(0)
+        imgs = batch.imgs if syn is None else torch.cat([batch.imgs, syn.imgs])
+        texts = [t for t in (batch.teacher_text, syn.text if syn is not None else None) if t is not None]
+        text_feats = None if not texts else texts[0] if len(texts) == 1 else torch.cat(texts)
         if self.channels_last:
             imgs = imgs.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            out = self.model(imgs, text_feats=text_feats, teacher_feats=teacher_feats,
-                             num_real=B if syn is not None and self.separate_synthetic_bn else None, return_dict=True,
-                             with_betas=s.use_3d)
-        f_id = out["f_id"].float()
-        terms: Dict[str, torch.Tensor] = {}
-        total = f_id.new_zeros(())
-        if s.use_ce:
-            terms["ce"] = cross_entropy(out["logits"][:B].float(), pids, self.label_smooth)
-            total = total + terms["ce"]
-        if s.triplet_weight > 0:
-            terms["triplet"] = batch_hard_triplet(f_id[:B], pids, self.triplet_margin)
-            total = total + s.triplet_weight * terms["triplet"]
-        local = out["local"]
-        # Not local[:B] / local[B:]: each slice's backward zero-fills a gradient the size of the whole
-        # [B', N, d'] map and autograd adds them; split's backward writes it once.
-        local_real, local_syn = (local, local[:0]) if local.size(0) == B else local.split([B, local.size(0) - B])
-        if s.use_ot:
-            terms["ot"] = self.ot_loss(local_real, out["text_proj"][:B])
-            total = total + s.alpha * terms["ot"]
-        if s.use_global:
-            terms["global"] = global_distill_loss(out["teacher_proj"].float(), f_id[:B], s.global_reduction)
-            total = total + s.beta * terms["global"]
-        if s.use_3d:
-            # text_proj holds [real (only when use_ot); synthetic] rows, in that order.
-            text_syn = out["text_proj"][B:] if s.use_ot else out["text_proj"]
-            terms["ot_syn"] = self.ot_loss(local_syn, text_syn)
-            terms["3d"] = self.shape_loss(out["betas"][B:], syn["betas"].to(dev, non_blocking=True),
-                                          syn["gender"].to(dev, non_blocking=True))
-            total = total + s.gamma * (terms["ot_syn"] + terms["3d"])
-        terms["loss"] = total
-        self._diagnostics = self.monitor(f_id[:B], local_real if s.use_ot else None,
-                                         out["text_proj"][:B] if s.use_ot else None)
-        return terms
+            out = self.model(imgs, text_feats=text_feats, teacher_feats=batch.teacher_image,
+                             num_real=num_real if syn is not None and self.separate_synthetic_bn else None,
+                             return_dict=True, with_betas="shapes" in needs)
+
+        def split(x: Optional[torch.Tensor]) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+            # One split, not x[:B] / x[B:]: each slice's backward zero-fills a gradient the size of the whole
+            # tensor (for the [B', N, d'] local map, a large one) and autograd adds them; split's writes it once.
+            if x is None or syn is None:
+                return x, None
+            real, synthetic = x.split([num_real, x.size(0) - num_real])
+            return real, synthetic
+
+        f_id, f_id_syn = split(out["f_id"].float())
+        logits, logits_syn = split(out["logits"])
+        local, local_syn = split(out["local"])
+        betas, betas_syn = split(out.get("betas"))
+        # text_proj holds the rows that were given text features: [real (teacher_text); synthetic (synthetic_text)].
+        text_proj = text_syn = None
+        if batch.teacher_text is not None and syn is not None and syn.text is not None:
+            text_proj, text_syn = out["text_proj"].split([num_real, syn.text.size(0)])
+        elif batch.teacher_text is not None:
+            text_proj = out["text_proj"]
+        elif syn is not None and syn.text is not None:
+            text_syn = out["text_proj"]
+        real = Rows(f_id, logits, local, text_proj, out.get("teacher_proj"), betas)
+        synthetic = None if syn is None else Rows(f_id_syn, logits_syn, local_syn, text_syn, None, betas_syn)
+        return Step(batch, real, synthetic)
 
     def forward_backward(self, data: dict) -> Dict[str, Union[float, torch.Tensor]]:
         """One training step.
@@ -259,6 +261,6 @@ class CLIP3DReIDEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         self.scaler.step(self.optimizer)
         self.scaler.update()
         summary: Dict[str, Union[float, torch.Tensor]] = {k: v.detach() for k, v in terms.items()}
-        summary.update(self.switches.weighted(summary))
+        summary.update(self.terms.weighted(summary, self.switches))
         summary.update(self._diagnostics)
         return summary

@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from clip3dreid_plugin.config.loader import ConfigError
+__all__ = ["REDUCTIONS", "global_distill_loss"]
 
-__all__ = ["global_distill_loss"]
-
-
-_REDUCTIONS = ("sum", "mean")
+#: The reductions over the feature dimension that :func:`global_distill_loss` knows.
+REDUCTIONS = ("sum", "mean")
 
 
 def global_distill_loss(projected_teacher: torch.Tensor, f_id: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
@@ -23,7 +21,7 @@ def global_distill_loss(projected_teacher: torch.Tensor, f_id: torch.Tensor, red
     Args:
         projected_teacher: ``Phi(g)`` of shape ``[B, d']``.
         f_id: the student's identity features ``[B, d']``.
-        reduction: ``sum`` or ``mean`` over the d' feature dims (``cfg.loss.clip3dreid.global_reduction``).
+        reduction: ``sum`` or ``mean`` over the d' feature dims.
 
     Returns:
         Scalar loss (float32, or float64 if an input is float64).
@@ -33,8 +31,8 @@ def global_distill_loss(projected_teacher: torch.Tensor, f_id: torch.Tensor, red
         ValueError: an input is not 2-D, the shapes differ (the message names the argument), or ``reduction`` is
             unknown.
     """
-    if reduction not in _REDUCTIONS:
-        raise ConfigError(f"loss.clip3dreid.global_reduction must be one of {_REDUCTIONS}, got '{reduction}'")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     for name, x in (("projected_teacher", projected_teacher), ("f_id", f_id)):
         if not torch.is_tensor(x):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")

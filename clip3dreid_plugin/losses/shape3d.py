@@ -1,14 +1,21 @@
 """``L_3D``: squared vertex error of the predicted canonical body against the true one (Eq. 10)."""
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
 
-from clip3dreid_plugin.config.loader import ConfigError
+__all__ = ["REDUCTIONS", "ShapeLoss"]
 
-__all__ = ["ShapeLoss"]
+#: The reductions over vertices that :class:`ShapeLoss` knows.
+REDUCTIONS = ("sum", "mean")
+
+
+def _check_reduction(reduction: str) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
 
 
 class ShapeLoss(nn.Module):
@@ -29,14 +36,15 @@ class ShapeLoss(nn.Module):
     Args:
         pred_model: body model with ``canonical_vertices(betas [B,10]) -> [B,V,3]``.
         target_models: gender id (see ``clip3dreid_plugin.data.synthetic.GENDER_IDS``) -> body model.
-        reduction: ``"sum"`` or ``"mean"`` over vertices.
+        reduction: ``"sum"`` or ``"mean"`` over vertices; a call can choose another.
+
+    Raises:
+        ValueError: ``reduction`` is not one of :data:`REDUCTIONS`.
     """
 
     def __init__(self, pred_model: nn.Module, target_models: Dict[int, nn.Module], reduction: str = "sum"):
         super().__init__()
-        if reduction not in ("sum", "mean"):
-            raise ConfigError(f"loss.clip3dreid.shape_reduction must be 'sum' or 'mean', got '{reduction}'")
-        self.reduction = reduction
+        self.reduction = _check_reduction(reduction)
         self.pred_model = pred_model
         self.target_models = target_models
 
@@ -48,7 +56,7 @@ class ShapeLoss(nn.Module):
         Args:
             model_dir: body-model folder (``cfg.body.model_dir``).
             pred_gender: body that turns predicted betas into vertices (``cfg.body.gender``).
-            reduction: ``sum`` or ``mean`` over vertices (``cfg.loss.clip3dreid.shape_reduction``).
+            reduction: ``sum`` or ``mean`` over vertices.
             device: where the body models live.
         """
         from clip3dreid_plugin.body.smpl_io import load_body_model
@@ -71,12 +79,18 @@ class ShapeLoss(nn.Module):
             raise KeyError(f"no body model for synthetic gender id(s) {missing} "
                            f"(models for {sorted(self.target_models)})")
 
-    def forward(self, pred_betas: torch.Tensor, true_betas: torch.Tensor, genders: torch.Tensor) -> torch.Tensor:
-        """Args: ``pred_betas [B,10]`` (grad flows to phi), ``true_betas [B,10]``, ``genders [B]``.
+    def forward(self, pred_betas: torch.Tensor, true_betas: torch.Tensor, genders: torch.Tensor,
+                reduction: Optional[str] = None) -> torch.Tensor:
+        """Args: ``pred_betas [B,10]`` (grad flows to phi), ``true_betas [B,10]``, ``genders [B]``; ``reduction``
+        over vertices (None: the one this loss was built with).
 
         Returns:
             Scalar loss (metres squared).
+
+        Raises:
+            ValueError: ``reduction`` is not one of :data:`REDUCTIONS`.
         """
+        reduction = self.reduction if reduction is None else _check_reduction(reduction)
         pred = self.pred_model.canonical_vertices(pred_betas.float())
         with torch.no_grad():
             target = torch.full_like(pred, float("nan"))
@@ -84,5 +98,5 @@ class ShapeLoss(nn.Module):
             for g, model in self.target_models.items():
                 target = torch.where(rows == g, model.canonical_vertices(true_betas.float()), target)
         per_vertex = ((pred - target) ** 2).sum(-1)  # [B, V]
-        per_body = per_vertex.sum(1) if self.reduction == "sum" else per_vertex.mean(1)
+        per_body = per_vertex.sum(1) if reduction == "sum" else per_vertex.mean(1)
         return per_body.mean()
