@@ -394,6 +394,14 @@ def test_old_format_cache_keeps_loading_and_is_rebuilt_saying_why(teacher, image
     assert TeacherCache.load(path).fingerprint == ref.fingerprint and ref.fingerprint["scheme"] == 2
 
 
+def test_only_rebuild_and_error_are_stale_policies(teacher, images, tmp_path):
+    from clip3dreid_plugin.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"teacher.on_stale must be one of rebuild\|error, got 'overwrite'"):
+        build_teacher_cache(teacher, images[:4], str(tmp_path / "c.pt"), progress=False, on_stale="overwrite")
+    assert not osp.exists(str(tmp_path / "c.pt"))
+
+
 def test_old_format_partial_is_ignored_with_a_warning(teacher, images, tmp_path, caplog):
     ref = build_teacher_cache(teacher, images[:8], str(tmp_path / "ref.pt"), batch_size=4, progress=False)
     path = str(tmp_path / "c.pt")
