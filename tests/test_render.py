@@ -89,16 +89,100 @@ def test_resume_renders_only_missing_images(model_root, tmp_path):
     paths = [osp.join(tmp_path, f) for f in first["files"]]
     os.remove(paths[1])
     mtimes = {p: os.stat(p).st_mtime_ns for p in paths if osp.exists(p)}
-    # an interrupted run's metadata lists only what exists
-    partial = read_synthetic_meta(str(tmp_path))
-    assert len(partial["files"]) == 4
+    # a complete set whose image was deleted since: only that image is rendered again
     second = render_synthetic_set(model_root, str(tmp_path), **kw)
     assert osp.exists(paths[1]) and bool(second["complete"])
     assert all(os.stat(p).st_mtime_ns == t for p, t in mtimes.items())  # untouched
     np.testing.assert_array_equal(second["files"], first["files"])
     np.testing.assert_array_equal(second["labels"], first["labels"])
-    with pytest.raises(SyntheticSetError, match="other arguments"):
+    with pytest.raises(SyntheticSetError, match="seed: 1 -> 2"):
         render_synthetic_set(model_root, str(tmp_path), **dict(kw, seed=2))
+
+
+KW = dict(num_female=1, num_male=1, poses_per_subject=2, height=128, width=64, seed=1, show_progress=False)
+
+
+def _count_saves(monkeypatch, fail_after=None):
+    """Counts the mesh set's image writes; optionally raises once ``fail_after`` images are written."""
+    from clip3dreid_plugin.body import synthetic_set
+
+    calls = {"n": 0}
+    original = synthetic_set._save_image
+
+    def wrapped(img, path):
+        if fail_after is not None and calls["n"] == fail_after:
+            raise KeyboardInterrupt("simulated interruption")
+        original(img, path)
+        calls["n"] += 1
+
+    monkeypatch.setattr(synthetic_set, "_save_image", wrapped)
+    return calls
+
+
+def _same_set(out_a, meta_a, out_b, meta_b):
+    assert set(meta_a) == set(meta_b)
+    for k in meta_a:
+        if k != "body_model_dir":
+            np.testing.assert_array_equal(np.asarray(meta_a[k]), np.asarray(meta_b[k]), err_msg=k)
+    for name in meta_a["files"]:
+        a, b = (np.asarray(Image.open(osp.join(folder, name))) for folder in (out_a, out_b))
+        assert np.array_equal(a, b), name
+
+
+def test_interrupted_rendering_resumes_and_equals_an_uninterrupted_one(model_root, tmp_path, monkeypatch):
+    import torch
+
+    ref = render_synthetic_set(model_root, str(tmp_path / "ref"), **KW)
+    out = str(tmp_path / "set")
+    _count_saves(monkeypatch, fail_after=3)
+    with pytest.raises(KeyboardInterrupt):
+        render_synthetic_set(model_root, out, checkpoint_every=2, **KW)
+    assert not osp.exists(osp.join(out, "meta.npz"))  # no metadata until the set is complete
+    assert torch.load(osp.join(out, "meta.npz.partial"), weights_only=True)["done"] == 3
+    monkeypatch.undo()
+    calls = _count_saves(monkeypatch)
+    resumed = render_synthetic_set(model_root, out, **KW)
+    assert calls["n"] == 1 and bool(resumed["complete"])
+    assert not osp.exists(osp.join(out, "meta.npz.partial"))
+    _same_set(str(tmp_path / "ref"), ref, out, read_synthetic_meta(out))
+
+
+def test_stale_set_is_rebuilt_saying_why(model_root, tmp_path, caplog):
+    out = str(tmp_path / "set")
+    render_synthetic_set(model_root, out, **dict(KW, seed=2))
+    with pytest.raises(SyntheticSetError) as info:
+        render_synthetic_set(model_root, out, **KW)
+    assert osp.join(out, "meta.npz") in str(info.value) and "seed: 2 -> 1" in str(info.value)
+    with caplog.at_level("WARNING", logger="clip3dreid_plugin.utils.artefact"):
+        rebuilt = render_synthetic_set(model_root, out, on_stale="rebuild", **KW)
+    lines = [r.getMessage() for r in caplog.records if "meta.npz" in r.getMessage()]
+    assert len(lines) == 1 and "seed: 2 -> 1" in lines[0] and "rebuilding" in lines[0]
+    ref = render_synthetic_set(model_root, str(tmp_path / "ref"), **KW)
+    _same_set(str(tmp_path / "ref"), ref, out, rebuilt)
+    with pytest.raises(SyntheticSetError, match="on_stale"):
+        render_synthetic_set(model_root, out, on_stale="overwrite", **KW)
+
+
+def test_old_fingerprint_set_keeps_loading_and_is_refused_or_rebuilt_saying_why(model_root, tmp_path, caplog):
+    from clip3dreid_plugin.body.synthetic import write_synthetic_meta
+    from clip3dreid_plugin.data.synthetic import SyntheticMeshDataset
+
+    ref = render_synthetic_set(model_root, str(tmp_path / "ref"), **KW)
+    out = str(tmp_path / "old")
+    import shutil
+
+    shutil.copytree(str(tmp_path / "ref"), out)
+    # meta.npz as the code before utils/artefact.py wrote it: a bare SHA-1 hex digest as its fingerprint
+    write_synthetic_meta(osp.join(out, "meta.npz"), dict(ref, fingerprint=np.str_("3f" * 20)))
+    assert len(SyntheticMeshDataset(out)) == 4  # training reads it as before
+    with pytest.raises(SyntheticSetError, match="older plugin version") as info:
+        render_synthetic_set(model_root, out, **KW)
+    assert osp.join(out, "meta.npz") in str(info.value)
+    with caplog.at_level("WARNING", logger="clip3dreid_plugin.utils.artefact"), \
+            pytest.warns(DeprecationWarning, match="overwrite"):
+        rebuilt = render_synthetic_set(model_root, out, overwrite=True, **KW)  # the old spelling still works
+    assert any("older plugin version" in r.getMessage() and "meta.npz" in r.getMessage() for r in caplog.records)
+    _same_set(str(tmp_path / "ref"), ref, out, rebuilt)
 
 
 def test_render_script(model_root, tmp_path):

@@ -195,3 +195,95 @@ def test_script_builds_the_same_set(built, body_dir, tmp_path):
     assert np.array_equal(np.asarray(Image.open(osp.join(out, "synthcc", f))),
                           np.asarray(Image.open(osp.join(built[0], "synthcc", f))))
     assert mod.main(["--root", out, "--body-model", str(tmp_path / "none"), "--no-progress"]) == 2
+
+
+def _count_saves(monkeypatch, fail_after=None):
+    """Counts synthcc's image writes; optionally raises once ``fail_after`` images are written."""
+    from clip3dreid_plugin.body import synthcc
+
+    calls = {"n": 0}
+    original = synthcc._save_png
+
+    def wrapped(img, path):
+        if fail_after is not None and calls["n"] == fail_after:
+            raise KeyboardInterrupt("simulated interruption")
+        original(img, path)
+        calls["n"] += 1
+
+    monkeypatch.setattr(synthcc, "_save_png", wrapped)
+    return calls
+
+
+def _same_set(root_a, meta_a, root_b, meta_b):
+    drop = ("dataset_dir", "rendered", "body_model")
+    assert {k: v for k, v in meta_a.items() if k not in drop} == {k: v for k, v in meta_b.items() if k not in drop}
+    for im in meta_a["images"]:
+        a = np.asarray(Image.open(osp.join(root_a, "synthcc", im["file"])))
+        b = np.asarray(Image.open(osp.join(root_b, "synthcc", im["file"])))
+        assert np.array_equal(a, b), im["file"]
+
+
+def test_interrupted_build_resumes_and_equals_an_uninterrupted_one(built, body_dir, tmp_path, monkeypatch):
+    import torch as _torch
+
+    root = str(tmp_path / "data")
+    _count_saves(monkeypatch, fail_after=9)
+    with pytest.raises(KeyboardInterrupt):
+        build_synthcc(root, body_dir, progress=False, **ARGS)
+    meta_path = osp.join(root, "synthcc", "meta.json")
+    assert not osp.exists(meta_path)  # no metadata: the loader does not mistake it for a set
+    assert _torch.load(meta_path + ".partial", weights_only=True)["done"] == 9
+    monkeypatch.undo()
+    calls = _count_saves(monkeypatch)
+    resumed = build_synthcc(root, body_dir, progress=False, **ARGS)
+    assert calls["n"] == N_IMAGES - 9 and resumed["rendered"] == N_IMAGES - 9
+    assert not osp.exists(meta_path + ".partial")
+    _same_set(built[0], built[1], root, read_synthcc_meta(root))
+
+
+def test_other_arguments_are_rebuilt_saying_why_or_refused(built, body_dir, tmp_path, caplog):
+    from clip3dreid_plugin.body.synthcc import SynthCCStaleError
+
+    root = str(tmp_path / "data")
+    build_synthcc(root, body_dir, progress=False, **dict(ARGS, seed=3))
+    meta_path = osp.join(root, "synthcc", "meta.json")
+    with pytest.raises(SynthCCStaleError) as info:
+        build_synthcc(root, body_dir, progress=False, on_stale="error", **ARGS)
+    assert meta_path in str(info.value) and "seed: 3 -> 0" in str(info.value)
+    assert read_synthcc_meta(root)["args"]["seed"] == 3  # refused: untouched
+    with caplog.at_level("WARNING", logger="clip3dreid_plugin.utils.artefact"):
+        rebuilt = build_synthcc(root, body_dir, progress=False, **ARGS)
+    lines = [r.getMessage() for r in caplog.records if meta_path in r.getMessage()]
+    assert len(lines) == 1 and "seed: 3 -> 0" in lines[0] and "rebuilding" in lines[0]
+    assert rebuilt["rendered"] == N_IMAGES
+    _same_set(built[0], built[1], root, read_synthcc_meta(root))
+    with pytest.raises(SynthCCError, match="on_stale"):
+        build_synthcc(root, body_dir, progress=False, on_stale="overwrite", **ARGS)
+
+
+def test_a_set_of_the_old_fingerprint_keeps_loading_and_is_rebuilt_saying_why(built, body_dir, tmp_path, caplog):
+    import hashlib
+    import json
+    import shutil
+
+    from clip3dreid_plugin.body.synthcc import SynthCCStaleError
+
+    root = str(tmp_path / "data")
+    shutil.copytree(osp.join(built[0], "synthcc"), osp.join(root, "synthcc"))
+    meta_path = osp.join(root, "synthcc", "meta.json")
+    # meta.json as the code before utils/artefact.py wrote it: a bare SHA-1 of the metadata as its fingerprint
+    with open(meta_path) as fh:
+        old = json.load(fh)
+    old["fingerprint"] = hashlib.sha1(json.dumps(dict(old, fingerprint=None), sort_keys=True).encode()).hexdigest()
+    with open(meta_path, "w") as fh:
+        json.dump(old, fh)
+    ds = SynthCC(root=root, verbose=False)  # the loader reads it as before
+    assert len(ds.train) == 12
+    with pytest.raises(SynthCCStaleError, match="older plugin version") as info:
+        build_synthcc(root, body_dir, progress=False, on_stale="error", **ARGS)
+    assert meta_path in str(info.value)
+    with caplog.at_level("WARNING", logger="clip3dreid_plugin.utils.artefact"):
+        rebuilt = build_synthcc(root, body_dir, progress=False, **ARGS)
+    assert any(meta_path in r.getMessage() and "older plugin version" in r.getMessage() for r in caplog.records)
+    assert rebuilt["rendered"] == N_IMAGES and rebuilt["fingerprint"] == built[1]["fingerprint"]
+    _same_set(built[0], built[1], root, read_synthcc_meta(root))

@@ -359,6 +359,61 @@ def test_interrupted_labelling_resumes_and_equals_uninterrupted(teacher, images,
     assert torch.equal(loaded.features, ref.features)
 
 
+def _write_old_format_cache(cache: TeacherCache, path: str) -> None:
+    """The cache as the code before the fingerprint scheme 2 wrote it: no 'scheme' key, the image list hashed as
+    SHA-256 of its newline-terminated lines."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in cache.paths:
+        h.update(p.encode("utf-8", "surrogateescape") + b"\n")
+    fp = {k: v for k, v in cache.fingerprint.items() if k != "scheme"}
+    fp["images"] = h.hexdigest()
+    data = cache.to_dict()
+    data["fingerprint"] = fp
+    torch.save(data, path)
+
+
+def test_old_format_cache_keeps_loading_and_is_rebuilt_saying_why(teacher, images, tmp_path, monkeypatch, caplog):
+    ref = build_teacher_cache(teacher, images[:8], str(tmp_path / "ref.pt"), batch_size=4, progress=False)
+    path = str(tmp_path / "old.pt")
+    _write_old_format_cache(ref, path)
+    loaded = TeacherCache.load(path)  # training reads it as before
+    assert torch.equal(loaded.features, ref.features) and "scheme" not in loaded.fingerprint
+    loaded.check_compatible(images[:8], teacher.model_name, weights_id=teacher.weights_id(), pairs=DESCRIPTOR_PAIRS,
+                            template=PROMPT_TEMPLATE)
+    with pytest.raises(TeacherCacheStaleError) as info:
+        build_teacher_cache(teacher, images[:8], path, batch_size=4, progress=False, on_stale="error")
+    assert path in str(info.value) and "older plugin version (scheme 1, now 2)" in str(info.value)
+    calls = _count_encodes(monkeypatch, teacher)
+    with caplog.at_level("WARNING", logger="clip3dreid_plugin.utils.artefact"):
+        rebuilt = build_teacher_cache(teacher, images[:8], path, batch_size=4, progress=False)
+    assert calls["n"] == 2
+    assert any(path in r.getMessage() and "older plugin version" in r.getMessage() for r in caplog.records)
+    assert torch.equal(rebuilt.features, ref.features)
+    assert TeacherCache.load(path).fingerprint == ref.fingerprint and ref.fingerprint["scheme"] == 2
+
+
+def test_only_rebuild_and_error_are_stale_policies(teacher, images, tmp_path):
+    from clip3dreid_plugin.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"teacher.on_stale must be one of rebuild\|error, got 'overwrite'"):
+        build_teacher_cache(teacher, images[:4], str(tmp_path / "c.pt"), progress=False, on_stale="overwrite")
+    assert not osp.exists(str(tmp_path / "c.pt"))
+
+
+def test_old_format_partial_is_ignored_with_a_warning(teacher, images, tmp_path, caplog):
+    ref = build_teacher_cache(teacher, images[:8], str(tmp_path / "ref.pt"), batch_size=4, progress=False)
+    path = str(tmp_path / "c.pt")
+    # the partial file of the code before utils/artefact.py: the cache layout plus 'done', rows of other values
+    old = dict(ref.to_dict(), done=4, features=torch.zeros_like(ref.features))
+    torch.save(old, path + ".partial")
+    with caplog.at_level("WARNING", logger="clip3dreid_plugin.utils.artefact"):
+        built = build_teacher_cache(teacher, images[:8], path, batch_size=4, progress=False)
+    assert any("older plugin version in another format" in r.getMessage() for r in caplog.records)
+    assert torch.equal(built.features, ref.features) and not osp.exists(path + ".partial")
+
+
 def test_lookup_of_missing_image_names_it(teacher, images, tmp_path):
     cache = build_teacher_cache(teacher, images[:5], str(tmp_path / "c.pt"), batch_size=8, progress=False)
     with pytest.raises(TeacherCacheMissError, match="img_017.png") as info:

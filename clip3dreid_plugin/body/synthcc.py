@@ -26,13 +26,16 @@ gallery, and ``general`` / ``sc`` / ``cc`` are all meaningful.
 images, per identity its gender, betas, skin tone, outfit pool indices and the 16 ground-truth
 descriptor labels (measured on its canonical mesh, thresholds = medians over the identities), the
 outfit pool, the cameras, and one record per image. The build is deterministic in its arguments
-and the body model files, resumable (images already rendered under the same fingerprint are kept)
-and idempotent (a complete set with the same fingerprint is not touched); every file is written
-to a temporary name and moved into place with ``os.replace``.
+and the body model files, resumable and idempotent through :mod:`clip3dreid_plugin.utils.artefact`:
+images are rendered in index order, how far a build got is saved to ``meta.json.partial`` (with the
+fingerprint) and a rerun continues from there; ``meta.json`` is written last, so it marks a complete
+set, which a rerun with the same fingerprint does not touch (it only renders images deleted since).
+A set of other arguments (or of an older plugin version's fingerprint) is rebuilt with a line saying
+what changed, or refused with ``on_stale='error'``. Every file is written to a temporary name and
+moved into place with ``os.replace``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -40,7 +43,7 @@ import os
 import os.path as osp
 import re
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -52,6 +55,16 @@ from clip3dreid_plugin.body.smpl_io import BodyModel, load_body_model
 from clip3dreid_plugin.body.synthetic_set import canonical_descriptors
 from clip3dreid_plugin.errors import UserError
 from clip3dreid_plugin.teacher.descriptors import DESCRIPTOR_PAIRS
+from clip3dreid_plugin.utils.artefact import (
+    PartialBuild,
+    StaleArtefactError,
+    apply_stale_policy,
+    as_fingerprint,
+    check_stale_policy,
+    digest,
+    fingerprint,
+    fingerprint_diff,
+)
 from clip3dreid_plugin.utils.hashing import file_sha256
 from clip3dreid_plugin.utils.io import atomic_write
 from clip3dreid_plugin.utils.paths import stays_inside
@@ -59,7 +72,7 @@ from clip3dreid_plugin.utils.progress import progress
 from clip3dreid_plugin.utils.rng import spawn_rngs
 
 __all__ = [
-    "DATASET_DIR", "META_NAME", "SPLITS", "SynthCCError", "build_synthcc", "read_synthcc_meta",
+    "DATASET_DIR", "META_NAME", "SPLITS", "SynthCCError", "SynthCCStaleError", "build_synthcc", "read_synthcc_meta",
     "synthcc_labels_by_path", "synthcc_shapes_by_path", "synthcc_ground_truth", "outfit_pool_size",
     "camera_background", "FILE_PATTERN",
 ]
@@ -75,6 +88,8 @@ BETA_SIGMA = 1.25  # default spread, wider than the synthetic mesh set's 1.0: id
 SUBDIVISIONS = 2  # midpoint subdivisions of the colouring mesh: stripes need ~1 cm vertex spacing, rings are ~5 cm
 YAW_HALF_RANGE = 30.0  # degrees of yaw jitter around a camera's viewing direction
 MAX_DISTANCE_SCALE = 1.15
+SAVE_EVERY_S = 30.0  # how often an unfinished build saves how far it got (meta.json.partial)
+STALE_HINT = "Delete it, or build with on_stale='rebuild'"
 
 # Clothing palette (sRGB in [0, 1]); several identities share each colour, so colour alone is no cue.
 PALETTE: Tuple[Tuple[str, Tuple[float, float, float]], ...] = (
@@ -99,6 +114,10 @@ _SHANK_BONES = (J.L_KNEE, J.R_KNEE)  # trouser leg when long, skin when shorts
 
 class SynthCCError(UserError, RuntimeError):
     """Invalid synthcc arguments, or a synthcc folder whose metadata is missing or unreadable."""
+
+
+class SynthCCStaleError(SynthCCError, StaleArtefactError):
+    """The folder holds a synthcc set of other arguments or another body model, and ``on_stale='error'``."""
 
 
 # ----------------------------------------------------------------------------------------------- plan
@@ -358,10 +377,18 @@ def _clear_images(dataset_dir: str) -> int:
     return n
 
 
+def _fingerprint(meta: Dict[str, Any]) -> Dict[str, Any]:
+    """The set's fingerprint: its arguments and body model hashes as they are, everything drawn from them as one
+    digest (paths are left out: the same model files moved elsewhere give the same set)."""
+    drawn = {k: v for k, v in meta.items() if k not in ("format_version", "args", "beta_sigma", "body_model")}
+    return fingerprint(dict(meta["args"], format_version=meta["format_version"], beta_sigma=meta["beta_sigma"],
+                            body_model={g: v["sha256"] for g, v in meta["body_model"].items()}, drawn=digest(drawn)))
+
+
 # ---------------------------------------------------------------------------------------------- build
 def build_synthcc(root: str, body_model_dir: str, num_ids: int = 60, outfits_per_id: int = 3, num_cameras: int = 3,
                   poses_per_view: int = 2, height: int = 128, width: int = 64, seed: int = 0,
-                  progress: bool = True, beta_sigma: float = BETA_SIGMA) -> Dict[str, Any]:
+                  progress: bool = True, beta_sigma: float = BETA_SIGMA, on_stale: str = "rebuild") -> Dict[str, Any]:
     """Builds (or resumes, or leaves alone) the synthcc set under ``root/synthcc``.
 
     Args:
@@ -377,6 +404,8 @@ def build_synthcc(root: str, body_model_dir: str, num_ids: int = 60, outfits_per
         progress: show a tqdm bar while rendering.
         beta_sigma: standard deviation of the identities' shape coefficients: the spread of body shapes, i.e. how
             far apart two identities are in the one cue synthcc keeps through a change of clothes.
+        on_stale: ``rebuild`` (default; one line says what changed) or ``error`` when the folder holds a set of
+            other arguments or another body model (or one written by an older plugin version).
 
     Returns:
         The metadata as written to ``meta.json`` (see the module docstring), plus ``dataset_dir`` and
@@ -384,6 +413,7 @@ def build_synthcc(root: str, body_model_dir: str, num_ids: int = 60, outfits_per
 
     Raises:
         SynthCCError: invalid arguments.
+        SynthCCStaleError: ``on_stale='error'`` and the folder holds another set (names the file and the diff).
         BodyModelError: body model files missing or unreadable.
         HeadlessGLError: no headless OpenGL for rendering.
     """
@@ -394,6 +424,7 @@ def build_synthcc(root: str, body_model_dir: str, num_ids: int = 60, outfits_per
         raise SynthCCError(f"image size {height}x{width} is too small")
     if not beta_sigma > 0:
         raise SynthCCError(f"beta_sigma must be positive, got {beta_sigma}")
+    check_stale_policy(on_stale, "on_stale", SynthCCError)
     show = progress  # the argument shadows the module's progress() helper inside this function
     t0 = time.time()
     dataset_dir = osp.join(osp.abspath(osp.expanduser(root)), DATASET_DIR)
@@ -424,39 +455,52 @@ def build_synthcc(root: str, body_model_dir: str, num_ids: int = 60, outfits_per
         "outfit_pool": plan["pool"],
         "cameras": plan["cameras"],
         "images": plan["images"],
+        "complete": True,  # only a finished build writes meta.json (older versions wrote it first, False)
     }
-    # paths are excluded: the same model files moved elsewhere give the same set
-    hashed = dict(meta, body_model={g: v["sha256"] for g, v in meta["body_model"].items()})
-    meta["fingerprint"] = hashlib.sha1(json.dumps(hashed, sort_keys=True).encode("utf-8")).hexdigest()
+    meta["fingerprint"] = _fingerprint(meta)
     meta_path = osp.join(dataset_dir, META_NAME)
+    paths = [osp.join(dataset_dir, im["file"]) for im in plan["images"]]
 
-    old_fp: Optional[str] = None
     if osp.isfile(meta_path):
         try:
-            old_fp = read_synthcc_meta(dataset_dir).get("fingerprint")
-        except SynthCCError:
-            old_fp = None
-    paths = [osp.join(dataset_dir, im["file"]) for im in plan["images"]]
-    if old_fp == meta["fingerprint"]:
-        todo = [i for i, p in enumerate(paths) if not osp.isfile(p)]
-        if not todo:
-            logger.info("synthcc at %s is complete and up to date (%d images); nothing to do", dataset_dir, len(paths))
-            return dict(meta, complete=True, dataset_dir=dataset_dir, rendered=0)
-        logger.info("resuming synthcc at %s: %d of %d images missing", dataset_dir, len(todo), len(paths))
+            old = read_synthcc_meta(dataset_dir)
+            diff = fingerprint_diff(as_fingerprint(old.get("fingerprint")), meta["fingerprint"])
+        except SynthCCError as err:
+            diff = [f"unreadable ({err})"]
+        if apply_stale_policy(meta_path, diff, on_stale, "synthcc metadata", STALE_HINT, SynthCCStaleError):
+            todo = [i for i, p in enumerate(paths) if not osp.isfile(p)]
+            if not todo:
+                logger.info("synthcc at %s is complete and up to date (%d images); nothing to do", dataset_dir,
+                            len(paths))
+                return dict(meta, dataset_dir=dataset_dir, rendered=0)
+            logger.info("synthcc at %s: %d of %d images missing; rendering them", dataset_dir, len(todo), len(paths))
+            _render(plan, models, pose_pool, todo, paths, height, width, show)
+            return dict(meta, dataset_dir=dataset_dir, rendered=len(todo))
+        # stale: the set is gone from here on (no metadata), until the rebuild writes the new one
+        os.remove(meta_path)
+
+    partial = PartialBuild(meta_path, meta["fingerprint"], "synthcc build", save_every_s=SAVE_EVERY_S)
+    start, _ = partial.resume()
+    if start:
+        logger.info("resuming synthcc at %s from image %d of %d", dataset_dir, start, len(paths))
     else:
         removed = _clear_images(dataset_dir)
         if removed:
-            logger.warning("synthcc at %s was built with other arguments or body model; removed %d old images",
-                           dataset_dir, removed)
-        todo = list(range(len(paths)))
+            logger.info("synthcc at %s: removed %d images of an earlier build", dataset_dir, removed)
+    todo = list(range(start, len(paths)))
     for split in SPLITS:
         os.makedirs(osp.join(dataset_dir, split), exist_ok=True)
-    # the metadata goes first (marked incomplete): a crash mid-render then resumes under the same fingerprint
-    _write_meta(meta_path, dict(meta, complete=False))
+    rendered = [start]
 
-    _render(plan, models, pose_pool, todo, paths, height, width, show)
-    meta["complete"] = True
+    def one_done() -> None:
+        rendered[0] += 1
+        partial.step(rendered[0], dict)
+
+    # images are rendered in index order, so 'done' images are always the first ones
+    with partial.saved_on_error(lambda: (rendered[0], {})):
+        _render(plan, models, pose_pool, todo, paths, height, width, show, one_done)
     _write_meta(meta_path, meta)
+    partial.finish()
     dt = time.time() - t0
     logger.info("synthcc: rendered %d images in %.1f s (%.1f img/s) into %s", len(todo), dt,
                 len(todo) / max(dt, 1e-9), dataset_dir)
@@ -465,8 +509,10 @@ def build_synthcc(root: str, body_model_dir: str, num_ids: int = 60, outfits_per
 
 @torch.no_grad()
 def _render(plan: Dict[str, Any], models: Dict[str, BodyModel], pose_pool: np.ndarray, todo: List[int],
-            paths: List[str], height: int, width: int, show: bool) -> None:
-    """Renders the images ``todo`` of the plan, one identity at a time (one batched posing per identity)."""
+            paths: List[str], height: int, width: int, show: bool,
+            on_image: Optional[Callable[[], None]] = None) -> None:
+    """Renders the images ``todo`` of the plan in their order, one identity at a time (one batched posing per
+    identity); ``on_image()`` is called after each image is written."""
     from clip3dreid_plugin.body.render import MeshRenderer
 
     images = plan["images"]
@@ -508,6 +554,8 @@ def _render(plan: Dict[str, Any], models: Dict[str, BodyModel], pose_pool: np.nd
                 img = np.where((depth > 0)[..., None], rgb.astype(np.float64) / 255.0, bg)
                 img = np.clip(img * np.asarray(cam["white_balance"]), 0.0, 1.0)
                 _save_png(np.round(img * 255.0).astype(np.uint8), paths[i])
+                if on_image is not None:
+                    on_image()
                 next(bar_iter, None)
     if hasattr(bar, "close"):
         bar.close()

@@ -29,13 +29,14 @@ measurement_names   [13] str
 pose_pool           [P, 69] f32     axis-angle body poses; ``pose_names`` [P] str
 image_size          [2] int32       (H, W)
 seed, sigma         scalars         sampling seed and beta standard deviation
-fingerprint         str             hash of everything that determines the set (resume check)
-complete            bool            all planned images are present
+fingerprint         str             JSON of the fingerprint dict (``utils/artefact.py``; stale check)
+complete            bool            all planned images are present (sets of older versions: maybe not)
 format_version      int
 ==================  ==============  ===============================================================
 
-Only rendered images are listed, so a partially rendered set's metadata is always consistent with
-the files on disk.
+Only rendered images are listed, so the metadata is always consistent with the files on disk; the
+renderer writes it when the set is complete (an unfinished run keeps its progress in
+``meta.npz.partial``).
 """
 from __future__ import annotations
 

@@ -5,18 +5,23 @@ Output layout::
     <out_dir>/meta.npz          one metadata file (format: clip3dreid_plugin.body.synthetic)
     <out_dir>/images/*.png      one untextured render per (subject, pose)
 
-The run is resumable: the plan is deterministic in the arguments, images already on disk are
-skipped, every image and the metadata are written atomically (temporary file + ``os.replace``),
-and the metadata is refreshed every ``checkpoint_every`` images, listing only images that exist.
-A folder rendered with different arguments (other fingerprint) is refused unless ``overwrite``.
+The run is resumable through :mod:`clip3dreid_plugin.utils.artefact`: the plan is deterministic in
+the arguments, images are rendered in index order, every image is written atomically (temporary
+file + ``os.replace``), how far the rendering got is saved to ``meta.npz.partial`` (with the
+fingerprint) every ``checkpoint_every`` images and on an interruption, and a rerun continues from
+there. ``meta.npz`` is written last, so it marks a complete set; a rerun with the same fingerprint
+only renders images deleted since. A folder rendered with different arguments (or by an older
+plugin version, whose fingerprint was a bare digest) is refused naming what changed, or
+re-rendered with ``on_stale='rebuild'`` (``--overwrite``).
 """
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import logging
 import os
 import os.path as osp
+import warnings
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
@@ -36,15 +41,30 @@ from clip3dreid_plugin.body.synthetic import (
     write_synthetic_meta,
 )
 from clip3dreid_plugin.teacher.descriptors import DESCRIPTOR_PAIRS
+from clip3dreid_plugin.utils.artefact import (
+    PartialBuild,
+    StaleArtefactError,
+    apply_stale_policy,
+    as_fingerprint,
+    check_stale_policy,
+    digest,
+    fingerprint,
+    fingerprint_diff,
+)
 from clip3dreid_plugin.utils.hashing import file_sha256
 from clip3dreid_plugin.utils.io import atomic_write
 from clip3dreid_plugin.utils.progress import progress
 
-__all__ = ["render_synthetic_set", "SyntheticSetError", "canonical_descriptors"]
+__all__ = ["render_synthetic_set", "SyntheticSetError", "SyntheticSetStaleError", "canonical_descriptors"]
 
 logger = logging.getLogger(__name__)
 
 IMAGE_DIR = "images"
+STALE_HINT = "Choose a new --out, or pass --overwrite (on_stale='rebuild') to re-render it"
+
+
+class SyntheticSetStaleError(SyntheticSetError, StaleArtefactError):
+    """``out_dir`` holds a set rendered with other arguments (or another body model) and ``on_stale='error'``."""
 
 
 @torch.no_grad()
@@ -90,8 +110,9 @@ def _save_image(img: np.ndarray, path: str) -> None:
 def render_synthetic_set(body_model_dir: str, out_dir: str, num_female: int, num_male: int, poses_per_subject: int,
                          height: int = 384, width: int = 192, seed: int = 0, pose_file: Optional[str] = None,
                          sigma: float = 1.0, thresholds: Optional[Sequence[float]] = None, ext: str = "png",
-                         overwrite: bool = False, checkpoint_every: int = 200, show_progress: bool = True,
-                         renderer_kwargs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                         on_stale: str = "error", checkpoint_every: int = 200, show_progress: bool = True,
+                         renderer_kwargs: Optional[Dict[str, Any]] = None, overwrite: Optional[bool] = None
+                         ) -> Dict[str, Any]:
     """Renders (or resumes) a synthetic set.
 
     Args:
@@ -107,42 +128,47 @@ def render_synthetic_set(body_model_dir: str, out_dir: str, num_female: int, num
         sigma: standard deviation of the sampled betas.
         thresholds: [16] descriptor thresholds; None = medians of the sampled population.
         ext: ``png`` or ``jpg``.
-        overwrite: re-render a folder that holds a set with another fingerprint.
-        checkpoint_every: rewrite the metadata after this many new images.
+        on_stale: ``error`` (default: a folder holding a set with another fingerprint is refused, naming what
+            changed) or ``rebuild`` (it is re-rendered, with a line saying what changed).
+        checkpoint_every: save how far the rendering got (``meta.npz.partial``) after this many new images.
         show_progress: tqdm bar.
         renderer_kwargs: extra :class:`~clip3dreid_plugin.body.render.MeshRenderer` arguments.
+        overwrite: deprecated spelling of ``on_stale``: True is ``rebuild``, False ``error``.
 
     Returns:
         The metadata as written (see :mod:`clip3dreid_plugin.body.synthetic`).
 
     Raises:
-        SyntheticSetError: ``out_dir`` holds a different set and ``overwrite`` is False.
+        SyntheticSetStaleError: ``out_dir`` holds a different set and ``on_stale`` is ``error``.
         BodyModelError: body model files missing or unreadable.
         HeadlessGLError: no headless OpenGL.
         PoseFileError: bad ``pose_file``.
     """
+    if overwrite is not None:
+        warnings.warn("render_synthetic_set(overwrite=...) is deprecated; pass on_stale='rebuild' or 'error'",
+                      DeprecationWarning, stacklevel=2)
+        on_stale = "rebuild" if overwrite else "error"
+    check_stale_policy(on_stale, "on_stale", SyntheticSetError)
     plan = make_plan(num_female, num_male, poses_per_subject, seed=seed, sigma=sigma, pose_file=pose_file, ext=ext)
     models = {g: load_body_model(body_model_dir, g) for g in np.unique(plan.genders)}
     desc = canonical_descriptors(models, plan.betas, plan.genders,
                                  None if thresholds is None else np.asarray(thresholds, dtype=np.float64))
     renderer_kwargs = dict(renderer_kwargs or {})
-    fingerprint = _fingerprint(plan, models, desc["thresholds"], height, width, seed, sigma, renderer_kwargs)
+    fp = _fingerprint(plan, models, desc["thresholds"], height, width, seed, sigma, renderer_kwargs)
 
     img_dir = osp.join(out_dir, IMAGE_DIR)
     os.makedirs(img_dir, exist_ok=True)
     meta_path = osp.join(out_dir, META_NAME)
+    repair = False
     if osp.isfile(meta_path):
-        old = read_synthetic_meta(meta_path).get("fingerprint", "")
-        if old != fingerprint:
-            if not overwrite:
-                raise SyntheticSetError(
-                    f"{out_dir} already holds a synthetic set rendered with other arguments (or another body "
-                    "model); choose a new --out, or pass overwrite=True / --overwrite to re-render it")
-            logger.warning("re-rendering %s: the existing set has another fingerprint", out_dir)
-            for name in plan.files:
-                p = osp.join(img_dir, str(name))
-                if osp.exists(p):
-                    os.remove(p)
+        old = read_synthetic_meta(meta_path)
+        diff = fingerprint_diff(as_fingerprint(old.get("fingerprint", "")), fp)
+        repair = apply_stale_policy(meta_path, diff, on_stale, "synthetic set", STALE_HINT, SyntheticSetStaleError)
+        if not repair:  # stale: the old set goes (its metadata first, so no reader sees a half-deleted set)
+            os.remove(meta_path)
+            for name in np.atleast_1d(old.get("files", [])):
+                if osp.exists(osp.join(out_dir, str(name))):
+                    os.remove(osp.join(out_dir, str(name)))
     for name in os.listdir(img_dir):
         if name.endswith(".tmp"):  # leftovers of an interrupted write
             os.remove(osp.join(img_dir, name))
@@ -169,13 +195,18 @@ def render_synthetic_set(body_model_dir: str, out_dir: str, num_female: int, num
             "image_size": np.array([height, width], dtype=np.int32),
             "seed": np.int64(seed),
             "sigma": np.float64(sigma),
-            "fingerprint": np.str_(fingerprint),
+            "fingerprint": np.str_(json.dumps(fp, sort_keys=True)),
             "complete": np.bool_(bool(done.all())),
             "format_version": np.int64(META_FORMAT_VERSION),
             "body_model_dir": np.str_(osp.abspath(body_model_dir)),
         }
 
-    done = np.array([osp.isfile(osp.join(img_dir, str(f))) for f in plan.files])
+    partial = PartialBuild(meta_path, fp, "synthetic set rendering", save_every_s=0, save_every=checkpoint_every)
+    if repair:  # complete and up to date: only images deleted since are rendered
+        done = np.array([osp.isfile(osp.join(img_dir, str(f))) for f in plan.files])
+    else:  # rendered in index order: the first 'start' images are done
+        start, _ = partial.resume()
+        done = np.arange(plan.num_images) < start
     todo = np.flatnonzero(~done)
     if len(todo) == 0:
         logger.info("all %d images of %s already exist", plan.num_images, out_dir)
@@ -184,9 +215,9 @@ def render_synthetic_set(body_model_dir: str, out_dir: str, num_female: int, num
                     len(plan.betas), out_dir)
         from clip3dreid_plugin.body.render import MeshRenderer
 
-        with MeshRenderer(height=height, width=width, **renderer_kwargs) as renderer:
+        with MeshRenderer(height=height, width=width, **renderer_kwargs) as renderer, \
+                (contextlib.nullcontext() if repair else partial.saved_on_error(lambda: (int(done.sum()), {}))):
             cache_subject, cache = -1, {}
-            since_ckpt = 0
             for i in progress(todo, total=len(todo), desc="render", enabled=show_progress):
                 s = int(plan.subject[i])
                 if s != cache_subject:
@@ -196,12 +227,11 @@ def render_synthetic_set(body_model_dir: str, out_dir: str, num_female: int, num
                                       float(plan.yaw_deg[i]), float(plan.distance_scale[i]))
                 _save_image(img, osp.join(img_dir, str(plan.files[i])))
                 done[i] = True
-                since_ckpt += 1
-                if since_ckpt >= checkpoint_every:
-                    write_synthetic_meta(meta_path, meta_for(done))
-                    since_ckpt = 0
+                if not repair:
+                    partial.step(int(done.sum()), dict)
     meta = meta_for(done)
     write_synthetic_meta(meta_path, meta)
+    partial.finish()
     return meta
 
 
@@ -218,15 +248,14 @@ def _posed_subject(plan: SyntheticPlan, models: Dict[str, BodyModel], subject: i
 
 
 def _fingerprint(plan: SyntheticPlan, models: Dict[str, BodyModel], thresholds: np.ndarray, height: int, width: int,
-                 seed: int, sigma: float, renderer_kwargs: Dict[str, Any]) -> str:
-    """Hash of everything that determines the images and labels (arguments, pose pool, body model files)."""
-    h = hashlib.sha1()
-    h.update(json.dumps({"files": plan.files.tolist(), "pose_id": plan.pose_id.tolist(), "seed": int(seed),
-                         "sigma": float(sigma), "size": [int(height), int(width)],
-                         "renderer": {k: repr(v) for k, v in sorted(renderer_kwargs.items())},
-                         "version": META_FORMAT_VERSION}, sort_keys=True).encode())
-    for arr in (plan.betas, plan.pose_pool, plan.yaw_deg, plan.distance_scale, np.round(thresholds, 10)):
-        h.update(np.ascontiguousarray(arr).tobytes())
-    for g in sorted(models):
-        h.update(file_sha256(models[g].path).encode())
-    return h.hexdigest()
+                 seed: int, sigma: float, renderer_kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Everything that determines the images and labels: the arguments, the body model files and, as one digest,
+    the plan drawn from them (pose pool included)."""
+    drawn = {"files": plan.files, "pose_id": plan.pose_id, "betas": plan.betas, "pose_pool": plan.pose_pool,
+             "yaw_deg": plan.yaw_deg, "distance_scale": plan.distance_scale}
+    return fingerprint({"format_version": META_FORMAT_VERSION, "seed": int(seed), "sigma": float(sigma),
+                        "num_images": int(plan.num_images), "size": [int(height), int(width)],
+                        "renderer": {k: repr(v) for k, v in sorted(renderer_kwargs.items())},
+                        "thresholds": np.round(np.asarray(thresholds, dtype=np.float64), 10),
+                        "body_model": {g: file_sha256(models[g].path) for g in sorted(models)},
+                        "plan": digest(drawn)})

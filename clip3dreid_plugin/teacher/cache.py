@@ -9,25 +9,25 @@ with ``weights_only=True``)::
     features      float32 [N, d]   L2-normalised teacher image features g
     labels        uint8   [N, M]   descriptor labels (0 = phrase 1, 1 = phrase 2)
     text_features float32 [M, 2, d] L2-normalised prompt text features (stored once)
-    fingerprint   dict: teacher name, weights id (sha256 of the file / tag / hash of random
-                  weights), hash of the image list, pairs, template, resize mode, precision,
-                  open_clip version
+    fingerprint   dict (:func:`clip3dreid_plugin.utils.artefact.fingerprint`): teacher name, weights
+                  id (sha256 of the file / tag / hash of random weights), digest of the image
+                  list, pairs, template, resize mode, precision, open_clip version, scheme
 
 Features are stored as float32 (3 KB per image at d=768; ~30 MB for a 10k-image training set) so
 that cache mode reproduces online mode bit for bit; float16 would halve this at a ~1e-3 relative
 error on the global-distillation target.
 
 Building is batched, shows a tqdm bar, writes atomically (temp file + ``os.replace``) and is
-resumable: every ``save_every_s`` seconds / ``save_every_batches`` batches, and on an exception,
-the rows done so far go to ``<cache>.partial``; a rerun with the same fingerprint continues from
-there. Rows are computed in the fixed (sorted) path order, so a resumed cache equals an
-uninterrupted one.
+resumable through :class:`~clip3dreid_plugin.utils.artefact.PartialBuild`: every ``save_every_s``
+seconds / ``save_every_batches`` batches, and on an exception, the rows done so far go to
+``<cache>.partial``; a rerun with the same fingerprint continues from there. Rows are computed in
+the fixed (sorted) path order, so a resumed cache equals an uninterrupted one. A cache written
+before the fingerprint scheme 2 (an older plugin version) is stale by its scheme: ``teacher.on_stale``
+rebuilds it with a line saying so, or stops (``error``).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import os.path as osp
 import re
 import time
@@ -39,6 +39,8 @@ from torch.utils.data import DataLoader, Dataset
 from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.errors import InputError, UserError
 from clip3dreid_plugin.teacher.clip_teacher import gather_text_features
+from clip3dreid_plugin.utils import artefact
+from clip3dreid_plugin.utils.artefact import PartialBuild, apply_stale_policy, check_stale_policy
 from clip3dreid_plugin.utils.io import atomic_write
 from clip3dreid_plugin.utils.safe_pickle import weights_only_refusal
 from datasets_ext.image_io import read_image
@@ -62,8 +64,11 @@ __all__ = [
 ]
 
 CACHE_FORMAT = 1
-PARTIAL_SUFFIX = ".partial"
 REBUILD_HINT = "rebuild it with: clip3dreid-label --config-file CFG (teacher.on_stale rebuild)"
+STALE_HINT = "Delete it or set teacher.on_stale rebuild"
+# Readable names of fingerprint entries in messages.
+_LABELS = {"images": "image list (sha256)", "weights": "teacher weights", "pairs": "descriptor pairs",
+           "resize_mode": "resize mode", "template": "prompt template"}
 
 
 class TeacherCacheError(UserError, RuntimeError):
@@ -81,7 +86,7 @@ class TeacherCacheMismatchError(TeacherCacheError, ValueError):
     """The cache belongs to another dataset, teacher, weights or descriptor set."""
 
 
-class TeacherCacheStaleError(TeacherCacheMismatchError):
+class TeacherCacheStaleError(TeacherCacheMismatchError, artefact.StaleArtefactError):
     """An existing cache file's fingerprint differs from the requested one (``on_stale='error'``)."""
 
 
@@ -99,12 +104,8 @@ def canonical_paths(paths: Sequence[str]) -> List[str]:
 
 
 def image_list_hash(paths: Sequence[str]) -> str:
-    """SHA-256 of the canonical image list (order and duplicates do not matter)."""
-    h = hashlib.sha256()
-    for p in canonical_paths(paths):
-        h.update(p.encode("utf-8", "surrogateescape"))
-        h.update(b"\n")
-    return h.hexdigest()
+    """Digest of the canonical image list (order and duplicates do not matter)."""
+    return artefact.digest(canonical_paths(paths))
 
 
 def teacher_fingerprint(teacher, image_paths: Sequence[str]) -> Dict[str, Any]:
@@ -116,7 +117,7 @@ def teacher_fingerprint(teacher, image_paths: Sequence[str]) -> Dict[str, Any]:
     """
     import open_clip
 
-    return {
+    return artefact.fingerprint({
         "format": CACHE_FORMAT,
         "teacher": teacher.model_name,
         "weights": teacher.weights_id(),
@@ -127,31 +128,18 @@ def teacher_fingerprint(teacher, image_paths: Sequence[str]) -> Dict[str, Any]:
         "resize_mode": teacher.resize_mode,
         "precision": getattr(teacher, "precision", "fp32"),
         "open_clip": open_clip.__version__,
-    }
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    })
 
 
 def fingerprint_diff(old: Dict[str, Any], new: Dict[str, Any], keys: Optional[Sequence[str]] = None) -> List[str]:
-    """Human-readable list of the fingerprint entries that differ (``key: old -> new``); empty when they agree.
-
-    The one way the plugin compares fingerprints (cache reuse, resumed partial caches, concatenation, run checks).
+    """:func:`clip3dreid_plugin.utils.artefact.fingerprint_diff` with the teacher cache's readable entry names.
 
     Args:
         old: the stored fingerprint.
         new: the wanted one.
-        keys: compare only these entries (default: every entry of either).
+        keys: compare only these entries (default: every entry of either, and the scheme).
     """
-    out = []
-    for key in sorted(set(old) | set(new)) if keys is None else keys:
-        if old.get(key) != new.get(key):
-            label = {"images": "image list (sha256)", "weights": "teacher weights", "pairs": "descriptor pairs",
-                     "resize_mode": "resize mode", "template": "prompt template"}.get(key, key)
-            out.append(f"{label}: {_short(old.get(key))} -> {_short(new.get(key))}")
-    return out
+    return artefact.fingerprint_diff(old, new, keys, _LABELS)
 
 
 def _safe_name(text: str) -> str:
@@ -413,21 +401,6 @@ class _ImageFiles(Dataset):
         return self.transform(read_image(self.paths[i]))
 
 
-def _load_partial(path: str, fingerprint: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    if not osp.isfile(path):
-        return None
-    try:
-        data = _read(path)
-    except TeacherCacheError as err:
-        logger.warning("ignoring unreadable partial teacher cache: %s", err)
-        return None
-    diff = fingerprint_diff(data.get("fingerprint") or {}, fingerprint)
-    if diff:
-        logger.warning("discarding partial teacher cache '%s' made for other inputs (%s)", path, "; ".join(diff))
-        return None
-    return data
-
-
 def build_teacher_cache(teacher, image_paths: Sequence[str], cache_path: str, batch_size: int = 64,
                         on_stale: str = "rebuild", progress: bool = True, num_workers: int = 0, dataset: str = "",
                         save_every_s: float = 60.0, save_every_batches: int = 0) -> TeacherCache:
@@ -454,8 +427,7 @@ def build_teacher_cache(teacher, image_paths: Sequence[str], cache_path: str, ba
     """
     from clip3dreid_plugin.utils.progress import progress as progress_bar
 
-    if on_stale not in ("rebuild", "error"):
-        raise ConfigError(f"teacher.on_stale must be 'rebuild' or 'error', got '{on_stale}'")
+    check_stale_policy(on_stale, "teacher.on_stale", ConfigError)
     if batch_size < 1:
         raise ConfigError(f"teacher.batch_size must be >= 1, got {batch_size}")
     paths = canonical_paths(image_paths)
@@ -466,83 +438,59 @@ def build_teacher_cache(teacher, image_paths: Sequence[str], cache_path: str, ba
     if osp.isfile(cache_path):
         try:
             old = _read(cache_path)
-            old_fp = old.get("fingerprint") or {}
+            diff = fingerprint_diff(old.get("fingerprint") or {}, fp)
         except TeacherCacheError as err:
-            old, old_fp = None, {"unreadable": str(err)}
-        diff = "; ".join(fingerprint_diff(old_fp, fp))
-        if old is not None and not diff and "done" not in old:
+            old, diff = None, [f"unreadable ({err})"]
+        if old is not None and "done" in old:
+            diff = ["it is an unfinished (partial) cache"]
+        if apply_stale_policy(cache_path, diff, on_stale, "teacher cache", STALE_HINT, TeacherCacheStaleError):
             logger.info("teacher cache '%s' is up to date (%d images)", cache_path, len(paths))
-            return TeacherCache(old["paths"], old["features"], old["labels"], old["text_features"], old_fp,
-                                dataset=old.get("dataset", dataset), source=cache_path)
-        if on_stale == "error":
-            raise TeacherCacheStaleError(f"teacher cache '{cache_path}' is stale: {diff}. Delete it or set "
-                                         "teacher.on_stale rebuild")
-        logger.warning("teacher cache '%s' is stale (%s); rebuilding", cache_path, diff)
+            return TeacherCache(old["paths"], old["features"], old["labels"], old["text_features"],
+                                old["fingerprint"], dataset=old.get("dataset", dataset), source=cache_path)
 
-    partial_path = cache_path + PARTIAL_SUFFIX
     text = teacher.descriptor_text_features().detach().float().cpu()
     feats: List[torch.Tensor] = []
     labels: List[torch.Tensor] = []
-    done = 0
-    part = _load_partial(partial_path, fp)
-    if part is not None and part["paths"] == paths and torch.equal(part["text_features"], text):
-        done = int(part["done"])
-        feats.append(part["features"][:done])
-        labels.append(part["labels"][:done])
+    partial = PartialBuild(cache_path, fp, "teacher labelling", save_every_s=save_every_s,
+                           save_every=save_every_batches)
+    done, state = partial.resume()
+    if done and not torch.equal(state.get("text_features", torch.zeros(0)), text):
+        logger.warning("discarding partial teacher cache '%s': its phrase features differ from this teacher's",
+                       partial.path)
+        done, state = 0, {}
+    if done:
+        feats.append(state["features"][:done])
+        labels.append(state["labels"][:done])
         logger.info("resuming teacher labelling of '%s' from image %d of %d", dataset or cache_path, done, len(paths))
 
-    def snapshot(n_done: int) -> Dict[str, Any]:
+    def snapshot() -> Dict[str, Any]:
         d = feats[0].size(1) if feats else teacher.embed_dim
-        return {
-            "format": CACHE_FORMAT,
-            "dataset": dataset,
-            "done": n_done,
-            "paths": paths,
-            "features": torch.cat(feats) if feats else torch.zeros(0, d),
-            "labels": torch.cat(labels) if labels else torch.zeros(0, text.size(0), dtype=torch.uint8),
-            "text_features": text,
-            "fingerprint": fp,
-        }
+        return {"features": torch.cat(feats) if feats else torch.zeros(0, d),
+                "labels": torch.cat(labels) if labels else torch.zeros(0, text.size(0), dtype=torch.uint8),
+                "text_features": text}
 
     todo = paths[done:]
     if todo:
         on_gpu = teacher.device.type == "cuda"
         loader = DataLoader(_ImageFiles(todo, teacher.preprocess), batch_size=batch_size, shuffle=False,
                             num_workers=num_workers, pin_memory=on_gpu)
-        n_batches = len(loader)
-        last_save, since_save, saved_at = time.monotonic(), 0, done
         t0 = time.monotonic()
-        try:
-            for batch in progress_bar(loader, total=n_batches, desc=f"teacher labels {dataset}".strip(),
+        # Keep what was computed on Ctrl-C, a corrupt image or OOM: the rerun continues from there.
+        with partial.saved_on_error(lambda: (done, snapshot())):
+            for batch in progress_bar(loader, total=len(loader), desc=f"teacher labels {dataset}".strip(),
                                       enabled=progress):
                 g = teacher.encode_clip_input(batch)
                 lab = teacher.label(g)
                 feats.append(g.float().cpu())
                 labels.append(lab.to(torch.uint8).cpu())
                 done += batch.size(0)
-                since_save += 1
-                now = time.monotonic()
-                if ((save_every_batches and since_save >= save_every_batches)
-                        or (save_every_s and now - last_save >= save_every_s)):
-                    _atomic_save(snapshot(done), partial_path)
-                    last_save, since_save, saved_at = now, 0, done
-        except BaseException:
-            # Keep what was computed (Ctrl-C, a corrupt image, OOM): the rerun continues from here.
-            if done > saved_at:
-                try:
-                    _atomic_save(snapshot(done), partial_path)
-                    logger.warning("teacher labelling interrupted after %d of %d images; progress saved to '%s'",
-                                   done, len(paths), partial_path)
-                except Exception as err:  # do not mask the original error
-                    logger.warning("could not save partial teacher cache '%s': %s", partial_path, err)
-            raise
+                partial.step(done, snapshot)
         dt = time.monotonic() - t0
         logger.info("teacher labelled %d images in %.1f s (%.1f images/s)", len(todo), dt, len(todo) / max(dt, 1e-9))
 
     cache = TeacherCache(paths, torch.cat(feats), torch.cat(labels), text, fp, dataset=dataset)
     cache.save(cache_path)
-    if osp.exists(partial_path):
-        os.remove(partial_path)
+    partial.finish()
     logger.info("wrote teacher cache '%s' (%d images, d=%d, M=%d)", cache_path, len(paths), cache.embed_dim,
                 cache.num_pairs)
     return cache

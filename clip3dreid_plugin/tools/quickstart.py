@@ -168,7 +168,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          seed=b.seed, sigma=b.beta_sigma, show_progress=cfg.runtime.progress,
                          # The work dir holds derived data: a set left by other arguments or another body model
                          # is re-rendered, as build_synthcc rebuilds a stale synthcc.
-                         overwrite=True)
+                         on_stale="rebuild")
 
     if teacher == "ideal":
         logger.info("[3/5] teacher: ideal (orthonormal phrase features, synthcc's ground-truth descriptor labels, "

@@ -42,7 +42,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="meta.npz of an earlier set whose descriptor thresholds to reuse "
                              "(default: medians of this set's population)")
     parser.add_argument("--ext", choices=["png", "jpg"], default="png", help="image format")
-    parser.add_argument("--overwrite", action="store_true", help="re-render a folder holding another set")
+    parser.add_argument("--overwrite", action="store_true", help="re-render a folder holding another set (default: refuse it, naming what changed)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = parser.parse_args(argv)
     from clip3dreid_plugin.tools.common import start_cli
@@ -53,7 +53,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     meta = render_synthetic_set(
         args.body_model, args.out, args.num_female, args.num_male, args.poses_per_subject, height=args.height,
         width=args.width, seed=args.seed, pose_file=args.pose_file, sigma=args.sigma, thresholds=thresholds,
-        ext=args.ext, overwrite=args.overwrite, show_progress=not args.no_progress)
+        ext=args.ext, on_stale="rebuild" if args.overwrite else "error", show_progress=not args.no_progress)
     logger.info("%d images (%d subjects) in %s; metadata: %s/meta.npz", len(meta["files"]),
                 len(set(meta["subject"].tolist())), args.out, args.out)
     return 0
