@@ -40,7 +40,8 @@ COMMANDS = {
     "clip3dreid-blur-faces": "blur_faces",
     "clip3dreid-build-synthcc": "build_synthcc",
     "clip3dreid-make-body-model": "make_body_model",
-    "clip3dreid-render-synthetic": "render_synthetic",
+    "clip3dreid-render-meshset": "render_meshset",
+    "clip3dreid-render-synthetic": "render_meshset",  # the old name, an alias for one release
     "clip3dreid-eval-shape": "eval_shape",
     "clip3dreid-benchmark": "benchmark",
     "clip3dreid-complexity": "complexity",

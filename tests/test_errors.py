@@ -55,7 +55,7 @@ def test_every_error_class_of_the_plugin_is_a_user_error_and_keeps_its_builtin_b
     from clip3dreid_plugin.body.render import HeadlessGLError
     from clip3dreid_plugin.body.smpl_io import BodyModelError
     from clip3dreid_plugin.body.synthcc import SynthCCError
-    from clip3dreid_plugin.body.synthetic import SyntheticSetError
+    from clip3dreid_plugin.body.meshset_plan import SyntheticSetError
     from clip3dreid_plugin.config import ConfigError
     from clip3dreid_plugin.models.imagenet import PretrainedWeightsError
     from clip3dreid_plugin.teacher.cache import TeacherCacheError, TeacherCacheMissError, TeacherCacheStaleError

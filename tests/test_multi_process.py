@@ -10,8 +10,8 @@ import torch.multiprocessing as mp
 import torchvision.transforms as T
 
 from clip3dreid_plugin.body.procedural import write_procedural_smpl
-from clip3dreid_plugin.body.synthetic_set import render_synthetic_set
-from clip3dreid_plugin.data.synthetic import SyntheticMeshDataset, SyntheticStream, synthetic_batch_size
+from clip3dreid_plugin.body.meshset import render_synthetic_set
+from clip3dreid_plugin.data.meshset import SyntheticMeshDataset, SyntheticStream, synthetic_batch_size
 from clip3dreid_plugin.models import MODEL_FACTORIES
 from clip3dreid_plugin.utils.distributed import broadcast_buffers
 
@@ -68,7 +68,7 @@ def _synthetic_worker(rank: int, store: str, folder: str, out):
     from types import SimpleNamespace
 
     from clip3dreid_plugin.config import get_cfg
-    from clip3dreid_plugin.data.synthetic import build_synthetic_stream
+    from clip3dreid_plugin.data.meshset import build_synthetic_stream
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:

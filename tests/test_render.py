@@ -14,8 +14,8 @@ from PIL import Image
 from clip3dreid_plugin.body import procedural, render
 from clip3dreid_plugin.body.render import HeadlessGLError, MeshRenderer
 from clip3dreid_plugin.body.smpl_io import load_body_model
-from clip3dreid_plugin.body.synthetic import read_synthetic_meta
-from clip3dreid_plugin.body.synthetic_set import SyntheticSetError, render_synthetic_set
+from clip3dreid_plugin.body.meshset_plan import read_synthetic_meta
+from clip3dreid_plugin.body.meshset import SyntheticSetError, render_synthetic_set
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 H, W = 256, 128
@@ -102,7 +102,7 @@ def test_resume_renders_only_missing_images(model_root, tmp_path):
 
 
 def test_render_script(model_root, tmp_path):
-    mod = importlib.import_module("clip3dreid_plugin.tools.render_synthetic")
+    mod = importlib.import_module("clip3dreid_plugin.tools.render_meshset")
     out = tmp_path / "set"
     rc = mod.main(["--body-model", model_root, "--num-female", "1", "--num-male", "1", "--poses-per-subject", "1",
                    "--out", str(out), "--height", "128", "--width", "64", "--ext", "jpg", "--no-progress"])

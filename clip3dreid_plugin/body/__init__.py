@@ -22,9 +22,9 @@ _EXPORTS = {
     "PoseFileError": "poses", "builtin_pose_pool": "poses", "load_pose_file": "poses",
     "HeadlessGLError": "render", "MeshRenderer": "render",
     "sample_surface": "shape_eval", "chamfer_distance": "shape_eval", "evaluate_shapes": "shape_eval",
-    "make_plan": "synthetic", "sample_subjects": "synthetic", "read_synthetic_meta": "synthetic",
-    "write_synthetic_meta": "synthetic",
-    "SyntheticSetError": "synthetic_set", "render_synthetic_set": "synthetic_set",
+    "make_plan": "meshset_plan", "sample_subjects": "meshset_plan", "read_synthetic_meta": "meshset_plan",
+    "write_synthetic_meta": "meshset_plan",
+    "SyntheticSetError": "meshset", "render_synthetic_set": "meshset",
 }
 
 __all__ = sorted(_EXPORTS)

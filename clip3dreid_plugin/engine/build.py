@@ -44,7 +44,7 @@ def _clip3dreid_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gp
 
         shape_loss = ShapeLoss.from_body_dir(cfg.body.model_dir, cfg.body.gender, device=common["device"])
     if terms.uses("synthetic", switches):
-        from clip3dreid_plugin.data.synthetic import build_synthetic_stream
+        from clip3dreid_plugin.data.meshset import build_synthetic_stream
 
         synthetic = build_synthetic_stream(cfg, datamanager)
     engine = CLIP3DReIDEngine(datamanager, model, optimizer, teacher=teacher, switches=switches, terms=terms,

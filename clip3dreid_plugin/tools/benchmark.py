@@ -117,7 +117,7 @@ def _synthetic_3d(body_dir: str, synthetic_dir: str, bs: int, h: int, w: int, ra
     import torchreid
 
     from clip3dreid_plugin.body.smpl_io import load_body_model
-    from clip3dreid_plugin.data.synthetic import GENDER_IDS, SyntheticMeshDataset, synthetic_batch_size
+    from clip3dreid_plugin.data.meshset import GENDER_IDS, SyntheticMeshDataset, synthetic_batch_size
     from clip3dreid_plugin.losses.shape3d import ShapeLoss
 
     _, tf = torchreid.data.transforms.build_transforms(h, w, transforms=None)

@@ -125,7 +125,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.time()
     from clip3dreid_plugin.body.procedural import write_procedural_smpl
     from clip3dreid_plugin.body.synthcc import build_synthcc, synthcc_ground_truth
-    from clip3dreid_plugin.body.synthetic_set import render_synthetic_set
+    from clip3dreid_plugin.body.meshset import render_synthetic_set
     from clip3dreid_plugin.config import load_config
     from clip3dreid_plugin.config.loader import ConfigError
     from clip3dreid_plugin.data.build import build_train_split

@@ -2,7 +2,7 @@
 
 Output layout::
 
-    <out_dir>/meta.npz          one metadata file (format: clip3dreid_plugin.body.synthetic)
+    <out_dir>/meta.npz          one metadata file (format: clip3dreid_plugin.body.meshset_plan)
     <out_dir>/images/*.png      one untextured render per (subject, pose)
 
 The run is resumable: the plan is deterministic in the arguments, images already on disk are
@@ -26,7 +26,7 @@ from PIL import Image
 from clip3dreid_plugin.body.anthropometry import MEASUREMENT_NAMES, measure_bodies
 from clip3dreid_plugin.body.descriptor_rules import descriptor_scores, fit_thresholds, rule_labels
 from clip3dreid_plugin.body.smpl_io import BodyModel, load_body_model
-from clip3dreid_plugin.body.synthetic import (
+from clip3dreid_plugin.body.meshset_plan import (
     META_FORMAT_VERSION,
     META_NAME,
     SyntheticPlan,
@@ -113,7 +113,7 @@ def render_synthetic_set(body_model_dir: str, out_dir: str, num_female: int, num
         renderer_kwargs: extra :class:`~clip3dreid_plugin.body.render.MeshRenderer` arguments.
 
     Returns:
-        The metadata as written (see :mod:`clip3dreid_plugin.body.synthetic`).
+        The metadata as written (see :mod:`clip3dreid_plugin.body.meshset_plan`).
 
     Raises:
         SyntheticSetError: ``out_dir`` holds a different set and ``overwrite`` is False.

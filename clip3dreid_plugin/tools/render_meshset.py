@@ -17,8 +17,8 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from clip3dreid_plugin.body.synthetic import read_synthetic_meta
-from clip3dreid_plugin.body.synthetic_set import render_synthetic_set
+from clip3dreid_plugin.body.meshset_plan import read_synthetic_meta
+from clip3dreid_plugin.body.meshset import render_synthetic_set
 from clip3dreid_plugin.tools.common import CLIParser, cli_main
 
 logger = logging.getLogger("render_synthetic")

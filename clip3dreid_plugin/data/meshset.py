@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from yacs.config import CfgNode as CN
 
-from clip3dreid_plugin.body.synthetic import read_synthetic_meta
+from clip3dreid_plugin.body.meshset_plan import read_synthetic_meta
 from clip3dreid_plugin.utils.distributed import get_rank
 from clip3dreid_plugin.config.loader import ConfigError
 from datasets_ext.image_io import read_image
