@@ -66,7 +66,8 @@ setup(
     packages=find_packages(include=["clip3dreid_plugin", "clip3dreid_plugin.*", "datasets_ext", "datasets_ext.*"])
     + ["clip3dreid_plugin.configs"],
     package_dir={"clip3dreid_plugin.configs": "configs"},
-    package_data={"clip3dreid_plugin.configs": ["*.yaml", "*/*.yaml"]},
+    # study/seed_spread.json: the method study's record the quickstart's verdict reads.
+    package_data={"clip3dreid_plugin.configs": ["*.yaml", "*/*.yaml"], "clip3dreid_plugin.study": ["*.json"]},
     entry_points={"console_scripts": [f"{cmd} = clip3dreid_plugin.tools.{mod}:main" for cmd, mod in COMMANDS.items()]},
     python_requires=">=3.9",
     install_requires=RUNTIME,

@@ -18,8 +18,8 @@ from clip3dreid_plugin.body.synthcc import build_synthcc, synthcc_ground_truth
 from clip3dreid_plugin.config import get_cfg
 from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.models.clip3dreid import CLIP3DReID
-from clip3dreid_plugin.models.shape_probe import ShapeProbe
-from clip3dreid_plugin.teacher.ideal import IdealTeacherSource, orthonormal_phrase_features, shape_projection
+from clip3dreid_plugin.study.shape_probe_model import ShapeProbe
+from clip3dreid_plugin.study.ideal_teacher import IdealTeacherSource, orthonormal_phrase_features, shape_projection
 from clip3dreid_plugin.teacher.source import build_teacher_source
 from clip3dreid_plugin.tools import train_net
 
@@ -205,7 +205,7 @@ def _run(root: str, body: str, out: str, cfg_name: str, *opts: str) -> dict:
 
 
 def test_shape_probe_engine_regresses_true_shapes(synthcc_root, tmp_path):
-    from clip3dreid_plugin.engine.shape_probe import ShapeProbeEngine
+    from clip3dreid_plugin.study.shape_probe_engine import ShapeProbeEngine
     from clip3dreid_plugin.body.synthcc import synthcc_shapes_by_path
 
     root, _ = synthcc_root
@@ -240,7 +240,7 @@ def test_shape_probe_engine_regresses_true_shapes(synthcc_root, tmp_path):
 def test_cuda_shape_probe_trains_in_fp16_with_a_grad_scaler(synthcc_root):
     """The shape probe's engine under --amp fp16 on a GPU: an enabled GradScaler and steps that lower the loss."""
     from clip3dreid_plugin.body.synthcc import synthcc_shapes_by_path
-    from clip3dreid_plugin.engine.shape_probe import ShapeProbeEngine
+    from clip3dreid_plugin.study.shape_probe_engine import ShapeProbeEngine
 
     root, _ = synthcc_root
     shapes = synthcc_shapes_by_path(root)
