@@ -612,7 +612,7 @@ def test_quickstart_labels_on_the_device_it_is_given(monkeypatch):
     """The quickstart's teacher runs on the resolved device (a GPU when present), not always on the CPU."""
     from clip3dreid_plugin.config import load_config
     from clip3dreid_plugin.teacher import source
-    from clip3dreid_plugin.tools.quickstart import label_descriptors_for_quickstart
+    from clip3dreid_plugin.study.standin_teacher import build_standin_cache, synthcc_teacher_cache
 
     class Built(Exception):
         pass
@@ -624,9 +624,11 @@ def test_quickstart_labels_on_the_device_it_is_given(monkeypatch):
         raise Built
 
     monkeypatch.setattr(source, "build_teacher", fake_build_teacher)
-    with pytest.raises(Built):
-        label_descriptors_for_quickstart(load_config(None, []), [], None, device=torch.device("cuda", 1))
-    assert seen == [torch.device("cuda", 1)]
+    with pytest.raises(Built):  # the clip teacher's cache
+        synthcc_teacher_cache(load_config(None, []), [], device=torch.device("cuda", 1))
+    with pytest.raises(Built):  # the stand-in's, built from the same teacher
+        build_standin_cache(load_config(None, []), [], None, device=torch.device("cuda", 0))
+    assert seen == [torch.device("cuda", 1), torch.device("cuda", 0)]
 
 
 def _save(save_dir: str, scaler) -> str:
