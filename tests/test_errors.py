@@ -187,7 +187,7 @@ def test_a_failed_checkpoint_write_through_the_train_cli_is_one_line(toy_market_
 # ------------------------------------------------------------------------------------------ the wrapper
 def test_setup_lists_every_tool_with_a_main():
     modules = sorted(m.name for m in pkgutil.iter_modules(clip3dreid_plugin.tools.__path__) if m.name != "common")
-    assert sorted(COMMANDS.values()) == modules
+    assert sorted(set(COMMANDS.values())) == modules
 
 
 def _bad_argv(command: str, tmp) -> list:
@@ -202,7 +202,8 @@ def _bad_argv(command: str, tmp) -> list:
         "clip3dreid-blur-faces": ["--src", missing, "--dst", str(tmp / "dst")],
         "clip3dreid-build-synthcc": ["--root", str(tmp), "--body-model", missing, "--no-progress"],
         "clip3dreid-make-body-model": ["--out", str(tmp), "--num-vertices", "10"],
-        "clip3dreid-render-synthetic": ["--body-model", missing, "--out", str(tmp / "x"), "--no-progress"],
+        "clip3dreid-render-meshset": ["--body-model", missing, "--out", str(tmp / "x"), "--no-progress"],
+        "clip3dreid-render-synthetic": ["--body-model", missing, "--out", str(tmp / "x"), "--no-progress"],  # alias
         "clip3dreid-eval-shape": ["--body-model", str(tmp)],
         "clip3dreid-benchmark": ["--device", "gpu0"],
         "clip3dreid-complexity": ["--height", "0"],

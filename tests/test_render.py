@@ -118,6 +118,33 @@ def test_render_script(model_root, tmp_path):
                      "--out", str(tmp_path / "x"), "--no-progress"]) == 2
 
 
+def test_the_old_command_name_runs_the_same_main_and_says_it_is_deprecated(model_root, tmp_path, monkeypatch,
+                                                                         caplog):
+    import ast
+    import logging
+    import sys
+
+    tree = ast.parse(open(osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "setup.py")).read())
+    commands = next(ast.literal_eval(n.value) for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                    and any(getattr(t, "id", "") == "COMMANDS" for t in n.targets))
+    assert commands["clip3dreid-render-synthetic"] == commands["clip3dreid-render-meshset"] == "render_meshset"
+    mod = importlib.import_module("clip3dreid_plugin.tools.render_meshset")
+    argv = ["--body-model", model_root, "--num-female", "1", "--num-male", "0", "--poses-per-subject", "1",
+            "--height", "64", "--width", "32", "--no-progress"]
+    with caplog.at_level(logging.WARNING, logger="render_meshset"):
+        monkeypatch.setattr(sys, "argv", ["/venv/bin/clip3dreid-render-synthetic"])
+        assert mod.main(argv + ["--out", str(tmp_path / "old")]) == 0
+        old = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+        caplog.clear()
+        monkeypatch.setattr(sys, "argv", ["/venv/bin/clip3dreid-render-meshset"])
+        assert mod.main(argv + ["--out", str(tmp_path / "new")]) == 0
+        assert not [r for r in caplog.records if "deprecated" in r.getMessage()]
+    assert old == ["clip3dreid-render-synthetic is deprecated and will be removed in the next release: use "
+                   "clip3dreid-render-meshset"]
+    a, b = read_synthetic_meta(str(tmp_path / "old")), read_synthetic_meta(str(tmp_path / "new"))
+    assert list(a["files"]) == list(b["files"]) and np.array_equal(a["betas"], b["betas"])  # the same renderer
+
+
 def test_renderer_frames_every_view(model_root):
     model = load_body_model(model_root, "male")
     import torch
