@@ -2,8 +2,9 @@
 descriptor rules, synthetic mesh renders and 3D shape evaluation (Design 3 of CLIP3DReID).
 
 Submodules (one concept each): ``skeleton``, ``smpl_io``, ``procedural``, ``anthropometry``,
-``descriptor_rules``, ``poses``, ``synthetic`` (plan + metadata), ``synthetic_set`` (rendering a set),
-``synthcc`` (rendering the synthcc benchmark), ``render`` (headless pyrender), ``shape_eval`` (Chamfer distance).
+``descriptor_rules``, ``poses``, ``meshset_plan`` (plan + metadata of the synthetic mesh set of the 3D term),
+``meshset`` (rendering that set), ``synthcc`` (rendering the synthcc benchmark, another generated set),
+``render`` (headless pyrender), ``shape_eval`` (Chamfer distance).
 
 The names below are imported lazily on first use, so ``import clip3dreid_plugin.body.render``
 (e.g. in a process that only needs to pick the OpenGL platform) does not pay for torch, and nothing

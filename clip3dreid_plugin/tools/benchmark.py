@@ -295,7 +295,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--eval-size", type=int, nargs=2, default=[2000, 20000], metavar=("Q", "G"))
     p.add_argument("--torchreid-eval-repeats", type=int, default=1)
     p.add_argument("--body-model", default="", help="with --synthetic-dir: also time a step with the 3D term")
-    p.add_argument("--synthetic-dir", default="", help="a rendered synthetic set (clip3dreid-render-synthetic)")
+    p.add_argument("--synthetic-dir", default="", help="a rendered synthetic set (clip3dreid-render-meshset)")
     p.add_argument("--synthetic-ratio", type=float, default=0.25)
     p.add_argument("--json", default="", help="write the results as JSON")
     args = p.parse_args(argv)
