@@ -40,7 +40,8 @@ COMMANDS = {
     "clip3dreid-blur-faces": "blur_faces",
     "clip3dreid-build-synthcc": "build_synthcc",
     "clip3dreid-make-body-model": "make_body_model",
-    "clip3dreid-render-synthetic": "render_synthetic",
+    "clip3dreid-render-meshset": "render_meshset",
+    "clip3dreid-render-synthetic": "render_meshset",  # the old name, an alias for one release
     "clip3dreid-eval-shape": "eval_shape",
     "clip3dreid-benchmark": "benchmark",
     "clip3dreid-complexity": "complexity",
@@ -65,7 +66,8 @@ setup(
     packages=find_packages(include=["clip3dreid_plugin", "clip3dreid_plugin.*", "datasets_ext", "datasets_ext.*"])
     + ["clip3dreid_plugin.configs"],
     package_dir={"clip3dreid_plugin.configs": "configs"},
-    package_data={"clip3dreid_plugin.configs": ["*.yaml", "*/*.yaml"]},
+    # study/seed_spread.json: the method study's record the quickstart's verdict reads.
+    package_data={"clip3dreid_plugin.configs": ["*.yaml", "*/*.yaml"], "clip3dreid_plugin.study": ["*.json"]},
     entry_points={"console_scripts": [f"{cmd} = clip3dreid_plugin.tools.{mod}:main" for cmd, mod in COMMANDS.items()]},
     python_requires=">=3.9",
     install_requires=RUNTIME,

@@ -8,7 +8,7 @@ Example::
 
 Rendering: images/s of :class:`~clip3dreid_plugin.body.render.MeshRenderer` at 384x192 and 256x128
 on the procedural body (default ~1000 vertices, and the 6890-vertex variant), each image a new
-posed mesh with a random yaw, as in ``scripts/render_synthetic.py`` (posing and PNG encoding are
+posed mesh with a random yaw, as in ``scripts/render_meshset.py`` (posing and PNG encoding are
 excluded; they are timed separately as ``pose`` and ``png``). Body model: one L_3D-style step on a
 batch of 64, ``canonical_vertices(betas)`` -> squared error -> backward, for the procedural model
 and for a 6890-vertex model in SMPL's format (SMPL's vertex count; the cost depends only on the

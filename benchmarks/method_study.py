@@ -10,8 +10,8 @@ by the same evaluator. Rows:
 * ``ot_global_ideal``: + L_global (g = a fixed projection of the true shape coefficients);
 * ``full_ideal``: + the 3D term (L_OT_syn + L_3D): the full model with the ideal teacher (these two rows use the
   paper's L_global, summed over the d' dims);
-* ``full_standin``: the full model as the quickstart runs it offline without CLIP weights (ground-truth labels, text
-  features from a randomly initialised text tower, no L_global);
+* ``full_standin``: the full model as the quickstart runs it offline without CLIP weights (``teacher.mode
+  stand-in``: ground-truth labels, text features from a randomly initialised text tower, no L_global);
 * ``shape_probe``: the baseline's ResNet-50 trained to regress true shape, ranking by predicted shape;
 * the full model with the ideal teacher and a remedy for L_global's collapse of scale: ``full_ideal_bnneck`` (the
   classifier and retrieval read a BN-neck) and ``full_ideal_global_mean`` (L_global averaged over the d' dims: the
@@ -26,12 +26,14 @@ by the same evaluator. Rows:
 
 Each run's metrics go to ``OUT/<row>_seed<k>.json`` as soon as it finishes; rows whose file exists are skipped, so a
 campaign cut short carries on where it stopped (also in a later session). ``--summary`` only prints the table.
+``--seed-spread PATH`` also writes the seed spread of the rows the quickstart repeats (the record its verdict reads,
+:mod:`clip3dreid_plugin.study.records`); the committed campaign writes ``clip3dreid_plugin/study/seed_spread.json``.
 
 Usage (the first command builds the data and the stand-in teacher's cache)::
 
     python -m clip3dreid_plugin.tools.quickstart --teacher stand-in --epochs 1
     python benchmarks/method_study.py --work-dir work_dirs/quickstart --seeds 1 2 3 4 5 \\
-        --out benchmarks/results/method_study
+        --out benchmarks/results/method_study --seed-spread clip3dreid_plugin/study/seed_spread.json
 """
 from __future__ import annotations
 
@@ -70,7 +72,9 @@ ROWS: Dict[str, tuple] = {
     "ot_ideal": (CLIP3DREID_CFG, _IDEAL + _OT_ONLY, "ideal"),
     "ot_global_ideal": (CLIP3DREID_CFG, _IDEAL + _SUM + ["loss.clip3dreid.use_3d", "False"], "ideal"),
     "full_ideal": (CLIP3DREID_CFG, _IDEAL + _SUM, "ideal"),
-    "full_standin": (CLIP3DREID_CFG, ["loss.clip3dreid.use_global", "False"], "stand-in"),
+    # The stand-in cache has a file and fingerprint of its own; these rows' records predate teacher.mode stand-in
+    # (they ran teacher.mode cache on the cache the quickstart had overwritten with the same ground-truth labels).
+    "full_standin": (CLIP3DREID_CFG, ["teacher.mode", "stand-in", "loss.clip3dreid.use_global", "False"], "stand-in"),
     "shape_probe": (SHAPE_PROBE_CFG, [], "(true shapes)"),
     "full_ideal_bnneck": (CLIP3DREID_CFG, _IDEAL + _SUM + ["clip3dreid.bnneck", "True"], "ideal"),
     "full_ideal_global_mean": (CLIP3DREID_CFG, _IDEAL + ["loss.clip3dreid.global_reduction", "mean"], "ideal"),
@@ -238,7 +242,7 @@ def markdown(summary: dict) -> str:
 def _chance(work: str, seed: int = 1) -> dict:
     import clip3dreid_plugin
     from clip3dreid_plugin.data.build import build_train_split
-    from clip3dreid_plugin.evaluation.chance import chance_level
+    from clip3dreid_plugin.study.chance import chance_level
     from clip3dreid_plugin.tools.quickstart import CHANCE_DRAWS
 
     clip3dreid_plugin.register()  # synthcc is a plugin dataset; a --summary run trains nothing that would register it
@@ -255,6 +259,9 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (smoke runs only)")
     p.add_argument("--out", default="benchmarks/results/method_study")
     p.add_argument("--summary", action="store_true", help="only summarise the runs already in --out")
+    p.add_argument("--seed-spread", default="", metavar="PATH",
+                   help="also write the seed-spread record the quickstart's verdict reads (the committed campaign: "
+                        "clip3dreid_plugin/study/seed_spread.json)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep each run's final checkpoint")
     p.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
                    help="config options for every row (after the row's own), e.g. data.height 256 data.width 128")
@@ -282,6 +289,11 @@ def main(argv=None) -> int:
                 logger.info("wrote %s", path)
     summary = summarise(load_runs(args.out), _chance(work))
     atomic_write_json(summary, osp.join(args.out, "summary.json"))
+    if args.seed_spread:
+        from clip3dreid_plugin.study.records import write_seed_spread
+
+        write_seed_spread(summary, args.seed_spread, f"benchmarks/method_study.py, summary of {args.out}")
+        logger.info("wrote %s", args.seed_spread)
     logger.info("\n%s", markdown(summary))
     return 0
 

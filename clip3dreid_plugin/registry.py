@@ -1,4 +1,5 @@
-"""``register()``: the one place that writes to torchreid's model and dataset registries."""
+"""``register()``: the one place that writes to torchreid's model and dataset registries (and that adds the study's
+instruments to the plugin's engine and teacher-mode tables)."""
 from __future__ import annotations
 
 import logging
@@ -22,20 +23,21 @@ def is_registered() -> bool:
     return _done
 
 
-def _put(table: dict, name: str, obj, kind: str) -> None:
+def _put(table: dict, name: str, obj, kind: str, owner: str = "torchreid") -> None:
     current = table.get(name)
     if current is obj:
         return
     if current is not None:
         raise ValueError(
-            f"torchreid already has a {kind} named '{name}' ({current!r}); "
+            f"{owner} already has a {kind} named '{name}' ({current!r}); "
             "the plugin will not overwrite it"
         )
     table[name] = obj
 
 
 def register() -> None:
-    """Adds the plugin's models and datasets to torchreid. Calling it again is a no-op.
+    """Adds the plugin's models (the study's too) and datasets to torchreid, and the study's engine builders and
+    teacher modes to the plugin's tables. Calling it again is a no-op.
 
     Raises:
         ValueError: torchreid already holds a different object under one of the plugin's names.
@@ -44,12 +46,20 @@ def register() -> None:
     with _lock:
         if _done:
             return
-        from clip3dreid_plugin import compat
+        from clip3dreid_plugin import compat, study
+        from clip3dreid_plugin.engine.build import ENGINE_BUILDERS
         from clip3dreid_plugin.models import MODEL_FACTORIES
+        from clip3dreid_plugin.teacher.source import TEACHER_MODES
         from datasets_ext import IMAGE_DATASETS, VIDEO_DATASETS
 
+        # The study's instruments sit above engine and teacher, whose tables therefore get them from here.
+        for name, fn in study.ENGINE_BUILDERS.items():
+            _put(ENGINE_BUILDERS, name, fn, "engine builder", "the plugin")
+        for name, fn in study.TEACHER_MODES.items():
+            _put(TEACHER_MODES, name, fn, "teacher mode", "the plugin")
+        models = {**MODEL_FACTORIES, **study.MODEL_FACTORIES}
         factory = compat.model_factory()
-        for name, fn in MODEL_FACTORIES.items():
+        for name, fn in models.items():
             _put(factory, name, fn, "model")
         image_table = compat.image_dataset_registry()
         for name, cls in IMAGE_DATASETS.items():
@@ -60,7 +70,7 @@ def register() -> None:
         _done = True
         logger.debug(
             "registered %d models, %d image and %d video datasets",
-            len(MODEL_FACTORIES), len(IMAGE_DATASETS), len(VIDEO_DATASETS),
+            len(models), len(IMAGE_DATASETS), len(VIDEO_DATASETS),
         )
 
 

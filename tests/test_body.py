@@ -29,7 +29,7 @@ from clip3dreid_plugin.body.poses import PoseFileError, builtin_pose_pool, load_
 from clip3dreid_plugin.body.shape_eval import chamfer_distance, evaluate_shapes, sample_surface
 from clip3dreid_plugin.body.skeleton import J
 from clip3dreid_plugin.body.smpl_io import BodyModelError, load_body_model, read_smpl_pickle
-from clip3dreid_plugin.body.synthetic import make_plan, read_synthetic_meta, sample_subjects, write_synthetic_meta
+from clip3dreid_plugin.body.meshset_plan import make_plan, read_synthetic_meta, sample_subjects, write_synthetic_meta
 from clip3dreid_plugin.teacher.descriptors import DESCRIPTOR_PAIRS
 
 

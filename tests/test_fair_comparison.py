@@ -279,7 +279,7 @@ def clip64(tmp_path_factory):
 @pytest.fixture(scope="module")
 def body_and_meshes(tmp_path_factory):
     from clip3dreid_plugin.body.procedural import write_procedural_smpl
-    from clip3dreid_plugin.body.synthetic_set import render_synthetic_set
+    from clip3dreid_plugin.body.meshset import render_synthetic_set
 
     body = write_procedural_smpl(str(tmp_path_factory.mktemp("body")), num_vertices=400)
     meshes = str(tmp_path_factory.mktemp("meshes"))

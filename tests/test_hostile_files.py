@@ -22,7 +22,7 @@ from clip3dreid_plugin import compat
 from clip3dreid_plugin.body import procedural
 from clip3dreid_plugin.body.smpl_io import BodyModelError, load_body_model, read_smpl_pickle
 from clip3dreid_plugin.body.synthcc import SynthCCError, read_synthcc_meta
-from clip3dreid_plugin.body.synthetic import SyntheticSetError, read_synthetic_meta, write_synthetic_meta
+from clip3dreid_plugin.body.meshset_plan import SyntheticSetError, read_synthetic_meta, write_synthetic_meta
 from clip3dreid_plugin.config import ConfigError
 from clip3dreid_plugin.config.loader import load_config
 from clip3dreid_plugin.teacher.cache import TeacherCache, TeacherCacheError

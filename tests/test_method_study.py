@@ -18,8 +18,8 @@ from clip3dreid_plugin.body.synthcc import build_synthcc, synthcc_ground_truth
 from clip3dreid_plugin.config import get_cfg
 from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.models.clip3dreid import CLIP3DReID
-from clip3dreid_plugin.models.shape_probe import ShapeProbe
-from clip3dreid_plugin.teacher.ideal import IdealTeacherSource, orthonormal_phrase_features, shape_projection
+from clip3dreid_plugin.study.ideal_teacher import IdealTeacherSource, orthonormal_phrase_features, shape_projection
+from clip3dreid_plugin.study.shape_probe_model import ShapeProbe
 from clip3dreid_plugin.teacher.source import build_teacher_source
 from clip3dreid_plugin.tools import train_net
 
@@ -205,7 +205,7 @@ def _run(root: str, body: str, out: str, cfg_name: str, *opts: str) -> dict:
 
 
 def test_shape_probe_engine_regresses_true_shapes(synthcc_root, tmp_path):
-    from clip3dreid_plugin.engine.shape_probe import ShapeProbeEngine
+    from clip3dreid_plugin.study.shape_probe_engine import ShapeProbeEngine
     from clip3dreid_plugin.body.synthcc import synthcc_shapes_by_path
 
     root, _ = synthcc_root
@@ -240,7 +240,7 @@ def test_shape_probe_engine_regresses_true_shapes(synthcc_root, tmp_path):
 def test_cuda_shape_probe_trains_in_fp16_with_a_grad_scaler(synthcc_root):
     """The shape probe's engine under --amp fp16 on a GPU: an enabled GradScaler and steps that lower the loss."""
     from clip3dreid_plugin.body.synthcc import synthcc_shapes_by_path
-    from clip3dreid_plugin.engine.shape_probe import ShapeProbeEngine
+    from clip3dreid_plugin.study.shape_probe_engine import ShapeProbeEngine
 
     root, _ = synthcc_root
     shapes = synthcc_shapes_by_path(root)
@@ -348,3 +348,19 @@ def test_shape_visibility_measures_the_outline_a_coefficient_moves(tmp_path):
     assert heavy.sum() > thin.sum()
     table = vis.markdown({"64x32": {"female": [girth, chest]}})
     assert f"| 1 | {chest[0]:.1f} (" in table and "| beta | 64x32 female |" in table
+
+
+def test_transport_tool_reads_the_standin_teachers_own_cache_file():
+    """clip3dreid-visualize-transport finds the phrase features and labels of a stand-in run in the stand-in's file,
+    not in the CLIP cache beside it."""
+    from clip3dreid_plugin.study.standin_teacher import standin_cache_path
+    from clip3dreid_plugin.teacher.cache import cache_file_path
+    from clip3dreid_plugin.tools import visualize_transport
+
+    cfg = get_cfg()
+    cfg.data.sources = ["synthcc"]
+    cfg.teacher.cache_dir = "/caches"
+    clip = cache_file_path("/caches", "synthcc", cfg.teacher.name, "random")
+    assert visualize_transport._run_cache_path(cfg) == clip
+    cfg.teacher.mode = "stand-in"
+    assert visualize_transport._run_cache_path(cfg) == standin_cache_path(cfg) == clip[:-3] + "-standin.pt"

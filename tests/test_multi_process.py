@@ -10,8 +10,8 @@ import torch.multiprocessing as mp
 import torchvision.transforms as T
 
 from clip3dreid_plugin.body.procedural import write_procedural_smpl
-from clip3dreid_plugin.body.synthetic_set import render_synthetic_set
-from clip3dreid_plugin.data.synthetic import SyntheticMeshDataset, SyntheticStream, synthetic_batch_size
+from clip3dreid_plugin.body.meshset import render_synthetic_set
+from clip3dreid_plugin.data.meshset import SyntheticMeshDataset, SyntheticStream, synthetic_batch_size
 from clip3dreid_plugin.models import MODEL_FACTORIES
 from clip3dreid_plugin.utils.distributed import broadcast_buffers
 
@@ -68,7 +68,7 @@ def _synthetic_worker(rank: int, store: str, folder: str, out):
     from types import SimpleNamespace
 
     from clip3dreid_plugin.config import get_cfg
-    from clip3dreid_plugin.data.synthetic import build_synthetic_stream
+    from clip3dreid_plugin.data.meshset import build_synthetic_stream
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
@@ -612,7 +612,7 @@ def test_quickstart_labels_on_the_device_it_is_given(monkeypatch):
     """The quickstart's teacher runs on the resolved device (a GPU when present), not always on the CPU."""
     from clip3dreid_plugin.config import load_config
     from clip3dreid_plugin.teacher import source
-    from clip3dreid_plugin.tools.quickstart import label_descriptors_for_quickstart
+    from clip3dreid_plugin.study.standin_teacher import build_standin_cache, synthcc_teacher_cache
 
     class Built(Exception):
         pass
@@ -624,9 +624,11 @@ def test_quickstart_labels_on_the_device_it_is_given(monkeypatch):
         raise Built
 
     monkeypatch.setattr(source, "build_teacher", fake_build_teacher)
-    with pytest.raises(Built):
-        label_descriptors_for_quickstart(load_config(None, []), [], None, device=torch.device("cuda", 1))
-    assert seen == [torch.device("cuda", 1)]
+    with pytest.raises(Built):  # the clip teacher's cache
+        synthcc_teacher_cache(load_config(None, []), [], device=torch.device("cuda", 1))
+    with pytest.raises(Built):  # the stand-in's, built from the same teacher
+        build_standin_cache(load_config(None, []), [], None, device=torch.device("cuda", 0))
+    assert seen == [torch.device("cuda", 1), torch.device("cuda", 0)]
 
 
 def _save(save_dir: str, scaler) -> str:

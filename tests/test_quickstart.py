@@ -46,12 +46,19 @@ def test_quickstart_runs_every_step_and_the_baseline_beats_chance(tmp_path, teac
     assert res["verdict"] == line and proc.stdout.count("verdict: ") == 1 and line in proc.stdout
     if used == "stand-in":
         from clip3dreid_plugin.body.synthcc import synthcc_ground_truth
+        from clip3dreid_plugin.study.standin_teacher import STANDIN_LABELS
         from clip3dreid_plugin.teacher.cache import TeacherCache
 
-        # The cache's labels are synthcc's ground truth.
+        # The stand-in cache, a file of its own beside the random CLIP's, holds synthcc's ground truth and says so.
         paths, labels = synthcc_ground_truth(osp.join(work, "data"))
-        cache = TeacherCache.load(glob.glob(osp.join(work, "teacher_cache", "synthcc__*.pt"))[0])
-        assert (cache.lookup(paths)[1] == labels).all()
+        standin = glob.glob(osp.join(work, "teacher_cache", "synthcc__*-standin.pt"))
+        clip = [p for p in glob.glob(osp.join(work, "teacher_cache", "synthcc__*.pt")) if p not in standin]
+        assert len(standin) == 1 and len(clip) == 1, (standin, clip)
+        cache = TeacherCache.load(standin[0])
+        assert (cache.lookup(paths)[1] == labels).all() and cache.fingerprint["labels"] == STANDIN_LABELS
+        assert "labels" not in TeacherCache.load(clip[0]).fingerprint
+        with open(osp.join(work, "clip3dreid", "config.yaml"), encoding="utf-8") as f:
+            assert "mode: stand-in" in f.read()  # the student trained on the stand-in teacher
     else:
         assert not osp.isdir(osp.join(work, "teacher_cache"))  # the ideal teacher needs no labelling pass
 
@@ -67,28 +74,69 @@ def _study_runs(row: str) -> dict:
     return runs
 
 
-def test_seed_spread_is_the_committed_method_study():
-    """The verdict's spread is the sd of the paired CC-mAP difference of the study row the quickstart repeats,
-    recomputed here from the committed per-seed records (not copied from summary.json)."""
+def test_seed_spread_record_is_the_committed_method_study():
+    """The committed record the verdict reads holds the sd of the paired CC-mAP difference of the study row the
+    quickstart repeats, recomputed here from the committed per-seed records (not from summary.json)."""
     import statistics
 
+    from clip3dreid_plugin.study.records import QUICKSTART_ROWS, read_seed_spread
+
+    spread = read_seed_spread()
+    assert set(spread) == set(QUICKSTART_ROWS) == {"ideal", "stand-in"}
     base = _study_runs("baseline")
     assert len(base) >= 5
-    for teacher, row in quickstart.STUDY_ROW.items():
+    for teacher, row in QUICKSTART_ROWS.items():
         runs = _study_runs(row)
         diffs = [100 * (runs[s]["cc_mAP"] - base[s]["cc_mAP"]) for s in sorted(runs) if s in base]
-        sd, n = quickstart.SEED_SPREAD[teacher]
+        sd, n = spread[teacher]
         assert n == len(diffs) >= 5
-        assert sd == pytest.approx(statistics.stdev(diffs), abs=0.005), (teacher, diffs)
+        assert sd == pytest.approx(statistics.stdev(diffs), rel=1e-9), (teacher, diffs)
 
 
-def test_verdict_compares_against_twice_the_seed_spread():
-    sd, n = quickstart.SEED_SPREAD["ideal"]
-    assert "clip3dreid is ahead" in quickstart.verdict(2 * sd + 0.1, "ideal")
-    assert "clip3dreid is behind" in quickstart.verdict(-2 * sd - 0.1, "ideal")
-    assert "does not tell them apart" in quickstart.verdict(2 * sd - 0.1, "ideal")
-    assert f"over {n} seeds" in quickstart.verdict(0.0, "ideal")
-    assert "no seed spread" in quickstart.verdict(3.0, "clip")
+def _record(path, teachers):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"metric": "cc_mAP", "source": "test", "teachers": teachers}, f)
+    return str(path)
+
+
+def test_verdict_reads_the_spread_from_the_record(tmp_path):
+    """A record of known values: the printed sd and seed count are the record's, and the threshold is twice its sd."""
+    rec = _record(tmp_path / "spread.json", {"ideal": {"row": "r", "sd": 2.34, "n": 7}})
+    line = quickstart.verdict(4.6, "ideal", rec)
+    assert "(sd 2.3 over 7 seeds" in line and "does not tell them apart" in line, line  # 4.6 < 2 * 2.34
+    assert "clip3dreid is ahead" in quickstart.verdict(4.7, "ideal", rec)
+    assert "clip3dreid is behind" in quickstart.verdict(-4.7, "ideal", rec)
+    assert "no seed spread for the stand-in teacher" in quickstart.verdict(4.7, "stand-in", rec)
+    assert "no seed spread" in quickstart.verdict(3.0, "clip")  # the committed record has no clip entry
+
+
+def test_verdict_without_a_record_says_so_rather_than_inventing_a_number(tmp_path):
+    missing = str(tmp_path / "none.json")
+    line = quickstart.verdict(9.0, "ideal", missing)
+    assert f"seed-spread record '{missing}' is missing" in line and "sd " not in line, line
+
+
+def test_method_study_writes_the_record_the_verdict_reads(tmp_path):
+    """The method study's summary -> the record (only the rows the quickstart repeats) -> the verdict's number."""
+    from clip3dreid_plugin.study.records import read_seed_spread, write_seed_spread
+
+    summary = {"rows": {"full_standin": {"paired": {"cc_mAP": {"mean": 0.5, "ci95": 1.0, "sd": 3.21, "n": 4}}},
+                        "full_ideal_global_mean": {"paired": {"cc_mAP": {"mean": 0.1, "ci95": float("nan"),
+                                                                          "sd": float("nan"), "n": 1}}},
+                        "ot_ideal": {"paired": {"cc_mAP": {"mean": 1.0, "ci95": 1.0, "sd": 9.0, "n": 5}}}}}
+    path = str(tmp_path / "spread.json")
+    write_seed_spread(summary, path)
+    assert read_seed_spread(path) == {"stand-in": (3.21, 4)}  # one seed gives no spread: left out, not guessed
+    assert "(sd 3.2 over 4 seeds" in quickstart.verdict(1.0, "stand-in", path)
+
+
+def test_a_broken_record_is_named(tmp_path):
+    from clip3dreid_plugin.errors import InputError
+
+    bad = tmp_path / "spread.json"
+    bad.write_text('{"metric": "cc_mAP", "teachers": {"ideal": {"sd": 1.0}}}')
+    with pytest.raises(InputError, match="spread.json' is not a seed-spread record"):
+        quickstart.verdict(1.0, "ideal", str(bad))
 
 
 def test_full_size_baseline_beats_chance_in_the_method_study():

@@ -25,12 +25,23 @@ def test_import_mutates_nothing_and_register_is_idempotent():
         import clip3dreid_plugin, datasets_ext, clip3dreid_plugin.models, clip3dreid_plugin.engine
         import clip3dreid_plugin.tools.train_net
         assert snap() == before, 'import changed torchreid registries'
+        import clip3dreid_plugin.study, clip3dreid_plugin.engine.build, clip3dreid_plugin.teacher.source
+        assert 'shape_probe' not in clip3dreid_plugin.engine.build.ENGINE_BUILDERS, 'import filled a plugin table'
+        assert 'ideal' not in clip3dreid_plugin.teacher.source.TEACHER_MODES, 'import filled a plugin table'
         clip3dreid_plugin.register()
         once = snap()
         clip3dreid_plugin.register()
         assert snap() == once, 'second register() changed something'
-        from clip3dreid_plugin.models import MODEL_FACTORIES
+        from clip3dreid_plugin import study
+        from clip3dreid_plugin.engine.build import ENGINE_BUILDERS
+        from clip3dreid_plugin.models import MODEL_FACTORIES as PLUGIN_MODELS
+        from clip3dreid_plugin.teacher.source import TEACHER_MODES
         from datasets_ext import IMAGE_DATASETS, VIDEO_DATASETS
+        MODEL_FACTORIES = {**PLUGIN_MODELS, **study.MODEL_FACTORIES}
+        assert 'shape_probe' in MODEL_FACTORIES and 'shape_probe' not in PLUGIN_MODELS
+        # the study's instruments reach the plugin's own tables through register() only
+        assert ENGINE_BUILDERS['shape_probe'] is study.ENGINE_BUILDERS['shape_probe']
+        assert set(study.TEACHER_MODES) == {'ideal', 'stand-in'} <= set(TEACHER_MODES)
         for name in MODEL_FACTORIES: assert name in torchreid.models.__dict__['__model_factory'], name
         for name in IMAGE_DATASETS: assert name in compat.image_dataset_registry(), name
         for name in VIDEO_DATASETS: assert name in compat.video_dataset_registry(), name

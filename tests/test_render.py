@@ -14,8 +14,8 @@ from PIL import Image
 from clip3dreid_plugin.body import procedural, render
 from clip3dreid_plugin.body.render import HeadlessGLError, MeshRenderer
 from clip3dreid_plugin.body.smpl_io import load_body_model
-from clip3dreid_plugin.body.synthetic import read_synthetic_meta
-from clip3dreid_plugin.body.synthetic_set import SyntheticSetError, render_synthetic_set
+from clip3dreid_plugin.body.meshset_plan import read_synthetic_meta
+from clip3dreid_plugin.body.meshset import SyntheticSetError, render_synthetic_set
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 H, W = 256, 128
@@ -186,7 +186,7 @@ def test_old_fingerprint_set_keeps_loading_and_is_refused_or_rebuilt_saying_why(
 
 
 def test_render_script(model_root, tmp_path):
-    mod = importlib.import_module("clip3dreid_plugin.tools.render_synthetic")
+    mod = importlib.import_module("clip3dreid_plugin.tools.render_meshset")
     out = tmp_path / "set"
     rc = mod.main(["--body-model", model_root, "--num-female", "1", "--num-male", "1", "--poses-per-subject", "1",
                    "--out", str(out), "--height", "128", "--width", "64", "--ext", "jpg", "--no-progress"])
@@ -200,6 +200,33 @@ def test_render_script(model_root, tmp_path):
                      "--out", str(tmp_path / "other"), "--pose-file", str(bad), "--no-progress"]) == 2
     assert mod.main(["--body-model", str(tmp_path / "no_models"), "--num-female", "1", "--num-male", "0",
                      "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+
+
+def test_the_old_command_name_runs_the_same_main_and_says_it_is_deprecated(model_root, tmp_path, monkeypatch,
+                                                                         caplog):
+    import ast
+    import logging
+    import sys
+
+    tree = ast.parse(open(osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "setup.py")).read())
+    commands = next(ast.literal_eval(n.value) for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                    and any(getattr(t, "id", "") == "COMMANDS" for t in n.targets))
+    assert commands["clip3dreid-render-synthetic"] == commands["clip3dreid-render-meshset"] == "render_meshset"
+    mod = importlib.import_module("clip3dreid_plugin.tools.render_meshset")
+    argv = ["--body-model", model_root, "--num-female", "1", "--num-male", "0", "--poses-per-subject", "1",
+            "--height", "64", "--width", "32", "--no-progress"]
+    with caplog.at_level(logging.WARNING, logger="render_meshset"):
+        monkeypatch.setattr(sys, "argv", ["/venv/bin/clip3dreid-render-synthetic"])
+        assert mod.main(argv + ["--out", str(tmp_path / "old")]) == 0
+        old = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+        caplog.clear()
+        monkeypatch.setattr(sys, "argv", ["/venv/bin/clip3dreid-render-meshset"])
+        assert mod.main(argv + ["--out", str(tmp_path / "new")]) == 0
+        assert not [r for r in caplog.records if "deprecated" in r.getMessage()]
+    assert old == ["clip3dreid-render-synthetic is deprecated and will be removed in the next release: use "
+                   "clip3dreid-render-meshset"]
+    a, b = read_synthetic_meta(str(tmp_path / "old")), read_synthetic_meta(str(tmp_path / "new"))
+    assert list(a["files"]) == list(b["files"]) and np.array_equal(a["betas"], b["betas"])  # the same renderer
 
 
 def test_renderer_frames_every_view(model_root):

@@ -10,9 +10,9 @@ from fixtures.tiny_clip import tiny_clip
 
 from clip3dreid_plugin.body.procedural import write_procedural_smpl
 from clip3dreid_plugin.body.smpl_io import load_body_model
-from clip3dreid_plugin.body.synthetic_set import render_synthetic_set
+from clip3dreid_plugin.body.meshset import render_synthetic_set
 from clip3dreid_plugin.config.loader import ConfigError
-from clip3dreid_plugin.data.synthetic import GENDER_IDS, SyntheticMeshDataset, synthetic_batch_size
+from clip3dreid_plugin.data.meshset import GENDER_IDS, SyntheticMeshDataset, synthetic_batch_size
 from clip3dreid_plugin.engine.clip3dreid_engine import LossSwitches
 from clip3dreid_plugin.engine.loss_terms import LOSS_TERMS
 from clip3dreid_plugin.losses.shape3d import ShapeLoss
@@ -116,7 +116,7 @@ def test_synthetic_share_counts_the_frames_of_video_clips(synthetic_dir, data_ty
     import torchvision.transforms as T
 
     from clip3dreid_plugin.config.defaults import get_cfg
-    from clip3dreid_plugin.data.synthetic import build_synthetic_stream
+    from clip3dreid_plugin.data.meshset import build_synthetic_stream
 
     cfg = get_cfg()
     cfg.data.type, cfg.train.batch_size, cfg.video.seq_len = data_type, 2, 9

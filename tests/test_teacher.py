@@ -645,3 +645,58 @@ def test_cuda_teacher_in_half_precision_agrees_with_float32_and_the_cache_answer
     g_gpu, l_gpu = cache.lookup(images[3:9], torch.device("cuda", torch.cuda.current_device()))
     assert g_gpu.is_cuda and l_gpu.is_cuda and l_gpu.dtype == torch.int64
     assert torch.equal(g_gpu.cpu(), g_cpu) and torch.equal(l_gpu.cpu(), l_cpu)
+
+
+def test_standin_cache_has_a_fingerprint_of_its_own_and_is_never_taken_for_a_clip_cache(tiny, images, tmp_path):
+    """The quickstart's stand-in teacher (synthcc's ground-truth labels with a CLIP's features) writes a file of its
+    own whose fingerprint says where its labels came from: teacher.mode cache refuses it, teacher.mode stand-in
+    refuses a CLIP cache, and building the CLIP cache over a stand-in file rebuilds it."""
+    import os
+    import re
+    import shutil
+
+    from clip3dreid_plugin.config.loader import ConfigError, load_config
+    from clip3dreid_plugin.study.standin_teacher import STANDIN_LABELS, build_standin_cache, standin_cache_path
+    from clip3dreid_plugin.teacher.cache import TeacherCacheStaleError, build_teacher_cache, fingerprint_diff
+    from clip3dreid_plugin.teacher.source import build_teacher, build_teacher_source
+
+    name, weights, _ = tiny
+    cfg = load_config(None, ["teacher.name", name, "teacher.pretrained", weights, "teacher.cache_dir",
+                             str(tmp_path / "cache"), "runtime.progress", "False", "teacher.batch_size", "8"])
+    truth = torch.randint(0, 2, (len(images), 16), generator=torch.Generator().manual_seed(3))
+    standin = build_standin_cache(cfg, images, truth)
+    clip_path = cache_file_path(cfg.teacher.cache_dir, "synthcc", name, "tiny_seed0")
+    clip = TeacherCache.load(clip_path)
+    # Two files; the fingerprints differ in where the labels came from, and in nothing else.
+    assert standin_cache_path(cfg) != clip_path and osp.isfile(standin_cache_path(cfg))
+    assert fingerprint_diff(clip.fingerprint, standin.fingerprint) == [f"labels: None -> '{STANDIN_LABELS}'"]
+    assert torch.equal(TeacherCache.load(standin_cache_path(cfg)).lookup(images)[1], truth.to(torch.uint8))
+    assert torch.equal(standin.features, clip.features) and torch.equal(standin.text_features, clip.text_features)
+    assert (clip.labels != truth.to(torch.uint8)).any()  # the CLIP cache keeps the teacher's own labels
+
+    served = build_teacher_source(cfg.clone(), [("synthcc", images)])  # teacher.mode cache: the CLIP cache
+    assert torch.equal(served.lookup(images)[1], clip.labels[clip.rows(images)].long())
+    standin_cfg = cfg.clone()
+    standin_cfg.teacher.mode = "stand-in"
+    g, labels = build_teacher_source(standin_cfg, [("synthcc", images)]).lookup(images)
+    assert torch.equal(labels, truth) and torch.equal(g, clip.features[clip.rows(images)])
+
+    # A stand-in cache where the CLIP cache belongs (as the quickstart used to leave it): refused, then rebuilt.
+    shutil.copy(standin_cache_path(cfg), clip_path)
+    with pytest.raises(TeacherCacheMismatchError, match=f"labels come from {re.escape(STANDIN_LABELS)}"):
+        build_teacher_source(cfg.clone(), [("synthcc", images)])
+    teacher = build_teacher(cfg)
+    with pytest.raises(TeacherCacheStaleError, match="labels"):
+        build_teacher_cache(teacher, images, clip_path, on_stale="error", progress=False)
+    rebuilt = build_teacher_cache(teacher, images, clip_path, progress=False)
+    assert "labels" not in rebuilt.fingerprint and torch.equal(rebuilt.labels, clip.labels)
+    # A CLIP cache where the stand-in's belongs: refused by teacher.mode stand-in.
+    shutil.copy(clip_path, standin_cache_path(cfg))
+    with pytest.raises(TeacherCacheMismatchError, match="labels come from the teacher, not from synthcc ground"):
+        build_teacher_source(standin_cfg, [("synthcc", images)])
+    # Another dataset, or no stand-in cache at all: one line saying what to do.
+    with pytest.raises(ConfigError, match="synthcc's ground-truth labels only"):
+        build_teacher_source(standin_cfg, [("ltcc", images)])
+    os.remove(standin_cache_path(cfg))
+    with pytest.raises(ConfigError, match="no stand-in cache .*--teacher stand-in"):
+        build_teacher_source(standin_cfg, [("synthcc", images)])

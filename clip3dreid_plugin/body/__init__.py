@@ -2,8 +2,9 @@
 descriptor rules, synthetic mesh renders and 3D shape evaluation (Design 3 of CLIP3DReID).
 
 Submodules (one concept each): ``skeleton``, ``smpl_io``, ``procedural``, ``anthropometry``,
-``descriptor_rules``, ``poses``, ``synthetic`` (plan + metadata), ``synthetic_set`` (rendering a set),
-``synthcc`` (rendering the synthcc benchmark), ``render`` (headless pyrender), ``shape_eval`` (Chamfer distance).
+``descriptor_rules``, ``poses``, ``meshset_plan`` (plan + metadata of the synthetic mesh set of the 3D term),
+``meshset`` (rendering that set), ``synthcc`` (rendering the synthcc benchmark, another generated set),
+``render`` (headless pyrender), ``shape_eval`` (Chamfer distance).
 
 The names below are imported lazily on first use, so ``import clip3dreid_plugin.body.render``
 (e.g. in a process that only needs to pick the OpenGL platform) does not pay for torch, and nothing
@@ -22,9 +23,9 @@ _EXPORTS = {
     "PoseFileError": "poses", "builtin_pose_pool": "poses", "load_pose_file": "poses",
     "HeadlessGLError": "render", "MeshRenderer": "render",
     "sample_surface": "shape_eval", "chamfer_distance": "shape_eval", "evaluate_shapes": "shape_eval",
-    "make_plan": "synthetic", "sample_subjects": "synthetic", "read_synthetic_meta": "synthetic",
-    "write_synthetic_meta": "synthetic",
-    "SyntheticSetError": "synthetic_set", "render_synthetic_set": "synthetic_set",
+    "make_plan": "meshset_plan", "sample_subjects": "meshset_plan", "read_synthetic_meta": "meshset_plan",
+    "write_synthetic_meta": "meshset_plan",
+    "SyntheticSetError": "meshset", "render_synthetic_set": "meshset",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -52,7 +52,7 @@ from PIL import Image
 from clip3dreid_plugin.body.poses import builtin_pose_pool
 from clip3dreid_plugin.body.skeleton import J
 from clip3dreid_plugin.body.smpl_io import BodyModel, load_body_model
-from clip3dreid_plugin.body.synthetic_set import canonical_descriptors
+from clip3dreid_plugin.body.meshset import canonical_descriptors
 from clip3dreid_plugin.errors import UserError
 from clip3dreid_plugin.teacher.descriptors import DESCRIPTOR_PAIRS
 from clip3dreid_plugin.utils.artefact import (

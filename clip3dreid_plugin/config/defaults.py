@@ -162,7 +162,7 @@ def add_clip3dreid_config(cfg: CN) -> CN:
     cfg.teacher = CN()
     cfg.teacher.name = "ViT-L-14-quickgelu"  # open_clip model name; QuickGELU matches OpenAI weights
     cfg.teacher.pretrained = ""  # local checkpoint path or open_clip hub tag (needs network)
-    cfg.teacher.mode = "cache"  # cache = precomputed features | online = run CLIP every step | ideal (synthcc) | none
+    cfg.teacher.mode = "cache"  # cache = precomputed | online = CLIP every step | ideal, stand-in (synthcc) | none
     cfg.teacher.ideal_seed = 0  # teacher.mode ideal: seed of its orthonormal phrase features and shape projection
     cfg.teacher.cache_dir = "teacher_cache"  # folder of the per-(dataset, teacher, weights) cache files
     cfg.teacher.batch_size = 64  # images per teacher forward when building the cache

@@ -44,7 +44,7 @@ def _clip3dreid_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gp
 
         shape_loss = ShapeLoss.from_body_dir(cfg.body.model_dir, cfg.body.gender, device=common["device"])
     if terms.uses("synthetic", switches):
-        from clip3dreid_plugin.data.synthetic import build_synthetic_stream
+        from clip3dreid_plugin.data.meshset import build_synthetic_stream
 
         synthetic = build_synthetic_stream(cfg, datamanager)
     engine = CLIP3DReIDEngine(datamanager, model, optimizer, teacher=teacher, switches=switches, terms=terms,
@@ -57,22 +57,11 @@ def _clip3dreid_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gp
     return engine
 
 
-def _shape_probe_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: bool, **common):
-    from clip3dreid_plugin.body.synthcc import synthcc_shapes_by_path
-    from clip3dreid_plugin.engine.shape_probe import ShapeProbeEngine
-
-    others = [name for name in datamanager.sources if name != "synthcc"]
-    if others:
-        raise ConfigError(f"model.name shape_probe needs true body shapes, which only synthcc has; data.sources "
-                          f"has {others}")
-    return ShapeProbeEngine(datamanager, model, optimizer, synthcc_shapes_by_path(cfg.data.root),
-                            scheduler=scheduler, use_gpu=use_gpu, amp=cfg.runtime.amp, **common)
-
-
 # model name -> fn(cfg, datamanager, model, optimizer, scheduler, use_gpu, **common) -> engine, where common holds
 # the evaluation and checkpoint options every plugin engine takes (ClothesAwareEngineMixin) and the run's resolved
-# ``device`` (a torch.device: pass it to whatever the builder places on the GPU).
-ENGINE_BUILDERS: Dict[str, Callable] = {"clip3dreid": _clip3dreid_engine, "shape_probe": _shape_probe_engine}
+# ``device`` (a torch.device: pass it to whatever the builder places on the GPU). The study's models
+# (``shape_probe``, :mod:`clip3dreid_plugin.study`) sit above this package: ``register()`` adds their builders.
+ENGINE_BUILDERS: Dict[str, Callable] = {"clip3dreid": _clip3dreid_engine}
 
 
 def _standard_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: bool, **common):

@@ -1,17 +1,16 @@
-"""Model factories the plugin adds to torchreid (name -> factory)."""
+"""Model factories the plugin adds to torchreid (name -> factory); ``register()`` adds the study's too
+(``clip3dreid_plugin.study.MODEL_FACTORIES``)."""
 from __future__ import annotations
 
 from typing import Callable, Dict
 
 from clip3dreid_plugin.models.clip3dreid import clip3dreid
 from clip3dreid_plugin.models.clip_baselines import clip_linear, clip_zeroshot
-from clip3dreid_plugin.models.shape_probe import shape_probe
 
 MODEL_FACTORIES: Dict[str, Callable] = {
     "clip3dreid": clip3dreid,
     "clip_zeroshot": clip_zeroshot,  # frozen CLIP image feature (evaluation only)
     "clip_linear": clip_linear,  # frozen CLIP + trainable FC classifier
-    "shape_probe": shape_probe,  # ResNet-50 regressing true body shape (synthcc's shape-visibility probe)
 }
 
 #: Models whose ``pretrained=True`` loads weights their checkpoints never hold (the frozen CLIP), so a checkpoint

@@ -13,7 +13,7 @@ from yacs.config import CfgNode as CN
 
 from clip3dreid_plugin import compat
 from clip3dreid_plugin.config.loader import ConfigError
-from clip3dreid_plugin.models import MODEL_FACTORIES, PRETRAINED_OUTSIDE_CHECKPOINT
+from clip3dreid_plugin.models import PRETRAINED_OUTSIDE_CHECKPOINT
 from clip3dreid_plugin.models.imagenet import PretrainedWeightsError, ensure_pretrained_file, torchreid_pretrained_url
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,8 @@ def build_model(cfg: CN, num_classes: int, use_gpu: bool, checkpoint: str = "") 
     if pretrained and checkpoint and name not in PRETRAINED_OUTSIDE_CHECKPOINT:
         logger.info("model.pretrained: ImageNet weights not loaded, %s replaces them", checkpoint)
         pretrained = False
-    fetches_own = pretrained and name not in MODEL_FACTORIES
+    # The plugin's own factories (models/ and the study's, added by register()) find their weights themselves.
+    fetches_own = pretrained and not getattr(factory, "__module__", "").startswith("clip3dreid_plugin.")
     if fetches_own:
         url = torchreid_pretrained_url(name, factory)
         if url is not None:

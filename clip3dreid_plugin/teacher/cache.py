@@ -11,7 +11,9 @@ with ``weights_only=True``)::
     text_features float32 [M, 2, d] L2-normalised prompt text features (stored once)
     fingerprint   dict (:func:`clip3dreid_plugin.utils.artefact.fingerprint`): teacher name, weights
                   id (sha256 of the file / tag / hash of random weights), digest of the image
-                  list, pairs, template, resize mode, precision, open_clip version, scheme
+                  list, pairs, template, resize mode, precision, open_clip version, scheme;
+                  ``labels`` only when the labels are not the teacher's (the quickstart's
+                  stand-in teacher: synthcc's ground truth)
 
 Features are stored as float32 (3 KB per image at d=768; ~30 MB for a 10k-image training set) so
 that cache mode reproduces online mode bit for bit; float16 would halve this at a ~1e-3 relative
@@ -350,7 +352,7 @@ class TeacherCache:
     def check_compatible(self, image_paths: Optional[Sequence[str]] = None, teacher_name: Optional[str] = None,
                          weights_id: Optional[str] = None, pairs: Optional[Sequence[Tuple[str, str]]] = None,
                          template: Optional[str] = None, dataset: Optional[str] = None,
-                         resize_mode: Optional[str] = None) -> None:
+                         resize_mode: Optional[str] = None, labels: str = "") -> None:
         """Checks that this cache can serve a run; every argument left ``None`` is not checked.
 
         Args:
@@ -361,6 +363,9 @@ class TeacherCache:
             template: expected prompt template.
             dataset: expected dataset name.
             resize_mode: expected teacher resize mode.
+            labels: who must have made the descriptor labels, the fingerprint's ``labels`` entry; ``""`` (always
+                checked): the teacher itself, the entry absent. A cache whose labels came from elsewhere (the
+                quickstart's stand-in teacher writes ground truth) never serves as a teacher's, nor the reverse.
 
         Raises:
             TeacherCacheMismatchError: naming every mismatch (dataset, teacher, missing images, ...).
@@ -372,6 +377,10 @@ class TeacherCache:
                   "pairs": None if pairs is None else [f"{a}|{b}" for a, b in pairs]}
         wanted = {k: v for k, v in wanted.items() if v is not None}
         problems += fingerprint_diff(self.fingerprint, wanted, list(wanted))
+        made_by = self.fingerprint.get("labels", "")
+        if made_by != labels:
+            problems.append(f"its descriptor labels come from {made_by or 'the teacher'}, not from "
+                            f"{labels or 'the teacher'}")
         if image_paths is not None:
             missing = [p for p in image_paths if p not in self]
             if missing:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from yacs.config import CfgNode as CN
@@ -28,7 +28,8 @@ from clip3dreid_plugin.teacher.descriptors import parse_pairs, resolve_template
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CacheTeacherSource", "OnlineTeacherSource", "as_teacher_source", "build_teacher", "build_teacher_source"]
+__all__ = ["CacheTeacherSource", "OnlineTeacherSource", "TEACHER_MODES", "as_teacher_source", "build_teacher",
+           "build_teacher_source"]
 
 
 class CacheTeacherSource:
@@ -108,9 +109,16 @@ def build_teacher(cfg: CN, device="cpu") -> CLIPTeacher:
                        precision=t.precision)
 
 
+#: teacher.mode -> fn(cfg, datasets, device) -> source, for the modes beyond cache, online and none. The research
+#: instruments' teachers (``ideal``, ``stand-in``: :mod:`clip3dreid_plugin.study`) sit above this package, so
+#: :func:`clip3dreid_plugin.register` adds them here rather than this module importing them.
+TEACHER_MODES: Dict[str, Callable] = {}
+
+
 def build_teacher_source(cfg: CN, datasets: Sequence[Tuple[str, Sequence[str]]], device="cpu"):
-    """Source for ``cfg.teacher.mode``: ``cache`` | ``online`` | ``ideal`` (synthcc only, see
-    :mod:`clip3dreid_plugin.teacher.ideal`) | ``none`` (returns None).
+    """Source for ``cfg.teacher.mode``: ``cache`` | ``online`` | a mode of :data:`TEACHER_MODES` (after
+    ``register()``: ``ideal`` and ``stand-in``, synthcc only, see :mod:`clip3dreid_plugin.study`) | ``none``
+    (returns None).
 
     Args:
         cfg: full config.
@@ -127,19 +135,13 @@ def build_teacher_source(cfg: CN, datasets: Sequence[Tuple[str, Sequence[str]]],
         return None
     if mode == "online":
         return OnlineTeacherSource(build_teacher(cfg, device))
-    if mode == "ideal":
-        from clip3dreid_plugin.teacher.ideal import IdealTeacherSource
-
-        others = [name for name, _ in datasets if name != "synthcc"]
-        if others:
-            raise ConfigError(f"teacher.mode ideal knows body shape for synthcc only, not for {others}; "
-                              "use teacher.mode cache or online")
-        source = IdealTeacherSource.from_synthcc(cfg.data.root, cfg.clip3dreid.teacher_dim, cfg.teacher.ideal_seed)
-        logger.warning("teacher.mode ideal: an offline stand-in that knows synthcc's true shapes (orthonormal phrase "
-                       "features, ground-truth labels, g = projected betas), not CLIP")
-        return source
+    if mode in TEACHER_MODES:
+        return TEACHER_MODES[mode](cfg, datasets, device)
     if mode != "cache":
-        raise ConfigError(f"teacher.mode must be cache, online, ideal or none, got '{mode}'")
+        extra = "".join(f", {m}" for m in sorted(TEACHER_MODES))
+        raise ConfigError(f"teacher.mode must be cache, online{extra} or none, got '{mode}'"
+                          + ("" if TEACHER_MODES else " (clip3dreid_plugin.register() adds the study's ideal and "
+                                                      "stand-in teachers)"))
     t = cfg.teacher
     label = weights_label_for(t.pretrained or None, t.name)
     # The file name only carries the weights' stem; the hash catches a replaced file of the same name.

@@ -117,7 +117,7 @@ def _synthetic_3d(body_dir: str, synthetic_dir: str, bs: int, h: int, w: int, ra
     import torchreid
 
     from clip3dreid_plugin.body.smpl_io import load_body_model
-    from clip3dreid_plugin.data.synthetic import GENDER_IDS, SyntheticMeshDataset, synthetic_batch_size
+    from clip3dreid_plugin.data.meshset import GENDER_IDS, SyntheticMeshDataset, synthetic_batch_size
     from clip3dreid_plugin.losses.shape3d import ShapeLoss
 
     _, tf = torchreid.data.transforms.build_transforms(h, w, transforms=None)
@@ -295,7 +295,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--eval-size", type=int, nargs=2, default=[2000, 20000], metavar=("Q", "G"))
     p.add_argument("--torchreid-eval-repeats", type=int, default=1)
     p.add_argument("--body-model", default="", help="with --synthetic-dir: also time a step with the 3D term")
-    p.add_argument("--synthetic-dir", default="", help="a rendered synthetic set (clip3dreid-render-synthetic)")
+    p.add_argument("--synthetic-dir", default="", help="a rendered synthetic set (clip3dreid-render-meshset)")
     p.add_argument("--synthetic-ratio", type=float, default=0.25)
     p.add_argument("--json", default="", help="write the results as JSON")
     args = p.parse_args(argv)

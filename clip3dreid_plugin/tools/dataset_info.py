@@ -150,7 +150,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if info["kind"] == "video":
             raise InputError(f"--chance is for image datasets; '{args.dataset}' is a video dataset")
         info["chance_draws"] = args.chance
-        from clip3dreid_plugin.evaluation.chance import chance_level
+        from clip3dreid_plugin.study.chance import chance_level
 
         info["chance"] = chance_level(ds, info["eval_protocols"], args.chance)
     print(json.dumps(info, indent=2) if args.json else format_table(info))

@@ -44,7 +44,7 @@ def predict_from_images(config_file: str, weights: str, images_dir: str, opts: S
     import torch
     import torchreid
 
-    from clip3dreid_plugin.data.synthetic import GENDER_IDS, SyntheticMeshDataset
+    from clip3dreid_plugin.data.meshset import GENDER_IDS, SyntheticMeshDataset
     from clip3dreid_plugin.tools.common import load_student
 
     cfg, model = load_student(config_file, ["model.name", "clip3dreid", *opts], weights)

@@ -8,11 +8,13 @@ Steps (``bash scripts/quickstart.sh`` runs them after installing):
 3. choose the teacher (``--teacher``). With ``--clip-weights`` the real CLIP teacher labels every training image.
    Offline the default is the *ideal* teacher (``teacher.mode ideal``): orthonormal phrase features, synthcc's
    ground-truth descriptor labels and ``g`` = a fixed projection of the true shape, so that the distillation path
-   is tested with targets that carry shape. ``--teacher stand-in`` keeps the earlier offline mix (ground-truth
-   labels, text features of a randomly initialised text tower, no ``L_global``);
+   is tested with targets that carry shape. ``--teacher stand-in`` keeps the earlier offline mix (``teacher.mode
+   stand-in``: ground-truth labels, text features of a randomly initialised text tower, no ``L_global``), in a
+   cache file and fingerprint of its own (:mod:`clip3dreid_plugin.study.standin_teacher`);
 4. train torchreid's ``resnet50`` baseline and ``clip3dreid`` with the same budget;
 5. print one side-by-side table of general / SC / CC mAP and rank-1 with a chance row, the teacher of each row,
-   and a verdict: is the CC mAP difference larger than the seed spread measured in BENCHMARKS.md?
+   and a verdict: is the CC mAP difference larger than the seed spread the method study measured (its committed
+   record, :mod:`clip3dreid_plugin.study.records`)?
 """
 from __future__ import annotations
 
@@ -21,13 +23,13 @@ import os
 import os.path as osp
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 from clip3dreid_plugin.tools.common import CLIParser, cli_main
 
 logger = logging.getLogger("clip3dreid.quickstart")
 
-__all__ = ["main", "label_descriptors_for_quickstart", "verdict", "SEED_SPREAD", "STUDY_ROW"]
+__all__ = ["main", "verdict"]
 
 CHANCE_DRAWS = 200  # random rankings averaged for the chance row (standard error well under a point)
 # Recipe names, found among the installed recipes (or a checkout's configs/) from any folder.
@@ -35,51 +37,26 @@ BASELINE_CFG = "synthcc/resnet50_baseline_128x64"
 CLIP3DREID_CFG = "synthcc/clip3dreid_r50_vitb32_128x64"
 SHAPE_PROBE_CFG = "synthcc/shape_probe_r50_128x64"
 TEACHERS = ("auto", "clip", "ideal", "stand-in")
-#: Per offline teacher: (sample sd of the paired CC-mAP difference clip3dreid - baseline over seeds, in points;
-#: the number of seeds), from the method study in BENCHMARKS.md (``benchmarks/results/method_study/summary.json``,
-#: rows ``full_ideal_global_mean`` and ``full_standin``: the options the quickstart runs with each teacher);
-#: tests/test_quickstart.py checks the two agree. No entry for ``clip``: no CLIP weights were at hand to measure it.
-SEED_SPREAD: Dict[str, Tuple[float, int]] = {"ideal": (1.40, 5), "stand-in": (1.23, 5)}
-#: The method-study row each offline teacher's quickstart run repeats.
-STUDY_ROW = {"ideal": "full_ideal_global_mean", "stand-in": "full_standin"}
 
 
-def label_descriptors_for_quickstart(cfg, gt_paths: List[str], gt_labels, device="cpu") -> str:
-    """Builds the synthcc teacher cache; replaces labels by ground truth when the teacher has no weights.
-
-    Args:
-        device: where the teacher labels (the run's resolved device).
-
-    Returns:
-        ``"clip"`` or ``"ground-truth"``: where the descriptor labels came from.
-    """
-    from clip3dreid_plugin.teacher.cache import TeacherCache, build_teacher_cache, cache_file_path
-    from clip3dreid_plugin.teacher.source import build_teacher
-
-    teacher = build_teacher(cfg, device)
-    path = cache_file_path(cfg.teacher.cache_dir, "synthcc", cfg.teacher.name, teacher.weights_label())
-    cache = build_teacher_cache(teacher, gt_paths, path, batch_size=cfg.teacher.batch_size, dataset="synthcc",
-                                progress=cfg.runtime.progress)
-    if cfg.teacher.pretrained:
-        return "clip"
-    rows = cache.rows(gt_paths)
-    labels = cache.labels.clone()
-    labels[rows] = gt_labels.to(labels.dtype)
-    TeacherCache(cache.paths, cache.features, labels, cache.text_features, cache.fingerprint,
-                 dataset="synthcc").save(path)
-    return "ground-truth"
-
-
-def verdict(diff_cc_map: float, teacher: str) -> str:
+def verdict(diff_cc_map: float, teacher: str, record: str = "") -> str:
     """One line: is this run's CC-mAP difference (clip3dreid - baseline, in points) outside the seed spread?
 
     A difference within two standard deviations of the paired difference measured over seeds is not told apart
-    from seed noise by one run.
+    from seed noise by one run. The spread is read from the method study's record (``record``, default the
+    committed :data:`~clip3dreid_plugin.study.records.SEED_SPREAD_FILE`); without one the line says so.
     """
-    if teacher not in SEED_SPREAD:
-        return (f"verdict: CC mAP differs by {diff_cc_map:+.1f} points; BENCHMARKS.md has no seed spread for the "
+    from clip3dreid_plugin.study.records import SEED_SPREAD_FILE, read_seed_spread
+
+    record = record or SEED_SPREAD_FILE
+    spread = read_seed_spread(record)
+    if spread is None:
+        return (f"verdict: CC mAP differs by {diff_cc_map:+.1f} points; the method study's seed-spread record "
+                f"'{record}' is missing, so one run cannot say whether that is more than seed noise")
+    if teacher not in spread:
+        return (f"verdict: CC mAP differs by {diff_cc_map:+.1f} points; the method study has no seed spread for the "
                 f"{teacher} teacher, so one run cannot say whether that is more than seed noise")
-    sd, n = SEED_SPREAD[teacher]
+    sd, n = spread[teacher]
     outside = abs(diff_cc_map) > 2 * sd
     return (f"verdict: CC mAP differs by {diff_cc_map:+.1f} points, {'more' if outside else 'less'} than twice the "
             f"seed spread of the paired difference (sd {sd:.1f} over {n} seeds, BENCHMARKS.md): "
@@ -125,11 +102,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.time()
     from clip3dreid_plugin.body.procedural import write_procedural_smpl
     from clip3dreid_plugin.body.synthcc import build_synthcc, synthcc_ground_truth
-    from clip3dreid_plugin.body.synthetic_set import render_synthetic_set
+    from clip3dreid_plugin.body.meshset import render_synthetic_set
     from clip3dreid_plugin.config import load_config
     from clip3dreid_plugin.config.loader import ConfigError
     from clip3dreid_plugin.data.build import build_train_split
-    from clip3dreid_plugin.evaluation.chance import chance_level
+    from clip3dreid_plugin.study.chance import chance_level
+    from clip3dreid_plugin.study.standin_teacher import build_standin_cache, synthcc_teacher_cache
     from clip3dreid_plugin.tools.compare import load_runs, write_comparison
     from clip3dreid_plugin.utils.io import atomic_write_json
 
@@ -177,11 +155,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         logger.info("[3/5] labelling body-shape descriptors with the CLIP teacher (%s)", cfg.teacher.name)
         gt_paths, gt_labels = synthcc_ground_truth(data_root)
-        labelled_by = label_descriptors_for_quickstart(cfg, gt_paths, gt_labels, device=device)
-        if labelled_by == "ground-truth":
+        if teacher == "clip":
+            synthcc_teacher_cache(cfg, gt_paths, device=device)
+        else:
+            build_standin_cache(cfg, gt_paths, gt_labels, device=device)
             logger.warning("teacher stand-in: descriptor labels are synthcc's ground truth, text features come from "
                            "the randomly initialised %s text tower, and L_global is off", cfg.teacher.name)
-            cc_opts += ["loss.clip3dreid.use_global", "False"]
+            cc_opts += ["teacher.mode", "stand-in", "loss.clip3dreid.use_global", "False"]
 
     results: Dict[str, Dict[str, Dict[str, float]]] = {}
     logger.info("[4/5] training torchreid's resnet50 baseline")

@@ -141,11 +141,16 @@ def transport_figure(image_rgb: np.ndarray, heat: np.ndarray,
 
 
 def _run_cache_path(cfg) -> str:
-    """The teacher-cache file of the run's first training dataset (``teacher.cache_dir``, name and weights)."""
+    """The teacher-cache file of the run's first training dataset (``teacher.cache_dir``, name and weights), or
+    the stand-in teacher's cache."""
     from clip3dreid_plugin.teacher.cache import cache_file_path
     from clip3dreid_plugin.teacher.weights import weights_label_for
 
     t = cfg.teacher
+    if t.mode == "stand-in":  # its own file, apart from the teacher's
+        from clip3dreid_plugin.study.standin_teacher import standin_cache_path
+
+        return standin_cache_path(cfg)
     return cache_file_path(t.cache_dir, cfg.data.sources[0], t.name, weights_label_for(t.pretrained or None, t.name))
 
 
@@ -165,12 +170,12 @@ def phrase_features(cfg, checkpoint: dict) -> PhraseFeatures:
                               f"stored in the checkpoint: {stored['teacher']}")
     t = cfg.teacher
     if t.mode == "ideal":
-        from clip3dreid_plugin.teacher.ideal import orthonormal_phrase_features
+        from clip3dreid_plugin.study.ideal_teacher import orthonormal_phrase_features
 
         return PhraseFeatures(orthonormal_phrase_features(len(DESCRIPTOR_PAIRS), cfg.clip3dreid.teacher_dim,
                                                           t.ideal_seed), list(DESCRIPTOR_PAIRS),
                               f"the ideal teacher of the config (teacher.ideal_seed {t.ideal_seed})")
-    if t.mode == "cache":
+    if t.mode in ("cache", "stand-in"):
         path = _run_cache_path(cfg)
         try:
             cache = TeacherCache.load(path)
@@ -221,7 +226,7 @@ def descriptor_labels_for(cfg, model: torch.nn.Module, image_path: str, x: torch
             truth = {}
         if osp.abspath(image_path) in truth:
             return torch.tensor(truth[osp.abspath(image_path)]), "synthcc's ground truth (the ideal teacher's)"
-    if t.mode == "cache":
+    if t.mode in ("cache", "stand-in"):
         from clip3dreid_plugin.teacher.cache import TeacherCache, TeacherCacheMissError
 
         path = _run_cache_path(cfg)

@@ -22,6 +22,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from yacs.config import CfgNode as CN
 
 from clip3dreid_plugin.body.synthcc import synthcc_labels_by_path, synthcc_shapes_by_path
 from clip3dreid_plugin.config.loader import ConfigError
@@ -31,7 +32,7 @@ from clip3dreid_plugin.utils.rng import random_orthonormal
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IdealTeacherSource", "orthonormal_phrase_features", "shape_projection"]
+__all__ = ["IdealTeacherSource", "build_ideal_teacher_source", "orthonormal_phrase_features", "shape_projection"]
 
 
 def orthonormal_phrase_features(num_pairs: int, dim: int, seed: int = 0) -> torch.Tensor:
@@ -132,3 +133,25 @@ class IdealTeacherSource:
         pairs = DESCRIPTOR_PAIRS[: self._text.size(0)]
         return {"features": self._text.clone(), "pairs": [list(p) for p in pairs],
                 "teacher": f"ideal teacher (synthcc ground truth, teacher.ideal_seed {self.seed})"}
+
+
+def build_ideal_teacher_source(cfg: CN, datasets: Sequence[Tuple[str, Sequence[str]]],
+                               device="cpu") -> IdealTeacherSource:
+    """``teacher.mode ideal`` (an entry of ``teacher.source.TEACHER_MODES``): the ideal teacher of ``cfg.data.root``.
+
+    Args:
+        cfg: full config (``data.root``, ``clip3dreid.teacher_dim``, ``teacher.ideal_seed``).
+        datasets: ``(name, training image paths)`` of every source dataset; synthcc only.
+        device: unused (the source answers on the CPU, like the cache).
+
+    Raises:
+        ConfigError: a source dataset other than synthcc.
+    """
+    others = [name for name, _ in datasets if name != "synthcc"]
+    if others:
+        raise ConfigError(f"teacher.mode ideal knows body shape for synthcc only, not for {others}; "
+                          "use teacher.mode cache or online")
+    source = IdealTeacherSource.from_synthcc(cfg.data.root, cfg.clip3dreid.teacher_dim, cfg.teacher.ideal_seed)
+    logger.warning("teacher.mode ideal: an offline stand-in that knows synthcc's true shapes (orthonormal phrase "
+                   "features, ground-truth labels, g = projected betas), not CLIP")
+    return source

@@ -1,27 +1,33 @@
-"""Renders the synthetic body-mesh image set used by CLIP3DReID's 3D regularisation (Design 3).
+"""Renders the synthetic mesh set (SMPL bodies) used by CLIP3DReID's 3D regularisation (Design 3).
 
 Example (paper setting, 500 + 500 subjects x 10 poses, student input size)::
 
-    clip3dreid-render-synthetic --body-model /data/body_models --num-female 500 --num-male 500 \
+    clip3dreid-render-meshset --body-model /data/body_models --num-female 500 --num-male 500 \
         --poses-per-subject 10 --out /data/synthetic_bodies
 
 ``--body-model`` is the root holding ``smpl/SMPL_{FEMALE,MALE}.pkl`` (official SMPL, or the procedural
 stand-in written by ``clip3dreid-make-body-model``). The output folder gets ``images/*.png`` and one
 ``meta.npz`` (per image: file, betas [10], gender, pose id, camera yaw, the 16 descriptor labels; see
-``clip3dreid_plugin/body/synthetic.py``). Re-running the same command resumes an interrupted run.
-Rendering is headless (EGL or OSMesa; see ``clip3dreid_plugin/body/render.py``).
+``clip3dreid_plugin/body/meshset_plan.py``). Re-running the same command resumes an interrupted run.
+Rendering is headless (EGL or OSMesa; see ``clip3dreid_plugin/body/render.py``). ``clip3dreid-render-synthetic``,
+the command's name before the mesh set was told apart from the synthcc benchmark, runs this main for one more
+release and says so.
 """
 from __future__ import annotations
 
 import logging
+import os.path as osp
 import sys
 from typing import Optional, Sequence
 
-from clip3dreid_plugin.body.synthetic import read_synthetic_meta
-from clip3dreid_plugin.body.synthetic_set import render_synthetic_set
+from clip3dreid_plugin.body.meshset_plan import read_synthetic_meta
+from clip3dreid_plugin.body.meshset import render_synthetic_set
 from clip3dreid_plugin.tools.common import CLIParser, cli_main
 
-logger = logging.getLogger("render_synthetic")
+logger = logging.getLogger("render_meshset")
+
+#: The command's old name, kept as an alias (setup.py's COMMANDS) for one release.
+OLD_COMMAND = "clip3dreid-render-synthetic"
 
 
 @cli_main
@@ -48,6 +54,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from clip3dreid_plugin.tools.common import start_cli
 
     start_cli(stream=sys.stderr)
+    if osp.basename(sys.argv[0]) == OLD_COMMAND:
+        logger.warning("%s is deprecated and will be removed in the next release: use clip3dreid-render-meshset",
+                       OLD_COMMAND)
 
     thresholds = read_synthetic_meta(args.thresholds_from)["thresholds"] if args.thresholds_from else None
     meta = render_synthetic_set(

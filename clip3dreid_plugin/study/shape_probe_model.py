@@ -1,9 +1,9 @@
 """``shape_probe``: torchreid's ResNet-50 regressing an image's true body-shape coefficients.
 
 It answers whether body shape is visible at all in a benchmark's images: trained on synthcc's training images to
-predict their identity's betas (MSE, :class:`~clip3dreid_plugin.engine.shape_probe.ShapeProbeEngine`), it ranks the
-test images by predicted shape. Near chance on the clothes-changing protocol means a shape-distilling student has
-nothing to gain there at this resolution, whatever the teacher.
+predict their identity's betas (MSE, :class:`~clip3dreid_plugin.study.shape_probe_engine.ShapeProbeEngine`), it
+ranks the test images by predicted shape. Near chance on the clothes-changing protocol means a shape-distilling
+student has nothing to gain there at this resolution, whatever the teacher.
 """
 from __future__ import annotations
 

@@ -200,7 +200,7 @@ def read_synthetic_meta(path: str) -> Dict[str, Any]:
         path = osp.join(path, META_NAME)
     if not osp.isfile(path):
         raise FileNotFoundError(f"synthetic-set metadata {path} does not exist; render the set with "
-                                "clip3dreid-render-synthetic")
+                                "clip3dreid-render-meshset")
     out: Dict[str, Any] = {}
     try:
         with np.load(path, allow_pickle=False) as data:

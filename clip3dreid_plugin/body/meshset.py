@@ -2,7 +2,7 @@
 
 Output layout::
 
-    <out_dir>/meta.npz          one metadata file (format: clip3dreid_plugin.body.synthetic)
+    <out_dir>/meta.npz          one metadata file (format: clip3dreid_plugin.body.meshset_plan)
     <out_dir>/images/*.png      one untextured render per (subject, pose)
 
 The run is resumable through :mod:`clip3dreid_plugin.utils.artefact`: the plan is deterministic in
@@ -31,7 +31,7 @@ from PIL import Image
 from clip3dreid_plugin.body.anthropometry import MEASUREMENT_NAMES, measure_bodies
 from clip3dreid_plugin.body.descriptor_rules import descriptor_scores, fit_thresholds, rule_labels
 from clip3dreid_plugin.body.smpl_io import BodyModel, load_body_model
-from clip3dreid_plugin.body.synthetic import (
+from clip3dreid_plugin.body.meshset_plan import (
     META_FORMAT_VERSION,
     META_NAME,
     SyntheticPlan,
@@ -136,7 +136,7 @@ def render_synthetic_set(body_model_dir: str, out_dir: str, num_female: int, num
         overwrite: deprecated spelling of ``on_stale``: True is ``rebuild``, False ``error``.
 
     Returns:
-        The metadata as written (see :mod:`clip3dreid_plugin.body.synthetic`).
+        The metadata as written (see :mod:`clip3dreid_plugin.body.meshset_plan`).
 
     Raises:
         SyntheticSetStaleError: ``out_dir`` holds a different set and ``on_stale`` is ``error``.

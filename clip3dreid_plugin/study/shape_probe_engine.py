@@ -1,4 +1,5 @@
-"""``ShapeProbeEngine``: trains :class:`~clip3dreid_plugin.models.shape_probe.ShapeProbe` to regress true shapes."""
+"""``ShapeProbeEngine``: trains :class:`~clip3dreid_plugin.study.shape_probe_model.ShapeProbe` to regress true
+shapes; :func:`build_shape_probe_engine` is its entry of ``engine.build.ENGINE_BUILDERS``."""
 from __future__ import annotations
 
 from typing import Dict, Sequence
@@ -6,11 +7,13 @@ from typing import Dict, Sequence
 import torch
 import torch.nn.functional as F
 import torchreid
+from yacs.config import CfgNode as CN
 
 from clip3dreid_plugin.engine.amp import autocast, grad_scaler
+from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.engine.base import ClothesAwareEngineMixin
 
-__all__ = ["ShapeProbeEngine"]
+__all__ = ["ShapeProbeEngine", "build_shape_probe_engine"]
 
 
 class ShapeProbeEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
@@ -59,3 +62,20 @@ class ShapeProbeEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return {"shape_mse": loss.detach()}  # read by the loop once per print interval, not here
+
+
+def build_shape_probe_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: bool,
+                             **common) -> ShapeProbeEngine:
+    """The engine of ``model.name shape_probe``, with synthcc's true shapes as targets.
+
+    Raises:
+        ConfigError: a source dataset other than synthcc (no other dataset knows its shapes).
+    """
+    from clip3dreid_plugin.body.synthcc import synthcc_shapes_by_path
+
+    others = [name for name in datamanager.sources if name != "synthcc"]
+    if others:
+        raise ConfigError(f"model.name shape_probe needs true body shapes, which only synthcc has; data.sources "
+                          f"has {others}")
+    return ShapeProbeEngine(datamanager, model, optimizer, synthcc_shapes_by_path(cfg.data.root),
+                            scheduler=scheduler, use_gpu=use_gpu, amp=cfg.runtime.amp, **common)

@@ -1,6 +1,6 @@
 """Synthetic body-mesh images for the 3D regularisation term (Design 3).
 
-``SyntheticMeshDataset`` reads a set written by ``clip3dreid-render-synthetic`` (images plus one
+``SyntheticMeshDataset`` reads a set written by ``clip3dreid-render-meshset`` (images plus one
 ``meta.npz``). ``build_synthetic_stream`` turns it into an endless iterator of batches sized so that
 synthetic images make up ``body.synthetic_ratio`` of every training batch.
 """
@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from yacs.config import CfgNode as CN
 
-from clip3dreid_plugin.body.synthetic import read_synthetic_meta
+from clip3dreid_plugin.body.meshset_plan import read_synthetic_meta
 from clip3dreid_plugin.utils.distributed import get_rank
 from clip3dreid_plugin.config.loader import ConfigError
 from datasets_ext.image_io import read_image
@@ -43,7 +43,7 @@ class SyntheticMeshDataset(Dataset):
         base = folder if osp.isdir(folder) else osp.dirname(folder)
         self.paths = [osp.join(base, str(f)) for f in meta["files"]]
         if not self.paths:
-            raise ConfigError(f"synthetic set '{folder}' lists no images; render it with clip3dreid-render-synthetic")
+            raise ConfigError(f"synthetic set '{folder}' lists no images; render it with clip3dreid-render-meshset")
         self.labels = torch.as_tensor(np.asarray(meta["labels"], dtype=np.int64))
         self.betas = torch.as_tensor(np.asarray(meta["betas"], dtype=np.float32))
         self.genders = torch.as_tensor([GENDER_IDS[str(g)] for g in meta["gender"]])
@@ -122,7 +122,7 @@ def synthetic_stream(folder: str, transform, batch_size: int, seed: int = 0, wor
     """The :class:`SyntheticStream` of the set in ``folder`` (the engine's ``synthetic`` argument).
 
     Args:
-        folder: a set written by ``clip3dreid-render-synthetic``.
+        folder: a set written by ``clip3dreid-render-meshset``.
         transform: the student's training transform (``datamanager.transform_tr``).
         batch_size: synthetic images per step (see :func:`synthetic_batch_size`).
         seed: shuffle seed.
@@ -145,7 +145,7 @@ def build_synthetic_stream(cfg: CN, datamanager) -> Iterator[dict]:
     data manager's loaders (``runtime.pin_memory`` on a CUDA run)."""
     if not cfg.body.synthetic_dir:
         raise ConfigError("loss.clip3dreid.use_3d needs body.synthetic_dir (render one with "
-                          "clip3dreid-render-synthetic)")
+                          "clip3dreid-render-meshset)")
     # Video batches are trained on as their frames, so the real part of a step is batch_size x seq_len images.
     real = cfg.train.batch_size * (cfg.video.seq_len if cfg.data.type == "video" else 1)
     bs = synthetic_batch_size(real, cfg.body.synthetic_ratio)

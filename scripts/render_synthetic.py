@@ -1,8 +1,0 @@
-#!/usr/bin/env python
-"""Wrapper of ``clip3dreid_plugin.tools.render_synthetic`` (installed as ``clip3dreid-render-synthetic``)."""
-import sys
-
-from clip3dreid_plugin.tools.render_synthetic import main
-
-if __name__ == "__main__":
-    sys.exit(main())
