@@ -104,10 +104,10 @@ KW = dict(num_female=1, num_male=1, poses_per_subject=2, height=128, width=64, s
 
 def _count_saves(monkeypatch, fail_after=None):
     """Counts the mesh set's image writes; optionally raises once ``fail_after`` images are written."""
-    from clip3dreid_plugin.body import synthetic_set
+    from clip3dreid_plugin.body import meshset
 
     calls = {"n": 0}
-    original = synthetic_set._save_image
+    original = meshset._save_image
 
     def wrapped(img, path):
         if fail_after is not None and calls["n"] == fail_after:
@@ -115,7 +115,7 @@ def _count_saves(monkeypatch, fail_after=None):
         original(img, path)
         calls["n"] += 1
 
-    monkeypatch.setattr(synthetic_set, "_save_image", wrapped)
+    monkeypatch.setattr(meshset, "_save_image", wrapped)
     return calls
 
 
@@ -164,8 +164,8 @@ def test_stale_set_is_rebuilt_saying_why(model_root, tmp_path, caplog):
 
 
 def test_old_fingerprint_set_keeps_loading_and_is_refused_or_rebuilt_saying_why(model_root, tmp_path, caplog):
-    from clip3dreid_plugin.body.synthetic import write_synthetic_meta
-    from clip3dreid_plugin.data.synthetic import SyntheticMeshDataset
+    from clip3dreid_plugin.body.meshset_plan import write_synthetic_meta
+    from clip3dreid_plugin.data.meshset import SyntheticMeshDataset
 
     ref = render_synthetic_set(model_root, str(tmp_path / "ref"), **KW)
     out = str(tmp_path / "old")
