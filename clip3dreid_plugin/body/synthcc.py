@@ -51,7 +51,7 @@ from clip3dreid_plugin.body.skeleton import J
 from clip3dreid_plugin.body.smpl_io import BodyModel, load_body_model
 from clip3dreid_plugin.body.synthetic_set import canonical_descriptors
 from clip3dreid_plugin.errors import UserError
-from clip3dreid_plugin.teacher.descriptors import DESCRIPTOR_PAIRS
+from clip3dreid_plugin.shape import DESCRIPTOR_PAIRS
 from clip3dreid_plugin.utils.hashing import file_sha256
 from clip3dreid_plugin.utils.io import atomic_write
 from clip3dreid_plugin.utils.paths import stays_inside

@@ -35,7 +35,7 @@ from clip3dreid_plugin.body.synthetic import (
     read_synthetic_meta,
     write_synthetic_meta,
 )
-from clip3dreid_plugin.teacher.descriptors import DESCRIPTOR_PAIRS
+from clip3dreid_plugin.shape import DESCRIPTOR_PAIRS
 from clip3dreid_plugin.utils.hashing import file_sha256
 from clip3dreid_plugin.utils.io import atomic_write
 from clip3dreid_plugin.utils.progress import progress

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from yacs.config import CfgNode as CN
 
-from clip3dreid_plugin.body.skeleton import NUM_BETAS
+from clip3dreid_plugin.shape import NUM_BETAS
 
 __all__ = ["get_default_config", "add_clip3dreid_config", "get_cfg"]
 

@@ -68,7 +68,7 @@ class SyntheticBatch:
     Attributes:
         imgs: rendered body images ``[S, 3, H, W]``.
         betas: their true shape coefficients ``[S, 10]``.
-        genders: the body each was rendered with ``[S]`` (``clip3dreid_plugin.data.synthetic.GENDER_IDS``).
+        genders: the body each was rendered with ``[S]`` (``clip3dreid_plugin.body.genders.GENDER_IDS``).
         text: the teacher's text features of their true descriptors ``[S, M, d]``, where a term reads them.
     """
 
