@@ -8,11 +8,11 @@ import pytest
 import torch
 from fixtures.tiny_clip import tiny_clip
 
+from clip3dreid_plugin.body.genders import GENDER_IDS
 from clip3dreid_plugin.body.procedural import write_procedural_smpl
 from clip3dreid_plugin.body.smpl_io import load_body_model
 from clip3dreid_plugin.body.synthetic_set import render_synthetic_set
 from clip3dreid_plugin.config.loader import ConfigError
-from clip3dreid_plugin.body.genders import GENDER_IDS
 from clip3dreid_plugin.data.synthetic import SyntheticMeshDataset, synthetic_batch_size
 from clip3dreid_plugin.engine.clip3dreid_engine import LossSwitches
 from clip3dreid_plugin.engine.loss_terms import LOSS_TERMS
