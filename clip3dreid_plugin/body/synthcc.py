@@ -47,6 +47,7 @@ import torch
 from PIL import Image
 
 from clip3dreid_plugin.body.poses import builtin_pose_pool
+from clip3dreid_plugin.body.render import MeshRenderer
 from clip3dreid_plugin.body.skeleton import J
 from clip3dreid_plugin.body.smpl_io import BodyModel, load_body_model
 from clip3dreid_plugin.body.synthetic_set import canonical_descriptors
@@ -467,8 +468,6 @@ def build_synthcc(root: str, body_model_dir: str, num_ids: int = 60, outfits_per
 def _render(plan: Dict[str, Any], models: Dict[str, BodyModel], pose_pool: np.ndarray, todo: List[int],
             paths: List[str], height: int, width: int, show: bool) -> None:
     """Renders the images ``todo`` of the plan, one identity at a time (one batched posing per identity)."""
-    from clip3dreid_plugin.body.render import MeshRenderer
-
     images = plan["images"]
     cams = plan["cameras"]
     backgrounds = [camera_background(c, height, width) for c in cams]

@@ -31,6 +31,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Opt
 
 import torch
 
+from clip3dreid_plugin.config.defaults import get_cfg
 from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.losses import batch_hard_triplet, cross_entropy, global_distill_loss
 from clip3dreid_plugin.losses.distill import REDUCTIONS as GLOBAL_REDUCTIONS
@@ -169,8 +170,6 @@ class LossSwitches(SimpleNamespace):
 @functools.lru_cache(maxsize=1)
 def _config_defaults() -> Tuple[Tuple[str, Any], ...]:
     """The ``(key, default)`` pairs of ``loss.clip3dreid`` in ``add_clip3dreid_config``."""
-    from clip3dreid_plugin.config.defaults import get_cfg
-
     return tuple(get_cfg().loss.clip3dreid.items())
 
 

@@ -40,6 +40,7 @@ from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.errors import InputError, UserError
 from clip3dreid_plugin.teacher.clip_teacher import gather_text_features
 from clip3dreid_plugin.utils.io import atomic_write
+from clip3dreid_plugin.utils.progress import progress as progress_bar
 from clip3dreid_plugin.utils.safe_pickle import weights_only_refusal
 from datasets_ext.image_io import read_image
 
@@ -114,7 +115,7 @@ def teacher_fingerprint(teacher, image_paths: Sequence[str]) -> Dict[str, Any]:
         teacher: a :class:`~clip3dreid_plugin.teacher.clip_teacher.CLIPTeacher`.
         image_paths: the images to label.
     """
-    import open_clip
+    import open_clip  # seconds to import: only labelling with a real CLIP pays for it
 
     return {
         "format": CACHE_FORMAT,
@@ -452,8 +453,6 @@ def build_teacher_cache(teacher, image_paths: Sequence[str], cache_path: str, ba
         TeacherCacheStaleError: ``on_stale='error'`` and the existing cache does not match (names what changed).
         ImageReadError: an image is missing or corrupt (named); the rows done so far are kept.
     """
-    from clip3dreid_plugin.utils.progress import progress as progress_bar
-
     if on_stale not in ("rebuild", "error"):
         raise ConfigError(f"teacher.on_stale must be 'rebuild' or 'error', got '{on_stale}'")
     if batch_size < 1:

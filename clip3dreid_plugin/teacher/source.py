@@ -128,7 +128,7 @@ def build_teacher_source(cfg: CN, datasets: Sequence[Tuple[str, Sequence[str]]],
     if mode == "online":
         return OnlineTeacherSource(build_teacher(cfg, device))
     if mode == "ideal":
-        from clip3dreid_plugin.teacher.ideal import IdealTeacherSource
+        from clip3dreid_plugin.teacher.ideal import IdealTeacherSource  # a study instrument, built only on request
 
         others = [name for name, _ in datasets if name != "synthcc"]
         if others:

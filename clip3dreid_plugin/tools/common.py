@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import re
+import sys
 from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
+
+from clip3dreid_plugin.utils.torchrun import launched_rank
 
 if TYPE_CHECKING:  # a command's parser is built before torch is imported (``--help`` stays fast)
     import torch
@@ -48,8 +52,6 @@ class CLIParser(argparse.ArgumentParser):
 
     def parse_args(self, args: Optional[Sequence[str]] = None, namespace=None) -> argparse.Namespace:
         """``parse_intermixed_args`` plus the checks above; exits with status 2 and one line on a bad token."""
-        import sys
-
         argv = list(sys.argv[1:] if args is None else args)
         # argparse's intermixed parsing mishandles a bare "--" (Python 3.11), so the tail after it is split off here.
         tail: List[str] = []
@@ -127,13 +129,10 @@ def report_error(err: BaseException) -> int:
     ``CLIP3DREID_DEBUG=1`` re-raises user errors too, for their traceback. Under ``torchrun`` ranks other than 0
     prefix their line with the rank, since every rank fails alike.
     """
-    import os
-    import sys
-
     msg = error_line(err)
     if msg is None or os.environ.get("CLIP3DREID_DEBUG") == "1":
         raise err
-    rank = int(os.environ.get("RANK", "0"))
+    rank = launched_rank()
     print(f"error: {msg}" if rank == 0 else f"error (rank {rank}): {msg}", file=sys.stderr)
     return 2
 

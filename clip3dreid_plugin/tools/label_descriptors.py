@@ -2,9 +2,9 @@
 
 Examples::
 
-    clip3dreid-label --config-file configs/ltcc/clip3dreid.yaml \\
-        teacher.pretrained /weights/ViT-L-14.pt
-    clip3dreid-label --config-file configs/toy/clip3dreid.yaml --report out/labels
+    clip3dreid-label --config-file configs/ltcc/clip3dreid_r50_vitl14_384x192.yaml \\
+        data.root /data teacher.pretrained /weights/ViT-L-14.pt
+    clip3dreid-label --config-file configs/synthcc/clip3dreid_r50_vitb32_128x64.yaml data.root data --report out/labels
 
 One cache file per source dataset goes to ``cfg.teacher.cache_dir`` (see
 ``clip3dreid_plugin.teacher.cache``); an up-to-date cache is reused, a stale one is rebuilt (or

@@ -15,12 +15,12 @@ This file parses, sets up the config and logging, and runs; what a run builds an
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Optional, Sequence
 
 from clip3dreid_plugin.tools.common import CLIParser, add_overrides, cli_main
 from clip3dreid_plugin.utils.runtime import DEVICE_HELP, quiet_torchreid_warnings
+from clip3dreid_plugin.utils.torchrun import launched_rank
 
 __all__ = ["main", "build_parser", "setup_cfg", "build", "run"]
 
@@ -105,7 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     cfg = setup_cfg(args)
     save_dir = cfg.data.save_dir
-    is_main = int(os.environ.get("RANK", "0")) == 0  # only rank 0 of a torchrun job writes files
+    is_main = launched_rank() == 0  # only rank 0 of a torchrun job writes files
     setup_logging(save_dir, "train.log" if not cfg.test.evaluate else "test.log", is_main=is_main)
     run(cfg, args.config_file)
     return 0
