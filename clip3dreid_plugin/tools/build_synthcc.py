@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 from clip3dreid_plugin.body.procedural import write_procedural_smpl
 from clip3dreid_plugin.config.defaults import get_cfg
 from clip3dreid_plugin.body.synthcc import build_synthcc
-from clip3dreid_plugin.tools.common import CLIParser, cli_main
+from clip3dreid_plugin.tools.common import CLIParser, cli_main, start_cli
 
 logger = logging.getLogger("build_synthcc")
 
@@ -47,8 +47,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="sd of the identities' shape coefficients (spread of body shapes)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = parser.parse_args(argv)
-    from clip3dreid_plugin.tools.common import start_cli
-
     start_cli(stream=sys.stderr)
 
     body = args.body_model

@@ -21,7 +21,8 @@ import os.path as osp
 import sys
 from typing import List, Optional, Sequence
 
-from clip3dreid_plugin.tools.common import CLIParser, add_overrides, cli_main
+from clip3dreid_plugin.registry import register
+from clip3dreid_plugin.tools.common import CLIParser, add_overrides, cli_main, start_cli
 
 logger = logging.getLogger("label_descriptors")
 
@@ -31,11 +32,11 @@ def training_image_paths(name: str, cfg) -> List[str]:
 
     For a video dataset these are every frame of every training tracklet: CLIP3DReID trains on frames.
     """
-    import clip3dreid_plugin
+    # torchreid, torch: imported after parsing, so --help and a bad option answer at once
     from clip3dreid_plugin.data.build import build_train_split
     from clip3dreid_plugin.data.frames import item_image_paths
 
-    clip3dreid_plugin.register()
+    register()
     ds, _ = build_train_split(name, cfg.data.root, combineall=cfg.data.combineall)
     return item_image_paths(ds.train)
 
@@ -82,9 +83,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     add_overrides(parser, "config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
     if not logging.getLogger().handlers:
-        from clip3dreid_plugin.tools.common import start_cli
-
         start_cli(stream=sys.stderr)
+    # After parsing (--help answers at once): utils.runtime and the teacher import torch, torchreid and open_clip.
     from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings
 
     quiet_torchreid_warnings()  # before torchreid's first import

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 from clip3dreid_plugin.body.synthetic import read_synthetic_meta
 from clip3dreid_plugin.body.synthetic_set import render_synthetic_set
-from clip3dreid_plugin.tools.common import CLIParser, cli_main
+from clip3dreid_plugin.tools.common import CLIParser, cli_main, start_cli
 
 logger = logging.getLogger("render_synthetic")
 
@@ -45,8 +45,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="re-render a folder holding another set")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = parser.parse_args(argv)
-    from clip3dreid_plugin.tools.common import start_cli
-
     start_cli(stream=sys.stderr)
 
     thresholds = read_synthetic_meta(args.thresholds_from)["thresholds"] if args.thresholds_from else None
