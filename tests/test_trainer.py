@@ -176,5 +176,8 @@ def test_the_train_command_holds_no_pipeline():
     """``tools/train_net.py`` parses, sets up and runs: it builds nothing itself."""
     tree = ast.parse(open(osp.join(REPO, "clip3dreid_plugin", "tools", "train_net.py"), encoding="utf-8").read())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    # parse (tools.common), set up (the config and its check against the registry's names, logging, the rank), run
     assert imported <= {"__future__", "typing", "clip3dreid_plugin.tools.common", "clip3dreid_plugin.utils.runtime",
-                        "clip3dreid_plugin.config", "clip3dreid_plugin.engine.trainer"}, imported
+                        "clip3dreid_plugin.utils.torchrun", "clip3dreid_plugin.config",
+                        "clip3dreid_plugin.config.check", "clip3dreid_plugin.registry",
+                        "clip3dreid_plugin.engine.trainer"}, imported
