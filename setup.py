@@ -53,7 +53,8 @@ COMMANDS = {
 }
 
 EXTRAS = {
-    "test": ["pytest>=8", "onnx>=1.16", "onnxruntime>=1.18", "wheel"],  # wheel: the install test builds offline
+    # wheel: the install test builds offline; import-linter: the layers contract of pyproject.toml (lint-imports)
+    "test": ["pytest>=8", "onnx>=1.16", "onnxruntime>=1.18", "wheel", "import-linter>=2.1"],
     "export": ["onnx>=1.16", "onnxruntime>=1.18"],
 }
 

@@ -82,7 +82,7 @@ ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')
 if [ $DRY = 0 ] && [ "${ngpu:-0}" -ge 2 ]; then
   toy=configs/toy/resnet50_baseline_64x32.yaml
   tmp=$(mktemp -d /tmp/gpu_check_2gpu.XXXXXX)
-  { python3 -c "from clip3dreid_plugin.data.toy_market import write_toy_market; write_toy_market('$tmp/toy_data')" \
+  { python3 tests/fixtures/toy_market.py "$tmp/toy_data" \
     && timeout 70 python3 -m torch.distributed.run --nproc_per_node 2 --master_addr 127.0.0.1 --master_port 29655 \
       -m clip3dreid_plugin.tools.train_net --config-file $toy --device cuda --output-dir "$tmp/ddp2" \
       data.root "$tmp/toy_data" sampler.train_sampler RandomIdentitySampler train.max_epoch 2 \

@@ -6,11 +6,19 @@ base its callers caught before (``ValueError``, ``RuntimeError``, ``KeyError``, 
 """
 from __future__ import annotations
 
-__all__ = ["UserError", "InputError", "WriteError"]
+__all__ = ["UserError", "ConfigError", "InputError", "WriteError"]
 
 
 class UserError(Exception):
     """An error caused by the user's input or machine (a config value, a file, a missing package), not by a bug."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config file or override is invalid; the message names the file and key.
+
+    Defined here, at the bottom, so that a lower layer (``utils.runtime`` choosing the device) can raise it without
+    importing the config package; :mod:`clip3dreid_plugin.config.loader` re-exports it.
+    """
 
 
 class InputError(UserError, ValueError):

@@ -3,6 +3,7 @@ instruments to the plugin's engine and teacher-mode tables)."""
 from __future__ import annotations
 
 import logging
+import os.path as osp
 import threading
 from typing import TYPE_CHECKING
 
@@ -14,13 +15,9 @@ logger = logging.getLogger(__name__)
 _lock = threading.Lock()
 _done = False
 
-__all__ = ["register", "is_registered", "register_manifest_dataset", "accepted_names"]
+__all__ = ["register", "register_manifest_dataset", "accepted_names"]
 
 _manifests: dict = {}  # name -> the dataset class registered for it by register_manifest_dataset
-
-
-def is_registered() -> bool:
-    return _done
 
 
 def _put(table: dict, name: str, obj, kind: str, owner: str = "torchreid") -> None:
@@ -46,6 +43,7 @@ def register() -> None:
     with _lock:
         if _done:
             return
+        # Imported on the first call: ``import clip3dreid_plugin`` stays light (no torch, no torchreid).
         from clip3dreid_plugin import compat, study
         from clip3dreid_plugin.engine.build import ENGINE_BUILDERS
         from clip3dreid_plugin.models import MODEL_FACTORIES
@@ -78,7 +76,7 @@ def accepted_names() -> Accepted:
     """:func:`register`, then the names torchreid accepts (:class:`~clip3dreid_plugin.config.check.Accepted`): what
     the config check compares ``data.sources``, the sampler, the optimiser and the scheduler with."""
     register()
-    from clip3dreid_plugin import compat
+    from clip3dreid_plugin import compat  # torchreid's layout; imported late, as in register()
 
     return compat.accepted_names()
 
@@ -93,9 +91,7 @@ def register_manifest_dataset(name: str, csv_path: str) -> None:
     Raises:
         ValueError: ``name`` is already taken by another dataset or another manifest.
     """
-    import os.path as osp
-
-    from clip3dreid_plugin import compat
+    from clip3dreid_plugin import compat  # imported late, as in register()
     from datasets_ext.manifest import manifest_dataset_class
 
     register()

@@ -20,7 +20,8 @@ if [ "$need_apt" = "1" ]; then
   fi
 fi
 # Run the import check outside the repo so the source tree cannot mask a missing install.
-if ! (cd / && $PY -c "import clip3dreid_plugin, datasets_ext, torchreid, torchvision, open_clip, smplx, pyrender, ot, pytest") \
+NEEDED="clip3dreid_plugin, datasets_ext, torchreid, torchvision, open_clip, smplx, pyrender, ot, pytest, importlinter"
+if ! (cd / && $PY -c "import $NEEDED") \
      >/dev/null 2>&1 \
    || [ "${CLIP3DREID_FORCE_INSTALL:-0}" = "1" ]; then
   echo "[install] pip install -e .[test]  (torch+torchvision CUDA build, ~5 GB on first install)"

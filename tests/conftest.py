@@ -11,7 +11,7 @@ os.environ.setdefault("CLIP3DREID_PROGRESS", "0")
 @pytest.fixture(scope="session")
 def toy_market_root(tmp_path_factory):
     """Root folder holding ``market1501/`` with 6 train ids, 4 test ids, 3 cameras (64x32 images)."""
-    from clip3dreid_plugin.data.toy_market import write_toy_market
+    from fixtures.toy_market import write_toy_market
 
     root = tmp_path_factory.mktemp("toy_reid_c1_data_2")
     counts = write_toy_market(str(root))

@@ -3,7 +3,9 @@ belongs."""
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
+import re
 
 import pytest
 
@@ -77,3 +79,13 @@ def test_every_tool_refuses_an_unknown_option_in_one_line(capsys, tool):
 def test_yaml_lists_on_the_command_line():
     cfg = load_config(None, ["data.sources", "[market1501, ltcc]", "test.ranks", "[1, 5]"])
     assert cfg.data.sources == ["market1501", "ltcc"] and cfg.test.ranks == [1, 5]
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_every_file_a_tools_docstring_names_exists(tool):
+    """A usage example or a pointer that names a recipe or a source file names one of this tree."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    doc = importlib.import_module(f"clip3dreid_plugin.tools.{tool}").__doc__ or ""
+    named = re.findall(r"(?<![\w/.])((?:configs|clip3dreid_plugin|datasets_ext|scripts)/[\w/.-]+\.(?:yaml|py|sh))", doc)
+    missing = [p for p in named if not os.path.isfile(os.path.join(repo, p))]
+    assert not missing, f"clip3dreid_plugin/tools/{tool}.py names files that do not exist: {missing}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import os.path as osp
+import re
 import shutil
 import signal
 import subprocess
@@ -107,7 +108,7 @@ def _student_args(tiny) -> list:
 def wide_toy_root(tmp_path_factory):
     """The toy set with 40 test identities (40 queries, 200 gallery images): enough near ties that features from a
     model with other batch-norm statistics change the metrics (4 identities are too few to show it)."""
-    from clip3dreid_plugin.data.toy_market import write_toy_market
+    from fixtures.toy_market import write_toy_market
 
     root = tmp_path_factory.mktemp("wide_toy")
     write_toy_market(str(root), num_test_ids=40)
@@ -248,3 +249,26 @@ def test_distributed_identity_sampler_shards_balanced_batches():
 def test_shard_sampler_partitions_in_order():
     shards = [list(ShardSampler(11, r, 3)) for r in range(3)]
     assert shards == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8]]
+
+
+def test_torchrun_environment_is_read_by_one_module(monkeypatch):
+    """``utils/torchrun.py`` reads ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``; no other module of the plugin does."""
+    from clip3dreid_plugin.utils import distributed, torchrun
+
+    for name, value in (("RANK", "3"), ("LOCAL_RANK", "1"), ("WORLD_SIZE", "4")):
+        monkeypatch.setenv(name, value)
+    assert (torchrun.launched_rank(), torchrun.launched_local_rank(), torchrun.launched_world_size()) == (3, 1, 4)
+    assert torchrun.is_launched() and distributed.launched_rank() == 3  # re-exported with the process-group helpers
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name)
+    assert (torchrun.launched_rank(), torchrun.launched_local_rank(), torchrun.launched_world_size()) == (0, 0, 1)
+    assert not torchrun.is_launched()
+    readers = []
+    for folder, _, files in os.walk(osp.join(REPO, "clip3dreid_plugin")):
+        for f in files:
+            path = osp.join(folder, f)
+            if f.endswith(".py") and osp.relpath(path, REPO) != osp.join("clip3dreid_plugin", "utils", "torchrun.py"):
+                with open(path, encoding="utf-8") as fh:
+                    if re.search(r"environ(\.get\(|\[)[\"'](RANK|LOCAL_RANK|WORLD_SIZE)[\"']", fh.read()):
+                        readers.append(osp.relpath(path, REPO))
+    assert not readers, f"read torchrun's environment through clip3dreid_plugin.utils.torchrun: {readers}"

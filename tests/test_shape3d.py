@@ -8,11 +8,12 @@ import pytest
 import torch
 from fixtures.tiny_clip import tiny_clip
 
+from clip3dreid_plugin.body.genders import GENDER_IDS
 from clip3dreid_plugin.body.procedural import write_procedural_smpl
 from clip3dreid_plugin.body.smpl_io import load_body_model
 from clip3dreid_plugin.body.meshset import render_synthetic_set
 from clip3dreid_plugin.config.loader import ConfigError
-from clip3dreid_plugin.data.meshset import GENDER_IDS, SyntheticMeshDataset, synthetic_batch_size
+from clip3dreid_plugin.data.meshset import SyntheticMeshDataset, synthetic_batch_size
 from clip3dreid_plugin.engine.clip3dreid_engine import LossSwitches
 from clip3dreid_plugin.engine.loss_terms import LOSS_TERMS
 from clip3dreid_plugin.losses.shape3d import ShapeLoss

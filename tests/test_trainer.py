@@ -8,6 +8,7 @@ import os.path as osp
 import pytest
 import torch
 
+import clip3dreid_plugin
 from clip3dreid_plugin.config import ConfigError, get_cfg, load_config
 from clip3dreid_plugin.data.samplers import DISTRIBUTED_SAMPLERS, DistributedIdentitySampler, build_train_sampler
 from clip3dreid_plugin.engine.evaluator import EvalOptions
@@ -19,6 +20,7 @@ TOY = osp.join(REPO, "configs", "toy", "resnet50_baseline_64x32.yaml")
 
 def _cfg(root: str, out: str, *opts: str):
     """The toy recipe with a ResNet-18 for one epoch on the CPU, frozen: what a library user writes."""
+    clip3dreid_plugin.register()
     cfg = load_config(TOY, ["data.root", root, "data.save_dir", out, "model.name", "resnet18", "runtime.device",
                             "cpu", "train.max_epoch", "1", "runtime.progress", "False", *opts])
     cfg.freeze()
@@ -176,7 +178,8 @@ def test_the_train_command_holds_no_pipeline():
     """``tools/train_net.py`` parses, sets up and runs: it builds nothing itself."""
     tree = ast.parse(open(osp.join(REPO, "clip3dreid_plugin", "tools", "train_net.py"), encoding="utf-8").read())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    # Setting up the config includes checking it against the registered names (config.check, registry).
+    # parse (tools.common), set up (the config and its check against the registry's names, logging, the rank), run
     assert imported <= {"__future__", "typing", "clip3dreid_plugin.tools.common", "clip3dreid_plugin.utils.runtime",
-                        "clip3dreid_plugin.config", "clip3dreid_plugin.config.check", "clip3dreid_plugin.registry",
+                        "clip3dreid_plugin.utils.torchrun", "clip3dreid_plugin.config",
+                        "clip3dreid_plugin.config.check", "clip3dreid_plugin.registry",
                         "clip3dreid_plugin.engine.trainer"}, imported

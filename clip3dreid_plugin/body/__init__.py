@@ -1,7 +1,7 @@
 """Body model layer: SMPL loading without chumpy, a procedural SMPL-format body, measurements,
 descriptor rules, synthetic mesh renders and 3D shape evaluation (Design 3 of CLIP3DReID).
 
-Submodules (one concept each): ``skeleton``, ``smpl_io``, ``procedural``, ``anthropometry``,
+Submodules (one concept each): ``skeleton``, ``genders``, ``smpl_io``, ``procedural``, ``anthropometry``,
 ``descriptor_rules``, ``poses``, ``meshset_plan`` (plan + metadata of the synthetic mesh set of the 3D term),
 ``meshset`` (rendering that set), ``synthcc`` (rendering the synthcc benchmark, another generated set),
 ``render`` (headless pyrender), ``shape_eval`` (Chamfer distance).
@@ -17,7 +17,7 @@ from typing import Any
 
 _EXPORTS = {
     "BodyModel": "smpl_io", "BodyModelError": "smpl_io", "load_body_model": "smpl_io",
-    "write_procedural_smpl": "procedural",
+    "GENDER_IDS": "genders", "write_procedural_smpl": "procedural",
     "MEASUREMENT_NAMES": "anthropometry", "measure_body": "anthropometry", "measure_bodies": "anthropometry",
     "descriptor_scores": "descriptor_rules", "fit_thresholds": "descriptor_rules", "rule_labels": "descriptor_rules",
     "PoseFileError": "poses", "builtin_pose_pool": "poses", "load_pose_file": "poses",

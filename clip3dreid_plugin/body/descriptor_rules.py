@@ -40,7 +40,7 @@ from typing import Callable, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from clip3dreid_plugin.teacher.descriptors import DESCRIPTOR_PAIRS
+from clip3dreid_plugin.shape import DESCRIPTOR_PAIRS
 
 __all__ = ["RULES", "Rule", "descriptor_scores", "fit_thresholds", "rule_labels", "label_phrases"]
 

@@ -30,6 +30,7 @@ from PIL import Image
 
 from clip3dreid_plugin.body.anthropometry import MEASUREMENT_NAMES, measure_bodies
 from clip3dreid_plugin.body.descriptor_rules import descriptor_scores, fit_thresholds, rule_labels
+from clip3dreid_plugin.body.render import MeshRenderer
 from clip3dreid_plugin.body.smpl_io import BodyModel, load_body_model
 from clip3dreid_plugin.body.meshset_plan import (
     META_FORMAT_VERSION,
@@ -40,7 +41,7 @@ from clip3dreid_plugin.body.meshset_plan import (
     read_synthetic_meta,
     write_synthetic_meta,
 )
-from clip3dreid_plugin.teacher.descriptors import DESCRIPTOR_PAIRS
+from clip3dreid_plugin.shape import DESCRIPTOR_PAIRS
 from clip3dreid_plugin.utils.artefact import (
     PartialBuild,
     StaleArtefactError,
@@ -213,8 +214,6 @@ def render_synthetic_set(body_model_dir: str, out_dir: str, num_female: int, num
     else:
         logger.info("rendering %d of %d images (%d subjects) into %s", len(todo), plan.num_images,
                     len(plan.betas), out_dir)
-        from clip3dreid_plugin.body.render import MeshRenderer
-
         with MeshRenderer(height=height, width=width, **renderer_kwargs) as renderer, \
                 (contextlib.nullcontext() if repair else partial.saved_on_error(lambda: (int(done.sum()), {}))):
             cache_subject, cache = -1, {}

@@ -49,8 +49,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from clip3dreid_plugin.body.poses import builtin_pose_names, builtin_pose_pool, load_pose_file
-from clip3dreid_plugin.body.skeleton import NUM_BETAS
 from clip3dreid_plugin.errors import InputError, UserError
+from clip3dreid_plugin.shape import NUM_BETAS
 from clip3dreid_plugin.utils.io import atomic_write
 from clip3dreid_plugin.utils.paths import stays_inside
 from clip3dreid_plugin.utils.rng import spawn_rngs

@@ -76,8 +76,9 @@ import numpy as np
 import scipy.sparse
 from scipy.interpolate import PchipInterpolator
 
-from clip3dreid_plugin.body.skeleton import NUM_BETAS, PARENTS, J
+from clip3dreid_plugin.body.skeleton import PARENTS, J
 from clip3dreid_plugin.errors import InputError
+from clip3dreid_plugin.shape import NUM_BETAS
 from clip3dreid_plugin.utils.io import atomic_write
 
 __all__ = [

@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import sys
+from importlib import metadata
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -69,8 +70,6 @@ def _egl_usable() -> bool:
 
 
 def _pyopengl_version() -> Tuple[int, ...]:
-    from importlib import metadata
-
     try:
         text = metadata.version("PyOpenGL")
     except metadata.PackageNotFoundError:
@@ -184,7 +183,7 @@ class MeshRenderer:
         self.platform = select_gl_platform()
         _load_bundled_llvm_first()
         try:
-            import pyrender
+            import pyrender  # optional at import time, and it needs OpenGL: only a renderer loads it
 
             self._renderer = pyrender.OffscreenRenderer(self.width, self.height)
         except Exception as exc:  # pyrender raises ValueError, ImportError, RuntimeError or GL errors

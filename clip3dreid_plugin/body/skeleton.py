@@ -1,5 +1,5 @@
 """The SMPL 24-joint skeleton and shape space: joint names, parents, the joint ids other modules index by, and
-the number of shape coefficients (betas).
+the number of shape coefficients (betas, defined in :mod:`clip3dreid_plugin.shape` and re-exported here).
 
 SMPL's coordinate frame: y up, the body faces +z, the person's left side is +x. ``body_pose``
 holds the axis-angle rotations of joints 1..23 (joint ``j`` at ``body_pose[3 * (j - 1): 3 * j]``);
@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Tuple
 
-__all__ = ["JOINT_NAMES", "PARENTS", "NUM_JOINTS", "NUM_BODY_JOINTS", "NUM_BETAS", "J"]
+from clip3dreid_plugin.shape import NUM_BETAS
 
-#: Shape coefficients of SMPL's PCA shape space that the plugin uses (the paper's phi predicts these).
-NUM_BETAS = 10
+__all__ = ["JOINT_NAMES", "PARENTS", "NUM_JOINTS", "NUM_BODY_JOINTS", "NUM_BETAS", "J"]
 
 JOINT_NAMES: Tuple[str, ...] = (
     "pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2", "left_ankle",

@@ -27,8 +27,13 @@ import os.path as osp
 from typing import Any, BinaryIO, Dict, List, Optional, Union
 
 import numpy as np
+import scipy.sparse
+import smplx
 import torch
 import torch.nn as nn
+from smplx.lbs import blend_shapes, vertices2joints
+from smplx.utils import Struct
+from smplx.vertex_ids import vertex_ids as smplx_ids
 
 from clip3dreid_plugin.body.skeleton import NUM_BODY_JOINTS, NUM_JOINTS
 from clip3dreid_plugin.errors import UserError
@@ -84,8 +89,6 @@ def _body_model_resolver(module: str, name: str) -> Any:
     if module == "chumpy" or module.startswith("chumpy."):
         return type(name, (_ChumpyStub,), {"__module__": "clip3dreid_stub." + module})
     if (module == "scipy.sparse" or module.startswith("scipy.sparse.")) and name in _SPARSE_CLASSES:
-        import scipy.sparse
-
         return getattr(scipy.sparse, name, None)
     return numpy_resolver(module, name) or builtin_resolver(module, name)
 
@@ -188,8 +191,6 @@ def _default_vertex_ids(num_vertices: int, data: Dict[str, Any]) -> Optional[Dic
     if isinstance(stored, dict):
         return {str(k): int(v) for k, v in stored.items()}
     # the extra joints are never used by the plugin; any valid index keeps smplx happy
-    from smplx.vertex_ids import vertex_ids as smplx_ids
-
     return {k: 0 for k in smplx_ids["smplh"]}
 
 
@@ -206,9 +207,6 @@ class BodyModel(nn.Module):
 
     def __init__(self, data: Dict[str, Any], gender: str = "neutral", path: str = "", num_betas: int = 10) -> None:
         super().__init__()
-        import smplx
-        from smplx.utils import Struct
-
         self.gender = gender
         self.path = path
         num_vertices = int(np.asarray(data["v_template"]).shape[0])
@@ -258,16 +256,12 @@ class BodyModel(nn.Module):
         Returns:
             [B, V, 3] vertices in metres.
         """
-        from smplx.lbs import blend_shapes
-
         betas = self._betas(betas)
         # with zero pose, linear blend skinning is the identity: the shaped template is the answer
         return self.smpl.v_template[None] + blend_shapes(betas, self.smpl.shapedirs)
 
     def canonical_joints(self, betas: torch.Tensor) -> torch.Tensor:
         """Joints [B, 24, 3] of the zero pose (regressed from ``canonical_vertices``)."""
-        from smplx.lbs import vertices2joints
-
         return vertices2joints(self.smpl.J_regressor, self.canonical_vertices(betas))
 
     def posed_vertices(self, betas: torch.Tensor, body_pose: torch.Tensor, global_orient: Optional[torch.Tensor] = None,

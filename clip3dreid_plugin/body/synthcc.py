@@ -50,11 +50,12 @@ import torch
 from PIL import Image
 
 from clip3dreid_plugin.body.poses import builtin_pose_pool
+from clip3dreid_plugin.body.render import MeshRenderer
 from clip3dreid_plugin.body.skeleton import J
 from clip3dreid_plugin.body.smpl_io import BodyModel, load_body_model
 from clip3dreid_plugin.body.meshset import canonical_descriptors
 from clip3dreid_plugin.errors import UserError
-from clip3dreid_plugin.teacher.descriptors import DESCRIPTOR_PAIRS
+from clip3dreid_plugin.shape import DESCRIPTOR_PAIRS
 from clip3dreid_plugin.utils.artefact import (
     PartialBuild,
     StaleArtefactError,
@@ -513,8 +514,6 @@ def _render(plan: Dict[str, Any], models: Dict[str, BodyModel], pose_pool: np.nd
             on_image: Optional[Callable[[], None]] = None) -> None:
     """Renders the images ``todo`` of the plan in their order, one identity at a time (one batched posing per
     identity); ``on_image()`` is called after each image is written."""
-    from clip3dreid_plugin.body.render import MeshRenderer
-
     images = plan["images"]
     cams = plan["cameras"]
     backgrounds = [camera_background(c, height, width) for c in cams]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from yacs.config import CfgNode as CN
 
-from clip3dreid_plugin.body.skeleton import NUM_BETAS
+from clip3dreid_plugin.shape import NUM_BETAS
 
 __all__ = ["get_default_config", "add_clip3dreid_config", "get_cfg"]
 
@@ -204,7 +204,6 @@ def add_clip3dreid_config(cfg: CN) -> CN:
     cfg.body.num_female = 500  # synthetic female subjects
     cfg.body.num_male = 500  # synthetic male subjects
     cfg.body.poses_per_subject = 10  # renders per subject
-    cfg.body.pose_file = ""  # optional .npz with body_pose [K, 69] to extend the built-in pose pool
     cfg.body.seed = 0  # seed for shapes, poses and cameras of the synthetic set
     cfg.body.beta_sigma = 1.0  # standard deviation of the sampled synthetic shape coefficients
 

@@ -8,15 +8,11 @@ import yaml
 from yacs.config import CfgNode as CN
 
 from clip3dreid_plugin.config.defaults import get_cfg
-from clip3dreid_plugin.errors import UserError
+from clip3dreid_plugin.errors import ConfigError
 
 __all__ = ["ConfigError", "load_config", "load_yaml_with_base", "recipe_dirs", "resolve_config_file"]
 
 BASE_KEY = "_BASE_"
-
-
-class ConfigError(UserError, ValueError):
-    """A config file or override is invalid; the message names the file and key."""
 
 
 def recipe_dirs() -> List[str]:

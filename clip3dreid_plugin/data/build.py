@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from typing import Any, Tuple
 
+import torchreid
 from yacs.config import CfgNode as CN
 
+from clip3dreid_plugin import compat
 from clip3dreid_plugin.config.kwargs import imagedata_kwargs
 from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.data.datamanager import ClothesImageDataManager, ClothesVideoDataManager
@@ -51,10 +53,6 @@ def build_train_split(name: str, root: str, **kwargs) -> Tuple[Any, bool]:
     Raises:
         ValueError: ``name`` is not a registered image or video dataset.
     """
-    import torchreid
-
-    from clip3dreid_plugin import compat
-
     kw = dict(root=root, mode="train", verbose=False, **kwargs)
     if name in compat.video_dataset_registry():
         # torchreid's VideoDataset refuses transform=None; frames are not read here anyway.

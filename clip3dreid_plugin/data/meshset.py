@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from yacs.config import CfgNode as CN
 
+from clip3dreid_plugin.body.genders import GENDER_IDS  # re-exported: the old home of the ids
 from clip3dreid_plugin.body.meshset_plan import read_synthetic_meta
 from clip3dreid_plugin.utils.distributed import get_rank
 from clip3dreid_plugin.config.loader import ConfigError
@@ -24,8 +25,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["SyntheticMeshDataset", "SyntheticStream", "build_synthetic_stream", "synthetic_batch_size",
            "synthetic_stream", "GENDER_IDS"]
-
-GENDER_IDS = {"female": 0, "male": 1, "neutral": 2}
 
 
 class SyntheticMeshDataset(Dataset):

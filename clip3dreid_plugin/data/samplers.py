@@ -56,7 +56,7 @@ def build_train_sampler(data_source: Sequence, name: str, batch_size: int, num_i
     if evaluate_only:
         return SequentialSampler(data_source)
     if world_size <= 1:
-        import torchreid
+        import torchreid  # slow to import: the distributed samplers and the shard sampler do without it
 
         return torchreid.data.sampler.build_train_sampler(
             data_source, name, batch_size=batch_size, num_instances=num_instances, num_cams=num_cams,

@@ -31,6 +31,7 @@ from clip3dreid_plugin.engine import checkpoint, evaluator
 from clip3dreid_plugin.engine.checkpoint import latest_checkpoint, prune_checkpoints
 from clip3dreid_plugin.engine.common import unwrap
 from clip3dreid_plugin.engine.evaluator import EvalOptions
+from clip3dreid_plugin.engine.loss_log import LossLog
 from clip3dreid_plugin.utils.distributed import broadcast_buffers
 from clip3dreid_plugin.utils.progress import progress
 from clip3dreid_plugin.utils.rng import rng_state
@@ -181,8 +182,6 @@ class ClothesAwareEngineMixin:
         The terms ``forward_backward`` returns as tensors are read back every ``print_freq`` steps, all pending steps
         at once (:class:`~clip3dreid_plugin.engine.loss_log.LossLog`), not in every step.
         """
-        from clip3dreid_plugin.engine.loss_log import LossLog
-
         log = LossLog()
         self.set_model_mode("train")
         # The plain module: torchreid looks layers up by name, and DDP's "module." prefix would hide them.

@@ -8,8 +8,14 @@ from yacs.config import CfgNode as CN
 
 from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.data.frames import item_image_paths
+from clip3dreid_plugin.data.meshset import build_synthetic_stream
+from clip3dreid_plugin.engine.clip3dreid_engine import CLIP3DReIDEngine
 from clip3dreid_plugin.engine.evaluator import EvalOptions
+from clip3dreid_plugin.engine.loss_terms import LOSS_TERMS, LossSwitches
 from clip3dreid_plugin.engine.standard import ClothesSoftmaxEngine, ClothesTripletEngine, ClothesVideoSoftmaxEngine
+from clip3dreid_plugin.losses import OTLoss
+from clip3dreid_plugin.losses.shape3d import ShapeLoss
+from clip3dreid_plugin.teacher.source import build_teacher_source
 
 __all__ = ["build_engine", "ENGINE_BUILDERS"]
 
@@ -20,11 +26,6 @@ def _train_paths_per_source(datamanager) -> list:
 
 
 def _clip3dreid_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: bool, **common):
-    from clip3dreid_plugin.engine.clip3dreid_engine import CLIP3DReIDEngine
-    from clip3dreid_plugin.engine.loss_terms import LOSS_TERMS, LossSwitches
-    from clip3dreid_plugin.losses import OTLoss
-    from clip3dreid_plugin.teacher.source import build_teacher_source
-
     terms, switches = LOSS_TERMS, LossSwitches.from_cfg(cfg)
     if cfg.test.evaluate:
         # Inference uses the student alone (as in the paper): evaluating needs no teacher, no teacher cache, no
@@ -40,12 +41,8 @@ def _clip3dreid_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gp
             raise ConfigError(f"clip3dreid.teacher_dim is {cfg.clip3dreid.teacher_dim} but teacher "
                               f"'{cfg.teacher.name}' gives {teacher.embed_dim}-d features; set them equal")
     if terms.uses("shape_loss", switches):
-        from clip3dreid_plugin.losses.shape3d import ShapeLoss
-
         shape_loss = ShapeLoss.from_body_dir(cfg.body.model_dir, cfg.body.gender, device=common["device"])
     if terms.uses("synthetic", switches):
-        from clip3dreid_plugin.data.meshset import build_synthetic_stream
-
         synthetic = build_synthetic_stream(cfg, datamanager)
     engine = CLIP3DReIDEngine(datamanager, model, optimizer, teacher=teacher, switches=switches, terms=terms,
                               ot_loss=OTLoss.from_cfg(cfg), scheduler=scheduler, use_gpu=use_gpu,

@@ -28,6 +28,7 @@ from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.evaluation import FeatureDistances, evaluate_all
 from clip3dreid_plugin.evaluation.chance import chance_cmc
 from clip3dreid_plugin.evaluation.rerank import rerank_distances, rerank_memory_error
+from clip3dreid_plugin.evaluation.visrank import visualize_ranked_results_protocol
 from clip3dreid_plugin.utils.distributed import (all_gather_objects, all_gather_ordered, get_rank, get_world_size,
                                                  run_on_main)
 from clip3dreid_plugin.utils.progress import progress
@@ -317,8 +318,6 @@ def draw_ranked_results(datamanager, name: str, protocols: Sequence[str], distan
     ``distances`` is the target's :class:`~clip3dreid_plugin.evaluation.distance.FeatureDistances` (or its
     re-ranked ``[Q, G]`` matrix): the ranking reads it a block of queries at a time. Not collective: rank 0 draws.
     """
-    from clip3dreid_plugin.evaluation.visrank import visualize_ranked_results_protocol
-
     query, gallery = datamanager.fetch_test_loaders(name)
     for mode in protocols:
         visualize_ranked_results_protocol(

@@ -31,6 +31,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Opt
 
 import torch
 
+from clip3dreid_plugin.config.defaults import get_cfg
 from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.losses import batch_hard_triplet, cross_entropy, global_distill_loss
 from clip3dreid_plugin.losses.distill import REDUCTIONS as GLOBAL_REDUCTIONS
@@ -68,7 +69,7 @@ class SyntheticBatch:
     Attributes:
         imgs: rendered body images ``[S, 3, H, W]``.
         betas: their true shape coefficients ``[S, 10]``.
-        genders: the body each was rendered with ``[S]`` (``clip3dreid_plugin.data.meshset.GENDER_IDS``).
+        genders: the body each was rendered with ``[S]`` (``clip3dreid_plugin.body.genders.GENDER_IDS``).
         text: the teacher's text features of their true descriptors ``[S, M, d]``, where a term reads them.
     """
 
@@ -169,8 +170,6 @@ class LossSwitches(SimpleNamespace):
 @functools.lru_cache(maxsize=1)
 def _config_defaults() -> Tuple[Tuple[str, Any], ...]:
     """The ``(key, default)`` pairs of ``loss.clip3dreid`` in ``add_clip3dreid_config``."""
-    from clip3dreid_plugin.config.defaults import get_cfg
-
     return tuple(get_cfg().loss.clip3dreid.items())
 
 

@@ -3,9 +3,11 @@ for torchreid engines).
 
 From Python, without the command line::
 
+    import clip3dreid_plugin
     from clip3dreid_plugin.config import load_config
     from clip3dreid_plugin.engine.trainer import DefaultTrainer
 
+    clip3dreid_plugin.register()   # the plugin's models, datasets and instruments in torchreid's tables, once
     cfg = load_config("configs/ltcc/resnet50_baseline_384x192.yaml", ["data.root", "/data"])
     cfg.freeze()
     metrics = DefaultTrainer(cfg).run()   # builds, resumes if asked, trains / evaluates, writes metrics.json
@@ -35,11 +37,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import os.path as osp
 from typing import Dict, Optional
 
 import torch
+import torchreid
 
 from clip3dreid_plugin import compat
 from clip3dreid_plugin.config.kwargs import engine_run_kwargs, lr_scheduler_kwargs, optimizer_kwargs
@@ -49,8 +51,12 @@ from clip3dreid_plugin.data.samplers import build_train_sampler
 from clip3dreid_plugin.engine import build as engine_build
 from clip3dreid_plugin.engine.checkpoint import latest_checkpoint
 from clip3dreid_plugin.engine.common import unwrap
+from clip3dreid_plugin.evaluation.records import write_metrics
 from clip3dreid_plugin.models import build as model_build
 from clip3dreid_plugin.utils import distributed as dist_utils
+from clip3dreid_plugin.utils.io import atomic_write
+from clip3dreid_plugin.utils.runtime import (activate_device, check_amp_support, resolve_device, set_matmul_tf32,
+                                             set_seed)
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +103,6 @@ def write_run_config(cfg) -> str:
 
     Every run folder holds one, so that how a model was trained can be read next to its checkpoints.
     """
-    from clip3dreid_plugin.utils.io import atomic_write
-
     path = osp.join(cfg.data.save_dir, "config.yaml")
     atomic_write(path, lambda fh: fh.write(cfg.dump().encode("utf-8")))
     return path
@@ -161,17 +165,16 @@ class DefaultTrainer:
 
     # ------------------------------------------------------------------ steps
     def setup(self) -> RunContext:
-        """Registers the plugin with torchreid, resolves and activates the device, applies ``runtime.amp`` /
-        ``runtime.tf32``, joins torchrun's process group and seeds this process (``train.seed + rank``)."""
-        import clip3dreid_plugin
-        from clip3dreid_plugin.utils.runtime import (activate_device, check_amp_support, resolve_device,
-                                                     set_matmul_tf32, set_seed)
+        """Resolves and activates the device, applies ``runtime.amp`` / ``runtime.tf32``, joins torchrun's process
+        group and seeds this process (``train.seed + rank``).
 
+        The plugin must be registered with torchreid first (``clip3dreid_plugin.register()``, which the train
+        command calls): the registry sits above the engine, which builds from the tables it fills.
+        """
         cfg = self.cfg
-        clip3dreid_plugin.register()
         launched = dist_utils.launched_world_size() > 1
         # Resolved once, with its index, and made current: torchreid's .cuda() calls then land on it too.
-        local_rank = int(os.environ.get("LOCAL_RANK", "0")) if launched else None
+        local_rank = dist_utils.launched_local_rank() if launched else None
         device = activate_device(resolve_device(cfg.runtime.device, local_rank))
         check_amp_support(cfg.runtime.amp, device)
         set_matmul_tf32(cfg.runtime.tf32, device)
@@ -229,8 +232,6 @@ class DefaultTrainer:
     def build_optimizer(self, model: torch.nn.Module):
         """torchreid's optimizer of ``train.*``; None for a model with nothing to train (``clip_zeroshot``), which
         only an evaluation may run."""
-        import torchreid
-
         if not any(p.requires_grad for p in model.parameters()):
             if not self.cfg.test.evaluate:
                 raise ConfigError(f"model '{self.cfg.model.name}' has no trainable parameter: run it with --eval-only")
@@ -239,8 +240,6 @@ class DefaultTrainer:
 
     def build_scheduler(self, optimizer):
         """torchreid's learning-rate scheduler of ``train.*``; None without an optimizer."""
-        import torchreid
-
         if optimizer is None:
             return None
         return torchreid.optim.build_lr_scheduler(optimizer, **lr_scheduler_kwargs(self.cfg))
@@ -314,8 +313,6 @@ class DefaultTrainer:
         finally:
             dist_utils.cleanup()
         if engine.is_main and engine.evaluations:
-            from clip3dreid_plugin.evaluation.records import write_metrics
-
             logger.info("metrics written to %s", write_metrics(cfg.data.save_dir, cfg, engine.evaluations,
                                                                self.config_file))
         return last

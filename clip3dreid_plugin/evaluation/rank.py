@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from clip3dreid_plugin.evaluation.distance import FeatureDistances
+from clip3dreid_plugin.utils.distributed import all_reduce_sum
 
 logger = logging.getLogger(__name__)
 
@@ -278,8 +279,6 @@ class _Sums:
 
     def all_reduce(self, error: str) -> None:
         """Sums every rank's partial results in place (one all-reduce); raises on every rank if one rank failed."""
-        from clip3dreid_plugin.utils.distributed import all_reduce_sum
-
         modes = self.modes
         dev = self.ap[modes[0]].device
         # float64 holds the counts exactly (< 2**53); one flat tensor keeps it to one collective.

@@ -106,7 +106,7 @@ def rerank_distances(qf: torch.Tensor, gf: torch.Tensor, metric: str = "euclidea
     Returns:
         ``[Q, G]`` distances on the CPU, in ``re_ranking``'s dtype (float32 under NumPy 2, float64 under 1).
     """
-    import torchreid
+    import torchreid  # slow to import: only a re-ranked evaluation pays for it
 
     qq, gg, qg = (_host_matrix(a, b, metric) for a, b in ((qf, qf), (gf, gf), (qf, gf)))
     logger.info("re-ranking %d queries x %d gallery items (about %.1f GB of host memory)", qf.size(0), gf.size(0),

@@ -20,6 +20,9 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
+
+from datasets_ext.image_io import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +122,6 @@ _BORDER, _GAP, _HEADER, _CAPTION = 3, 4, 14, 40
 
 
 def _tile(path, width: int, height: int, frame) -> np.ndarray:
-    from datasets_ext.image_io import read_image
-
     img = read_image(path[0] if isinstance(path, (tuple, list)) else path).convert("RGB").resize((width, height))
     out = np.full((height + 2 * _BORDER, width + 2 * _BORDER, 3), frame, np.uint8)
     out[_BORDER:-_BORDER, _BORDER:-_BORDER] = np.asarray(img)
@@ -141,8 +142,6 @@ def draw_ranked_strip(query_item: tuple, gallery: Sequence[tuple], entries: Sequ
     Returns:
         ``[H', W', 3]`` uint8 RGB.
     """
-    from PIL import Image, ImageDraw
-
     scale = max(1, -(-_MIN_TILE_WIDTH // width))
     tw, th = width * scale + 2 * _BORDER, height * scale + 2 * _BORDER
     step = tw + _GAP
@@ -174,8 +173,6 @@ def write_ranked_strips(query: Sequence[tuple], gallery: Sequence[tuple], entrie
         entries: per query, its :func:`ranked_entries`.
         mode, width, height: see :func:`visualize_ranked_results_protocol`.
     """
-    from PIL import Image
-
     os.makedirs(save_dir, exist_ok=True)
     paths = []
     for item, row in zip(query, entries):

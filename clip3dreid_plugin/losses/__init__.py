@@ -39,9 +39,8 @@ _TORCHREID_LOSSES = ("CrossEntropyLoss", "TripletLoss")
 
 
 def __getattr__(name: str) -> Any:
-    # PEP 562 lazy attribute: torchreid's import is slow and warns about Cython; only pay it when used.
     if name in _TORCHREID_LOSSES:
-        import torchreid
+        import torchreid  # PEP 562 lazy attribute: torchreid is slow to import and warns about Cython
 
         return getattr(torchreid.losses, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

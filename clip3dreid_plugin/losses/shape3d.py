@@ -6,6 +6,9 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 
+from clip3dreid_plugin.body.genders import GENDER_IDS
+from clip3dreid_plugin.body.smpl_io import load_body_model
+
 __all__ = ["REDUCTIONS", "ShapeLoss"]
 
 #: The reductions over vertices that :class:`ShapeLoss` knows.
@@ -35,7 +38,7 @@ class ShapeLoss(nn.Module):
 
     Args:
         pred_model: body model with ``canonical_vertices(betas [B,10]) -> [B,V,3]``.
-        target_models: gender id (see ``clip3dreid_plugin.data.meshset.GENDER_IDS``) -> body model.
+        target_models: gender id (see ``clip3dreid_plugin.body.genders.GENDER_IDS``) -> body model.
         reduction: ``"sum"`` or ``"mean"`` over vertices; a call can choose another.
 
     Raises:
@@ -59,9 +62,6 @@ class ShapeLoss(nn.Module):
             reduction: ``sum`` or ``mean`` over vertices.
             device: where the body models live.
         """
-        from clip3dreid_plugin.body.smpl_io import load_body_model
-        from clip3dreid_plugin.data.meshset import GENDER_IDS
-
         models = {g: load_body_model(model_dir, gender=g, device=device) for g in GENDER_IDS}
         return cls(models[pred_gender], {GENDER_IDS[g]: m for g, m in models.items()}, reduction=reduction)
 

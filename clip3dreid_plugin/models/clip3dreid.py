@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from clip3dreid_plugin import compat
+from clip3dreid_plugin.config.defaults import get_cfg
 from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.models.imagenet import torchreid_resnet
 from clip3dreid_plugin.utils.rng import random_orthonormal
@@ -324,8 +325,6 @@ def clip3dreid(num_classes: int, loss: str = "softmax", pretrained: bool = True,
     :class:`~clip3dreid_plugin.models.imagenet.PretrainedWeightsError` names the file and the folder.
     """
     if cfg is None:
-        from clip3dreid_plugin.config.defaults import get_cfg
-
         cfg = get_cfg()
     if loss not in ("softmax", "triplet"):
         raise ConfigError(f"clip3dreid supports loss softmax or triplet, got '{loss}'")

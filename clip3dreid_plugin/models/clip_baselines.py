@@ -23,6 +23,7 @@ import logging
 import torch
 import torch.nn as nn
 
+from clip3dreid_plugin.config.defaults import get_cfg
 from clip3dreid_plugin.models.imagenet import PretrainedWeightsError
 from clip3dreid_plugin.teacher.clip_teacher import CLIPTeacher
 from clip3dreid_plugin.teacher.source import build_teacher
@@ -34,8 +35,6 @@ __all__ = ["CLIPZeroShot", "CLIPLinear", "clip_zeroshot", "clip_linear"]
 
 def _teacher_from(cfg, pretrained: bool, model: str) -> CLIPTeacher:
     if cfg is None:
-        from clip3dreid_plugin.config.defaults import get_cfg
-
         cfg = get_cfg()
     if pretrained and not cfg.teacher.pretrained:
         # torchreid's rule for pretrained=True: the weights or a clear error, never a silently random network.

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from clip3dreid_plugin.body.skeleton import NUM_BETAS
 from clip3dreid_plugin.models.imagenet import torchreid_resnet
+from clip3dreid_plugin.shape import NUM_BETAS
 
 __all__ = ["ShapeProbe", "shape_probe"]
 

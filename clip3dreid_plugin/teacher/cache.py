@@ -44,6 +44,7 @@ from clip3dreid_plugin.teacher.clip_teacher import gather_text_features
 from clip3dreid_plugin.utils import artefact
 from clip3dreid_plugin.utils.artefact import PartialBuild, apply_stale_policy, check_stale_policy
 from clip3dreid_plugin.utils.io import atomic_write
+from clip3dreid_plugin.utils.progress import progress as progress_bar
 from clip3dreid_plugin.utils.safe_pickle import weights_only_refusal
 from datasets_ext.image_io import read_image
 
@@ -117,7 +118,7 @@ def teacher_fingerprint(teacher, image_paths: Sequence[str]) -> Dict[str, Any]:
         teacher: a :class:`~clip3dreid_plugin.teacher.clip_teacher.CLIPTeacher`.
         image_paths: the images to label.
     """
-    import open_clip
+    import open_clip  # seconds to import: only labelling with a real CLIP pays for it
 
     return artefact.fingerprint({
         "format": CACHE_FORMAT,
@@ -434,8 +435,6 @@ def build_teacher_cache(teacher, image_paths: Sequence[str], cache_path: str, ba
         TeacherCacheStaleError: ``on_stale='error'`` and the existing cache does not match (names what changed).
         ImageReadError: an image is missing or corrupt (named); the rows done so far are kept.
     """
-    from clip3dreid_plugin.utils.progress import progress as progress_bar
-
     check_stale_policy(on_stale, "teacher.on_stale", ConfigError)
     if batch_size < 1:
         raise ConfigError(f"teacher.batch_size must be >= 1, got {batch_size}")

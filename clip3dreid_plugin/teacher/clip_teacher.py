@@ -179,7 +179,7 @@ class CLIPTeacher(nn.Module):
             # Checked before importing open_clip (seconds on a busy machine) so the error is immediate.
             raise TeacherLoadError(f"teacher weights file not found: '{pretrained}' (teacher.pretrained). "
                                    + WEIGHTS_HINT)
-        import open_clip
+        import open_clip  # seconds to import (see above): only building a teacher pays for it
 
         if resize_mode not in RESIZE_MODES:
             raise ConfigError(f"teacher.resize_mode must be one of {sorted(RESIZE_MODES)}, got '{resize_mode}'")
@@ -341,6 +341,7 @@ class CLIPTeacher(nn.Module):
     # ------------------------------------------------------------------ encoders
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        # open_clip and torchvision take seconds to import; a cached teacher never resizes an image
         import torchvision.transforms.functional as TF
         from open_clip.transform import center_crop_or_pad
         from torchvision.transforms import InterpolationMode

@@ -3,7 +3,8 @@
 Every image is labelled with one phrase of each of ``M = 16`` pairs of opposite phrases: the phrase
 whose prompt's CLIP text feature has the higher cosine similarity to the image feature (Eq. 2).
 Prompts are built from one context template (``PROMPT_TEMPLATE``), so the text of prompt ``(m, k)``
-is ``PROMPT_TEMPLATE.format(DESCRIPTOR_PAIRS[m][k])``.
+is ``PROMPT_TEMPLATE.format(DESCRIPTOR_PAIRS[m][k])``. The pairs themselves are data of
+:mod:`clip3dreid_plugin.shape` (re-exported here).
 
 The paper writes the template as ``A photo of a person; the person is/has ·.``; the dot is the
 slot. It is kept verbatim, "is/has" included, because the paper uses one template for every
@@ -14,28 +15,9 @@ from __future__ import annotations
 from typing import List, Optional, Sequence, Tuple
 
 from clip3dreid_plugin.config.loader import ConfigError
+from clip3dreid_plugin.shape import DESCRIPTOR_PAIRS  # the pairs live below body and teacher, which both read them
 
 __all__ = ["DESCRIPTOR_PAIRS", "PROMPT_TEMPLATE", "build_prompts", "parse_pairs", "resolve_template"]
-
-#: The 16 pairs of opposite phrases of Table 1, in the paper's order: ``(phrase 1, phrase 2)``.
-DESCRIPTOR_PAIRS: Tuple[Tuple[str, str], ...] = (
-    ("Muscular", "Slender"),
-    ("Broad-Shouldered", "Narrow-Shouldered"),
-    ("Heavyset", "Petite"),
-    ("Tall", "Short"),
-    ("Long Legs", "Short Legs"),
-    ("Long Torso", "Short Torso"),
-    ("Curvy", "Angular"),
-    ("Full-Figured", "Skinny"),
-    ("Stocky", "Willowy"),
-    ("Pear-Shaped", "Apple-Shaped"),
-    ("Athletic", "Non-Athletic"),
-    ("Fit", "Unfit"),
-    ("Large-Breasted", "Small-Breasted"),
-    ("Long-Armed", "Short-Armed"),
-    ("Long-Necked", "Short-Necked"),
-    ("High-Waisted", "Low-Waisted"),
-)
 
 #: The paper's context prompt; ``{}`` is replaced by one phrase.
 PROMPT_TEMPLATE: str = "A photo of a person; the person is/has {}."

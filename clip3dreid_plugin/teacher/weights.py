@@ -18,6 +18,8 @@ import logging
 import os
 import os.path as osp
 import threading
+import urllib.error
+import urllib.request
 import zipfile
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import urlparse
@@ -118,7 +120,7 @@ def quiet_random_init_warning() -> Iterator[None]:
 
 
 def _valid_model_names() -> List[str]:
-    import open_clip
+    import open_clip  # seconds to import: only a check of teacher.name pays for it
 
     return list(open_clip.list_models())
 
@@ -160,7 +162,7 @@ def _hf_offline() -> bool:
     if val.strip().upper() in ("1", "ON", "YES", "TRUE"):
         return True
     try:
-        from huggingface_hub import constants
+        from huggingface_hub import constants  # open_clip's dependency, imported with it, when weights are resolved
 
         return bool(getattr(constants, "HF_HUB_OFFLINE", False))
     except ImportError:  # pragma: no cover - huggingface_hub is an open_clip dependency
@@ -176,9 +178,6 @@ def _probe_host(url: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> Optional[str]
     of its own, so the request runs in a daemon thread joined with ``timeout``: the caller never
     waits much longer than that.
     """
-    import urllib.error
-    import urllib.request
-
     result: Dict[str, str] = {}
 
     def attempt() -> None:
@@ -205,7 +204,7 @@ def _tag_cache_candidates(tag_cfg: dict) -> List[str]:
     out: List[str] = []
     hf = tag_cfg.get("hf_hub", "")
     if hf:
-        try:
+        try:  # open_clip and its hub client, imported only when a tag's weights are looked up
             from huggingface_hub import try_to_load_from_cache
             from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
         except ImportError:  # pragma: no cover
@@ -255,7 +254,7 @@ def _load_torchscript_weights(model: nn.Module, path: str) -> None:
 
 
 def load_local_weights(model: nn.Module, path: str, model_name: str) -> None:
-    import open_clip
+    import open_clip  # seconds to import: only loading weights pays for it
 
     try:
         if _is_torchscript_archive(path):
@@ -278,7 +277,7 @@ def load_local_weights(model: nn.Module, path: str, model_name: str) -> None:
 
 def resolve_pretrained(model_name: str, pretrained: Optional[str]) -> Tuple[str, Optional[str], dict]:
     """Returns ``(kind, local_file_or_None, tag_cfg)``; raises fast when weights cannot be had."""
-    import open_clip
+    import open_clip  # seconds to import: only resolving weights pays for it
 
     if model_name.startswith("hf-hub:"):
         _require_network(f"model '{model_name}'", os.environ.get("HF_ENDPOINT", "https://huggingface.co"))

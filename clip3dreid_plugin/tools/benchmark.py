@@ -83,6 +83,7 @@ def time_interleaved(fns: Dict[str, Callable[[], None]], repeats: int, warmup: i
 
 def _adam(model: torch.nn.Module) -> torch.optim.Optimizer:
     """The optimizer of every timed row: torchreid's Adam at the recipes' learning rate."""
+    # torchreid warns when first imported: after main's quiet_torchreid_warnings()
     import torchreid
 
     return torchreid.optim.build_optimizer(model, optim="adam", lr=3.5e-4)
@@ -114,10 +115,12 @@ def _batch(bs: int, h: int, w: int, num_pids: int, device: torch.device) -> dict
 
 def _synthetic_3d(body_dir: str, synthetic_dir: str, bs: int, h: int, w: int, ratio: float, device: torch.device):
     """A fixed synthetic batch stream and the L_3D module for the 3D-term row."""
+    # torchreid warns when first imported: after main's quiet_torchreid_warnings()
     import torchreid
 
+    from clip3dreid_plugin.body.genders import GENDER_IDS
     from clip3dreid_plugin.body.smpl_io import load_body_model
-    from clip3dreid_plugin.data.meshset import GENDER_IDS, SyntheticMeshDataset, synthetic_batch_size
+    from clip3dreid_plugin.data.meshset import SyntheticMeshDataset, synthetic_batch_size
     from clip3dreid_plugin.losses.shape3d import ShapeLoss
 
     _, tf = torchreid.data.transforms.build_transforms(h, w, transforms=None)
@@ -135,6 +138,7 @@ def clip3dreid_step(cfg, num_pids: int, batch: dict, source, device: torch.devic
 
     With ``synthetic`` (a batch stream) and ``shape_loss`` the step includes the 3D term.
     """
+    # torchreid warns when first imported: after main's quiet_torchreid_warnings()
     from clip3dreid_plugin.engine.clip3dreid_engine import CLIP3DReIDEngine, LossSwitches
     from clip3dreid_plugin.losses import OTLoss
     from clip3dreid_plugin.models.clip3dreid import clip3dreid
@@ -154,10 +158,12 @@ def train_step_benchmarks(bs: int, h: int, w: int, device: torch.device, teacher
                           warmup: int, online: bool = True, body_dir: str = "", synthetic_dir: str = "",
                           synthetic_ratio: float = 0.25) -> Dict[str, Dict[str, float]]:
     """Seconds per training iteration of the baselines and of CLIP3DReID (cached / online teacher, 3D term)."""
+    # torchreid warns when first imported: after main's quiet_torchreid_warnings()
     import torchreid
 
     from clip3dreid_plugin.config.defaults import get_cfg
     from clip3dreid_plugin.teacher.cache import TeacherCache
+    # the teacher's stack (open_clip) only for the labelling rows
     from clip3dreid_plugin.teacher.clip_teacher import CLIPTeacher
     from clip3dreid_plugin.teacher.source import CacheTeacherSource, OnlineTeacherSource
 
@@ -223,6 +229,7 @@ def labelling_benchmark(teacher_name: str, bs: int, h: int, w: int, device: torc
                         warmup: int) -> Dict[str, float]:
     """Teacher labelling throughput on student-sized batches, in the precision a run on ``device`` uses
     (``teacher.precision auto``)."""
+    # the teacher's stack (open_clip) only for the labelling rows
     from clip3dreid_plugin.teacher.clip_teacher import CLIPTeacher
 
     teacher = CLIPTeacher(teacher_name, None, device=str(device), precision="auto")
@@ -240,6 +247,7 @@ def labelling_benchmark(teacher_name: str, bs: int, h: int, w: int, device: torc
 
 def eval_benchmark(nq: int, ng: int, device: torch.device, repeats: int, torchreid_repeats: int) -> Dict:
     """Plugin evaluator (general + CC, one ranking) vs torchreid's Python ``evaluate_rank``."""
+    # torchreid warns when first imported: after main's quiet_torchreid_warnings()
     import torchreid
 
     from clip3dreid_plugin.evaluation import evaluate_all
@@ -300,6 +308,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--json", default="", help="write the results as JSON")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # after parsing: --help answers before torch's set-up
     from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings, resolve_device
 
     quiet_torchreid_warnings()

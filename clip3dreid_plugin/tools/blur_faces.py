@@ -28,7 +28,8 @@ import cv2
 import numpy as np
 
 from clip3dreid_plugin.errors import InputError, UserError
-from clip3dreid_plugin.tools.common import CLIParser, cli_main
+from clip3dreid_plugin.tools.common import CLIParser, cli_main, start_cli
+from clip3dreid_plugin.utils.progress import progress
 
 logger = logging.getLogger("blur_faces")
 
@@ -139,8 +140,6 @@ def process_tree(src: str, dst: str, detect: Detector, overwrite: bool = False, 
         FileNotFoundError, ValueError, FileExistsError: bad ``src``/``dst``.
         OSError: an image cannot be decoded or written (the message names it).
     """
-    from clip3dreid_plugin.utils.progress import progress
-
     _check_paths(src, dst, overwrite)
     files: List[str] = []
     for folder, dirs, names in os.walk(src):
@@ -195,8 +194,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--kernel-frac", type=float, default=0.5, help="blur kernel side / face box side")
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded images")
     args = parser.parse_args(argv)
-    from clip3dreid_plugin.tools.common import start_cli
-
     start_cli(stream=sys.stderr)
 
     detect = haar_detector(args.cascade, args.scale_factor, args.min_neighbors, args.min_size)

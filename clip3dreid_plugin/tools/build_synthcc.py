@@ -6,10 +6,10 @@ Example (the quickstart's default: 60 identities x 3 outfits x 3 cameras x 2 pos
     clip3dreid-build-synthcc --root data --body-model /data/body_models --num-ids 100
 
 Writes ``ROOT/synthcc/{train,query,gallery}/*.png`` and ``ROOT/synthcc/meta.json`` (see
-``clip3dreid_plugin/data/synthcc.py``); train with ``data.sources [synthcc] data.root ROOT``. Without
-``--body-model`` the license-free procedural body is written to ``ROOT/body_model`` first. Re-running
-the same command resumes an interrupted build, or does nothing when the set is complete; other
-arguments rebuild it. Rendering is headless (EGL or OSMesa).
+``clip3dreid_plugin/body/synthcc.py``; ``datasets_ext/synthcc.py`` reads the set); train with
+``data.sources [synthcc] data.root ROOT``. Without ``--body-model`` the license-free procedural body is written to
+``ROOT/body_model`` first. Re-running the same command resumes an interrupted build, or does nothing when the set
+is complete; other arguments rebuild it. Rendering is headless (EGL or OSMesa).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 from clip3dreid_plugin.body.procedural import write_procedural_smpl
 from clip3dreid_plugin.config.defaults import get_cfg
 from clip3dreid_plugin.body.synthcc import build_synthcc
-from clip3dreid_plugin.tools.common import CLIParser, cli_main
+from clip3dreid_plugin.tools.common import CLIParser, cli_main, start_cli
 
 logger = logging.getLogger("build_synthcc")
 
@@ -47,8 +47,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="sd of the identities' shape coefficients (spread of body shapes)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = parser.parse_args(argv)
-    from clip3dreid_plugin.tools.common import start_cli
-
     start_cli(stream=sys.stderr)
 
     body = args.body_model

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
+import os
+import os.path as osp
 import re
+import sys
 from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
+
+from clip3dreid_plugin.config import load_config
+from clip3dreid_plugin.errors import UserError
+from clip3dreid_plugin.registry import register
+from clip3dreid_plugin.utils.torchrun import launched_rank
 
 if TYPE_CHECKING:  # a command's parser is built before torch is imported (``--help`` stays fast)
     import torch
     from yacs.config import CfgNode
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["CLIParser", "add_overrides", "start_cli", "cli_main", "error_line", "report_error", "user_error_types",
            "load_student", "run_config_for", "eval_transform"]
@@ -48,8 +59,6 @@ class CLIParser(argparse.ArgumentParser):
 
     def parse_args(self, args: Optional[Sequence[str]] = None, namespace=None) -> argparse.Namespace:
         """``parse_intermixed_args`` plus the checks above; exits with status 2 and one line on a bad token."""
-        import sys
-
         argv = list(sys.argv[1:] if args is None else args)
         # argparse's intermixed parsing mishandles a bare "--" (Python 3.11), so the tail after it is split off here.
         tail: List[str] = []
@@ -83,7 +92,7 @@ def add_overrides(parser: argparse.ArgumentParser, help: str = "config overrides
 def start_cli(stream=None) -> None:
     """Console logging (to ``stream``, default stdout), and torchreid's import-time warnings silenced (they are not
     the user's problem). Every command of the plugin starts with it or with ``setup_logging`` and a log file."""
-    from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings, setup_logging
+    from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings, setup_logging  # imports torch: parse first
 
     quiet_torchreid_warnings()
     setup_logging(stream=stream)
@@ -96,15 +105,14 @@ def user_error_types() -> tuple:
 
     Anything else (a shape bug in model code, a failed assertion) keeps its traceback.
     """
-    from clip3dreid_plugin.errors import UserError
-    from datasets_ext.errors import DatasetError
+    from datasets_ext.errors import DatasetError  # the datasets_ext package imports torchreid
 
     return (UserError, DatasetError, FileNotFoundError)
 
 
 def error_line(err: BaseException) -> Optional[str]:
     """The one-line message for a user error or a CUDA out-of-memory, else None (the traceback is kept)."""
-    import torch
+    import torch  # this module is imported before torch (every parser); an error may come before torch too
 
     if isinstance(err, torch.OutOfMemoryError):
         first = str(err).strip().splitlines()[0] if str(err).strip() else "out of memory"
@@ -127,13 +135,10 @@ def report_error(err: BaseException) -> int:
     ``CLIP3DREID_DEBUG=1`` re-raises user errors too, for their traceback. Under ``torchrun`` ranks other than 0
     prefix their line with the rank, since every rank fails alike.
     """
-    import os
-    import sys
-
     msg = error_line(err)
     if msg is None or os.environ.get("CLIP3DREID_DEBUG") == "1":
         raise err
-    rank = int(os.environ.get("RANK", "0"))
+    rank = launched_rank()
     print(f"error: {msg}" if rank == 0 else f"error (rank {rank}): {msg}", file=sys.stderr)
     return 2
 
@@ -158,8 +163,6 @@ def cli_main(main: Callable[[Optional[Sequence[str]]], int]) -> Callable[[Option
 def run_config_for(weights: str) -> str:
     """The ``config.yaml`` a training run wrote beside a checkpoint of it (``RUN/model/<file>`` -> ``RUN``), or
     empty when there is none."""
-    import os.path as osp
-
     path = osp.join(osp.dirname(osp.dirname(osp.abspath(weights))), "config.yaml") if weights else ""
     return path if path and osp.isfile(path) else ""
 
@@ -182,23 +185,19 @@ def load_student(config_file: str, opts: Sequence[str], weights: str) -> Tuple[C
         FileNotFoundError: the checkpoint is missing.
         CheckpointError: the checkpoint is unreadable or does not fit the model.
     """
-    import logging
-
-    import clip3dreid_plugin
-    from clip3dreid_plugin.config import load_config
-    from clip3dreid_plugin.models.build import build_inference_model
+    from clip3dreid_plugin.models.build import build_inference_model  # torchreid: imported after parsing
 
     if not config_file and run_config_for(weights):
         config_file = run_config_for(weights)
-        logging.getLogger(__name__).info("config: %s (written by the run of %s)", config_file, weights)
+        logger.info("config: %s (written by the run of %s)", config_file, weights)
     cfg = load_config(config_file or None, list(opts))
-    clip3dreid_plugin.register()
+    register()
     return cfg, build_inference_model(cfg, weights)
 
 
 def eval_transform(cfg: CfgNode) -> Callable:
     """torchreid's test transform for ``cfg.data``: resize, to tensor, normalise (PIL image -> ``[3, H, W]``)."""
-    import torchreid
+    import torchreid  # slow to import: only the inference tools, after parsing, pay for it
 
     _, transform = torchreid.data.transforms.build_transforms(
         cfg.data.height, cfg.data.width, transforms=None, norm_mean=list(cfg.data.norm_mean),

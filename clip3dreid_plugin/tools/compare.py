@@ -18,8 +18,9 @@ import os.path as osp
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.evaluation.records import read_metrics
-from clip3dreid_plugin.tools.common import CLIParser, cli_main
+from clip3dreid_plugin.tools.common import CLIParser, cli_main, start_cli
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ def plot_cmc(runs: Sequence[Run], which: str, target: str, protocol: str, path: 
     Returns:
         The matplotlib figure (closed); its axes hold one line per plotted run, then the chance line.
     """
+    # matplotlib is slow to import and only the plots need it
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display is needed or wanted
@@ -127,9 +129,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--labels", nargs="+", default=None, help="row labels, one per run (default: folder names)")
     p.add_argument("--output", default=".", help="folder for table.md and the CMC plots (default: here)")
     args = p.parse_args(argv)
-    from clip3dreid_plugin.config.loader import ConfigError
-    from clip3dreid_plugin.tools.common import start_cli
-
     start_cli(stream=sys.stderr)  # stdout carries the table
     if args.labels and len(args.labels) != len(args.run_dirs):
         raise ConfigError(f"--labels needs one label per run ({len(args.run_dirs)}), got {len(args.labels)}")

@@ -46,6 +46,7 @@ def count_complexity(model: nn.Module, inputs: torch.Tensor, params: Optional[in
 
 def student_complexity(height: int = 384, width: int = 192, num_classes: int = 77, last_stride: int = 1) -> Dict:
     """The inference path of the student (trunk + aggregation MLP + classifier; training-only heads excluded)."""
+    # torchreid warns when first imported: after start_cli's quiet warnings
     from clip3dreid_plugin.models.clip3dreid import CLIP3DReID
 
     m = CLIP3DReID(num_classes, last_stride=last_stride)
@@ -56,6 +57,7 @@ def student_complexity(height: int = 384, width: int = 192, num_classes: int = 7
 
 def teacher_complexity(name: str) -> Dict:
     """The CLIP image encoder ``name`` (open_clip, random init) at its own input size."""
+    # open_clip takes seconds to import: only the teacher's row needs it
     import open_clip
 
     model = open_clip.create_model(name, pretrained=None)

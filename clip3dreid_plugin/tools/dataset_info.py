@@ -21,7 +21,10 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from clip3dreid_plugin.tools.common import CLIParser, cli_main
+from clip3dreid_plugin.errors import InputError
+from clip3dreid_plugin.registry import register
+from clip3dreid_plugin.tools.common import CLIParser, cli_main, start_cli
+from clip3dreid_plugin.utils.progress import progress
 
 logger = logging.getLogger("dataset_info")
 
@@ -33,7 +36,7 @@ def split_stats(data: Sequence[tuple]) -> Dict[str, int]:
 
     torchreid's own datasets have no clothes field; they count one outfit per identity.
     """
-    from datasets_ext.base import to_clothes_items
+    from datasets_ext.base import to_clothes_items  # torchreid: after parsing
 
     items = to_clothes_items(data)
     return {
@@ -50,10 +53,9 @@ def build_dataset(name: str, root: str):
     Raises:
         ValueError: ``name`` is not a registered image or video dataset.
     """
-    import clip3dreid_plugin
-    from clip3dreid_plugin.data.build import build_train_split
+    from clip3dreid_plugin.data.build import build_train_split  # torchreid: after parsing
 
-    clip3dreid_plugin.register()
+    register()
     return build_train_split(name, root)
 
 
@@ -82,9 +84,9 @@ def check_images(ds) -> Tuple[List[str], int]:
     Returns:
         ``(error messages, number of files opened)``.
     """
+    # torchreid, after start_cli's quiet warnings
     from clip3dreid_plugin.data.frames import item_image_paths
-    from clip3dreid_plugin.utils.progress import progress
-    from datasets_ext.image_io import ImageReadError, read_image
+    from datasets_ext.image_io import ImageReadError, read_image  # torchreid: after parsing
 
     paths = item_image_paths([it for split in SPLITS for it in getattr(ds, split)])
     errors = []
@@ -125,11 +127,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--chance", type=int, default=0, metavar="N",
                         help="also score N random rankings with every protocol (chance level; image datasets)")
     args = parser.parse_args(argv)
-    from clip3dreid_plugin.tools.common import start_cli
-
     start_cli(stream=sys.stderr)  # stdout carries the table or the JSON
-    from clip3dreid_plugin.errors import InputError
-
     if not os.path.isdir(args.root):
         # torchreid would otherwise try to download some of its own datasets into it.
         raise InputError(f"--root '{args.root}' does not exist or is not a folder")
@@ -150,7 +148,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if info["kind"] == "video":
             raise InputError(f"--chance is for image datasets; '{args.dataset}' is a video dataset")
         info["chance_draws"] = args.chance
-        from clip3dreid_plugin.study.chance import chance_level
+        from clip3dreid_plugin.study.chance import chance_level  # torch: only for --chance
 
         info["chance"] = chance_level(ds, info["eval_protocols"], args.chance)
     print(json.dumps(info, indent=2) if args.json else format_table(info))

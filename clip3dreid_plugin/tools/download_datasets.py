@@ -27,8 +27,10 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
 
 from clip3dreid_plugin.errors import UserError
-from clip3dreid_plugin.tools.common import CLIParser, cli_main
+from clip3dreid_plugin.tools.common import CLIParser, cli_main, start_cli
+from clip3dreid_plugin.utils.hashing import file_sha256
 from clip3dreid_plugin.utils.paths import stays_inside
+from clip3dreid_plugin.utils.progress import progress
 
 logger = logging.getLogger("download_datasets")
 
@@ -220,8 +222,6 @@ def extract(archive: str, dest: str) -> bool:
     Raises:
         UnsafeArchiveError: naming the archive and the member.
     """
-    from clip3dreid_plugin.utils.progress import progress
-
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             members = zf.infolist()
@@ -252,9 +252,9 @@ def download(name: str, root: str, sha256: Optional[str] = None) -> int:
         root: the folder that will hold the dataset folder.
         sha256: the archive's expected SHA-256 (hex); a different archive is kept but not extracted.
     """
+    # gdown is needed only to download (instructions and extraction do without it)
     import gdown
 
-    from clip3dreid_plugin.utils.hashing import file_sha256
 
     src = SOURCES[name]
     os.makedirs(root, exist_ok=True)
@@ -310,8 +310,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", args.sha256.strip()):
         parser.error(f"--sha256 takes the 64 hex digits of a SHA-256, got '{args.sha256}'")
-    from clip3dreid_plugin.tools.common import start_cli
-
     start_cli(stream=sys.stderr)
 
     name = ALIASES.get(args.dataset, args.dataset)

@@ -19,10 +19,11 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from clip3dreid_plugin.body.genders import GENDER_IDS
 from clip3dreid_plugin.body.shape_eval import evaluate_shapes
 from clip3dreid_plugin.body.smpl_io import BodyModel, load_body_model
 from clip3dreid_plugin.errors import InputError
-from clip3dreid_plugin.tools.common import CLIParser, add_overrides, cli_main
+from clip3dreid_plugin.tools.common import CLIParser, add_overrides, cli_main, load_student, start_cli
 from clip3dreid_plugin.utils.io import atomic_write_json
 
 logger = logging.getLogger("eval_shape")
@@ -41,11 +42,11 @@ def _load_npz(path: str, role: str) -> Dict[str, np.ndarray]:
 def predict_from_images(config_file: str, weights: str, images_dir: str, opts: Sequence[str] = (),
                         batch_size: int = 32) -> Dict[str, np.ndarray]:
     """Student predictions on a rendered set: ``{'pred': betas [B,10], 'gt': betas [B,10], 'gender': [B]}``."""
+    # torchreid warns when first imported: after start_cli's quiet warnings
     import torch
     import torchreid
 
-    from clip3dreid_plugin.data.meshset import GENDER_IDS, SyntheticMeshDataset
-    from clip3dreid_plugin.tools.common import load_student
+    from clip3dreid_plugin.data.meshset import SyntheticMeshDataset
 
     cfg, model = load_student(config_file, ["model.name", "clip3dreid", *opts], weights)
     _, tf = torchreid.data.transforms.build_transforms(cfg.data.height, cfg.data.width, transforms=None,
@@ -119,8 +120,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--json", default=None, help="write the result (mean and per-sample) to this file")
     add_overrides(parser, "student config overrides KEY VALUE (--images-dir)")
     args = parser.parse_args(argv)
-    from clip3dreid_plugin.tools.common import start_cli
-
     start_cli(stream=sys.stderr)
 
     if args.images_dir:

@@ -22,6 +22,7 @@ def read_scalars(logdir: str) -> Dict[str, List[Tuple[int, float]]]:
     Raises:
         FileNotFoundError: no event file under ``logdir``.
     """
+    # tensorboard is slow to import: after parsing
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     files = sorted(glob.glob(osp.join(logdir, "**", "events.out.tfevents*"), recursive=True))

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from clip3dreid_plugin.tools.common import CLIParser, add_overrides, cli_main
+from clip3dreid_plugin.tools.common import CLIParser, add_overrides, cli_main, load_student, start_cli
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ def export_onnx(model: torch.nn.Module, path: str, height: int, width: int, opse
 
 def onnx_parity(model: torch.nn.Module, path: str, height: int, width: int, batch: int = 3, seed: int = 0) -> float:
     """Max |onnxruntime - PyTorch| over the features of a random batch."""
+    # onnxruntime is optional (the export extra): only the parity check needs it
     import onnxruntime as ort
 
     x = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
@@ -54,8 +55,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--atol", type=float, default=1e-4)
     add_overrides(p)
     args = p.parse_args(argv)
-    from clip3dreid_plugin.tools.common import load_student, start_cli
-
     start_cli()
     cfg, model = load_student(args.config_file, args.opts, args.weights)
     export_onnx(model, args.output, cfg.data.height, cfg.data.width)

@@ -19,8 +19,10 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from clip3dreid_plugin.tools.common import CLIParser, add_overrides, cli_main
-from clip3dreid_plugin.utils.runtime import DEVICE_HELP
+from clip3dreid_plugin.tools.common import CLIParser, add_overrides, cli_main, eval_transform, load_student, start_cli
+from clip3dreid_plugin.utils.progress import progress
+from clip3dreid_plugin.utils.runtime import DEVICE_HELP, resolve_device
+from datasets_ext.image_io import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +49,6 @@ def list_images(folder: str) -> List[str]:
 def extract(model: torch.nn.Module, paths: Sequence[str], transform, batch_size: int = 64, flip: bool = False,
             normalize: bool = True, device: str = "cpu") -> np.ndarray:
     """Eval-mode features ``[N, D]`` of ``paths`` (``f(x) + f(flip(x))`` with ``flip``)."""
-    from clip3dreid_plugin.utils.progress import progress
-    from datasets_ext.image_io import read_image
-
     model = model.to(device).eval()
     feats = []
     for s in progress(range(0, len(paths), batch_size), desc="extract"):
@@ -77,8 +76,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_overrides(p)
     args = p.parse_args(argv)
-    from clip3dreid_plugin.tools.common import eval_transform, load_student, start_cli
-    from clip3dreid_plugin.utils.runtime import resolve_device
 
     start_cli()
     device = str(resolve_device(args.device))  # before the model is built: a bad --device fails at once

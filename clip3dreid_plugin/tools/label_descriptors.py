@@ -2,9 +2,9 @@
 
 Examples::
 
-    clip3dreid-label --config-file configs/ltcc/clip3dreid.yaml \\
-        teacher.pretrained /weights/ViT-L-14.pt
-    clip3dreid-label --config-file configs/toy/clip3dreid.yaml --report out/labels
+    clip3dreid-label --config-file configs/ltcc/clip3dreid_r50_vitl14_384x192.yaml \\
+        data.root /data teacher.pretrained /weights/ViT-L-14.pt
+    clip3dreid-label --config-file configs/synthcc/clip3dreid_r50_vitb32_128x64.yaml data.root data --report out/labels
 
 One cache file per source dataset goes to ``cfg.teacher.cache_dir`` (see
 ``clip3dreid_plugin.teacher.cache``); an up-to-date cache is reused, a stale one is rebuilt (or
@@ -21,7 +21,8 @@ import os.path as osp
 import sys
 from typing import List, Optional, Sequence
 
-from clip3dreid_plugin.tools.common import CLIParser, add_overrides, cli_main
+from clip3dreid_plugin.registry import register
+from clip3dreid_plugin.tools.common import CLIParser, add_overrides, cli_main, start_cli
 
 logger = logging.getLogger("label_descriptors")
 
@@ -31,11 +32,11 @@ def training_image_paths(name: str, cfg) -> List[str]:
 
     For a video dataset these are every frame of every training tracklet: CLIP3DReID trains on frames.
     """
-    import clip3dreid_plugin
+    # torchreid, torch: imported after parsing, so --help and a bad option answer at once
     from clip3dreid_plugin.data.build import build_train_split
     from clip3dreid_plugin.data.frames import item_image_paths
 
-    clip3dreid_plugin.register()
+    register()
     ds, _ = build_train_split(name, cfg.data.root, combineall=cfg.data.combineall)
     return item_image_paths(ds.train)
 
@@ -82,9 +83,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     add_overrides(parser, "config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
     if not logging.getLogger().handlers:
-        from clip3dreid_plugin.tools.common import start_cli
-
         start_cli(stream=sys.stderr)
+    # After parsing (--help answers at once): utils.runtime and the teacher import torch, torchreid and open_clip.
     from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings
 
     quiet_torchreid_warnings()  # before torchreid's first import

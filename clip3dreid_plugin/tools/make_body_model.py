@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 from clip3dreid_plugin.body.procedural import write_procedural_smpl
 from clip3dreid_plugin.errors import InputError
-from clip3dreid_plugin.tools.common import CLIParser, cli_main
+from clip3dreid_plugin.tools.common import CLIParser, cli_main, start_cli
 
 logger = logging.getLogger("make_body_model")
 
@@ -30,8 +30,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", required=True, help="root folder; files go to OUT/smpl/")
     parser.add_argument("--num-vertices", type=int, default=1000, help="approximate vertices per mesh")
     args = parser.parse_args(argv)
-    from clip3dreid_plugin.tools.common import start_cli
-
     start_cli(stream=sys.stderr)
     if args.num_vertices < 300:
         raise InputError(f"--num-vertices must be at least 300 (got {args.num_vertices})")

@@ -20,9 +20,9 @@ import os.path as osp
 import sys
 from typing import Optional, Sequence
 
-from clip3dreid_plugin.body.meshset_plan import read_synthetic_meta
 from clip3dreid_plugin.body.meshset import render_synthetic_set
-from clip3dreid_plugin.tools.common import CLIParser, cli_main
+from clip3dreid_plugin.body.meshset_plan import read_synthetic_meta
+from clip3dreid_plugin.tools.common import CLIParser, cli_main, start_cli
 
 logger = logging.getLogger("render_meshset")
 
@@ -51,8 +51,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="re-render a folder holding another set (default: refuse it, naming what changed)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = parser.parse_args(argv)
-    from clip3dreid_plugin.tools.common import start_cli
-
     start_cli(stream=sys.stderr)
     if osp.basename(sys.argv[0]) == OLD_COMMAND:
         logger.warning("%s is deprecated and will be removed in the next release: use clip3dreid-render-meshset",

@@ -15,12 +15,15 @@ This file parses, sets up the config and logging, and runs; what a run builds an
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Optional, Sequence
 
+from clip3dreid_plugin.config import load_config
+from clip3dreid_plugin.config.check import check_config
+from clip3dreid_plugin.registry import accepted_names, register
 from clip3dreid_plugin.tools.common import CLIParser, add_overrides, cli_main
-from clip3dreid_plugin.utils.runtime import DEVICE_HELP, quiet_torchreid_warnings
+from clip3dreid_plugin.utils.runtime import DEVICE_HELP, quiet_torchreid_warnings, setup_logging
+from clip3dreid_plugin.utils.torchrun import launched_rank
 
 __all__ = ["main", "build_parser", "setup_cfg", "build", "run"]
 
@@ -46,10 +49,6 @@ def setup_cfg(args: argparse.Namespace):
     Raises:
         ConfigError: a bad key or value, or an option torchreid would refuse later (:func:`check_config`).
     """
-    from clip3dreid_plugin.config import load_config
-    from clip3dreid_plugin.config.check import check_config
-    from clip3dreid_plugin.registry import accepted_names
-
     cfg = load_config(args.config_file or None, args.opts)
     if args.device is not None:
         cfg.runtime.device = args.device
@@ -71,8 +70,9 @@ def setup_cfg(args: argparse.Namespace):
 def build(cfg):
     """The engine of ``cfg``, ready to run (:meth:`DefaultTrainer.build
     <clip3dreid_plugin.engine.trainer.DefaultTrainer.build>`; it joins torchrun's group)."""
-    from clip3dreid_plugin.engine.trainer import DefaultTrainer
+    from clip3dreid_plugin.engine.trainer import DefaultTrainer  # torchreid: after quiet_torchreid_warnings()
 
+    register()
     return DefaultTrainer(cfg).build()
 
 
@@ -87,8 +87,9 @@ def run(cfg, config_file: str = "") -> dict:
     Returns:
         ``{dataset: {metric: value}}`` of the last evaluation.
     """
-    from clip3dreid_plugin.engine.trainer import DefaultTrainer
+    from clip3dreid_plugin.engine.trainer import DefaultTrainer  # torchreid: after quiet_torchreid_warnings()
 
+    register()
     return DefaultTrainer(cfg, config_file).run()
 
 
@@ -101,11 +102,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """
     quiet_torchreid_warnings()
     args = build_parser().parse_args(argv)
-    from clip3dreid_plugin.utils.runtime import setup_logging
-
     cfg = setup_cfg(args)
     save_dir = cfg.data.save_dir
-    is_main = int(os.environ.get("RANK", "0")) == 0  # only rank 0 of a torchrun job writes files
+    is_main = launched_rank() == 0  # only rank 0 of a torchrun job writes files
     setup_logging(save_dir, "train.log" if not cfg.test.evaluate else "test.log", is_main=is_main)
     run(cfg, args.config_file)
     return 0

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
 from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
+
+from clip3dreid_plugin.utils.torchrun import launched_local_rank, launched_rank, launched_world_size
 
 logger = logging.getLogger(__name__)
 
@@ -16,20 +17,9 @@ logger = logging.getLogger(__name__)
 MAIN_WORK_TIMEOUT = datetime.timedelta(hours=24)
 _main_work_group: Optional[object] = None
 
-__all__ = ["launched_rank", "launched_world_size", "init_distributed", "is_distributed", "get_rank",
-           "get_world_size", "is_main_process", "all_gather_ordered", "all_gather_objects", "all_reduce_sum",
+__all__ = ["launched_rank", "launched_local_rank", "launched_world_size", "init_distributed", "is_distributed",
+           "get_rank", "get_world_size", "all_gather_ordered", "all_gather_objects", "all_reduce_sum",
            "broadcast_buffers", "barrier", "cleanup", "convert_sync_batchnorm", "run_on_main"]
-
-
-def launched_rank() -> int:
-    """This process's rank in torchrun's environment (``RANK``; 0 outside torchrun), before any process group
-    forms: who writes a run's files from the start."""
-    return int(os.environ.get("RANK", "0"))
-
-
-def launched_world_size() -> int:
-    """The number of processes torchrun started (``WORLD_SIZE``; 1 outside torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def is_distributed() -> bool:
@@ -42,10 +32,6 @@ def get_rank() -> int:
 
 def get_world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
-
-
-def is_main_process() -> bool:
-    return get_rank() == 0
 
 
 def init_distributed(backend: str = "auto", device_type: str = "cpu") -> bool:
@@ -64,7 +50,7 @@ def init_distributed(backend: str = "auto", device_type: str = "cpu") -> bool:
     if backend == "auto":
         backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(launched_local_rank())
     dist.init_process_group(backend=backend)
     logger.info("distributed: rank %d/%d, backend %s", get_rank(), get_world_size(), backend)
     return True

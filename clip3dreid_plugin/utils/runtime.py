@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from clip3dreid_plugin.config.loader import ConfigError
+from clip3dreid_plugin.errors import ConfigError
 
 __all__ = ["DEVICE_HELP", "ensure_console_logging", "setup_logging", "set_seed", "resolve_device", "activate_device",
            "check_amp_support", "has_native_bf16", "set_matmul_tf32", "quiet_torchreid_warnings"]

@@ -9,6 +9,9 @@ unpickler, so the archive's TorchScript code is never compiled or run.
 """
 from __future__ import annotations
 
+import codecs
+import collections
+import copyreg
 import io
 import os.path as osp
 import pickle
@@ -16,6 +19,7 @@ import re
 import zipfile
 from typing import Any, BinaryIO, Callable, Dict, Mapping, Optional, Tuple
 
+import numpy as np
 import torch
 
 from clip3dreid_plugin.errors import UserError
@@ -70,9 +74,6 @@ _BUILTINS = {name: getattr(__import__("builtins"), name) for name in (
 
 def builtin_resolver(module: str, name: str) -> Optional[Any]:
     """Plain containers and scalars, ``copyreg._reconstructor`` and ``_codecs.encode`` (bytes at protocol < 3)."""
-    import codecs
-    import copyreg
-
     module = _PY2_MODULES.get(module, module)
     if module == "builtins":
         return _BUILTINS.get(name)
@@ -90,8 +91,6 @@ _NUMPY_HELPERS = {("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("nu
 
 def numpy_resolver(module: str, name: str) -> Optional[Any]:
     """numpy arrays, dtypes and scalars as numpy pickles them (``numpy.core`` and ``numpy._core`` names)."""
-    import numpy as np
-
     if module == "numpy" and name in ("ndarray", "dtype"):
         return getattr(np, name)
     if module == "numpy.dtypes" and name.endswith("DType"):
@@ -150,8 +149,6 @@ def _rebuild_tensor(storage: Any, offset: int, size: Tuple[int, ...], stride: Tu
 
 
 def _torchscript_resolver(module: str, name: str) -> Optional[Any]:
-    import collections
-
     if module == "__torch__" or module.startswith("__torch__."):
         return type(name, (_ScriptObject,), {"__module__": "clip3dreid_script." + module})
     if module == "torch" and name in _STORAGE_DTYPES:
