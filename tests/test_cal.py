@@ -14,7 +14,7 @@ from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.data.outfits import check_clothes_labels, identity_outfits
 from clip3dreid_plugin.losses.clothes import clothes_adversarial_loss, clothes_classification_loss
 from clip3dreid_plugin.tools import train_net
-from fixtures.dataset_trees import make_ltcc, make_manifest, make_prcc
+from fixtures.dataset_trees import make_ccvid, make_ltcc, make_manifest, make_prcc
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -140,8 +140,8 @@ def test_the_clothes_classifier_is_a_cosine_of_unit_rows():
 
 
 # ------------------------------------------------------------------------------------------- the engine
-def _cfg(root, out, source, *extra):
-    argv = ["--config-file", osp.join(REPO, "configs", "ltcc", "cal_r50_384x192.yaml"), "--device", "cpu",
+def _cfg(root, out, source, *extra, recipe=("ltcc", "cal_r50_384x192.yaml")):
+    argv = ["--config-file", osp.join(REPO, "configs", *recipe), "--device", "cpu",
             "--output-dir", out, "--seed", "1", "data.root", root, "data.sources", f"['{source}']",
             "data.targets", f"['{source}']", "model.pretrained", "False", "data.height", "64", "data.width", "32",
             "data.workers", "0", "sampler.train_sampler", "RandomSampler", "train.batch_size", "2",
@@ -155,6 +155,7 @@ def trees(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("cal_trees"))
     make_ltcc(root)
     make_prcc(root)
+    make_ccvid(root)
     manifest = str(tmp_path_factory.mktemp("cal_manifest"))
     make_manifest(manifest)
     return root, manifest
@@ -227,15 +228,19 @@ def test_before_start_epoch_cc_the_clothes_classifier_does_not_move(trees, tmp_p
     assert torch.equal(engine.model.clothes_classifier.weight, before)
 
 
-@pytest.mark.parametrize("source", ["ltcc", "prcc", "ccmanifest"])
+@pytest.mark.parametrize("source", ["ltcc", "prcc", "ccmanifest", "ccvid"])
 def test_cal_trains_and_evaluates_every_protocol(trees, tmp_path, source):
     root = trees[1] if source == "ccmanifest" else trees[0]
     out = str(tmp_path / source)
-    cfg = _cfg(root, out, source, "cal.start_epoch_cc", "0", "cal.start_epoch_adv", "1")
+    # CCVID trains on clips (their frames), and tests on the tracklet average, as torchreid's video engines.
+    video = ("video.seq_len", "2", "train.batch_size", "2") if source == "ccvid" else ()
+    recipe = ("ccvid", "cal_r50_256x128.yaml") if source == "ccvid" else ("ltcc", "cal_r50_384x192.yaml")
+    cfg = _cfg(root, out, source, "cal.start_epoch_cc", "0", "cal.start_epoch_adv", "1", *video, recipe=recipe)
     train_net.run(cfg)
     with open(osp.join(out, "metrics.json"), encoding="utf-8") as f:
         metrics = json.load(f)["last"]["metrics"][source]
-    expected = {"ltcc": ("general", "cc"), "prcc": ("general", "sc", "cc"), "ccmanifest": ("general", "sc", "cc")}
+    expected = {"ltcc": ("general", "cc"), "prcc": ("general", "sc", "cc"), "ccmanifest": ("general", "sc", "cc"),
+                "ccvid": ("general", "cc")}
     for protocol in expected[source]:
         assert 0.0 <= metrics[f"{protocol}_mAP"] <= 100.0, (protocol, metrics)
 
@@ -304,3 +309,31 @@ def test_kill_and_resume_give_the_uninterrupted_weights(trees, tmp_path):
         assert torch.equal(v, b["state_dict"][k]), k
     state_a, state_b = a["clothes_optimizer"]["state"], b["clothes_optimizer"]["state"]
     assert state_a and all(torch.equal(state_a[i]["exp_avg"], state_b[i]["exp_avg"]) for i in state_a)
+
+
+def test_two_processes_keep_one_clothes_classifier(trees, tmp_path):
+    """Under torchrun DDP leaves the clothes classifier out and the engine averages its gradients: after training,
+    both ranks hold the same classifier (and the same network)."""
+    import os
+    import subprocess
+    import sys
+
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    path = os.pathsep.join([REPO, osp.join(REPO, "tests"), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1", DUMP_DIR=str(dump))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           "--master_port=29641", "-m", "fixtures.train_and_dump", "--config-file",
+           osp.join(REPO, "configs", "ltcc", "cal_r50_384x192.yaml"), "--device", "cpu", "--output-dir",
+           str(tmp_path / "o"), "data.root", trees[0], "model.pretrained", "False", "data.height", "64",
+           "data.width", "32", "data.workers", "0", "sampler.train_sampler", "RandomSampler", "train.batch_size", "2",
+           "train.max_epoch", "2", "test.batch_size", "4", "cal.start_epoch_cc", "0", "cal.start_epoch_adv", "0",
+           "runtime.progress", "False"]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout.decode(errors="replace")[-3000:]
+    a, b = torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # It did train: the classifier's rows start at norm 1 (CAL's initialisation) and Adam moved them.
+    assert a["clothes_classifier.weight"].shape == (4, 4096)
+    assert not torch.allclose(a["clothes_classifier.weight"].norm(dim=1), torch.ones(4), atol=1e-6)

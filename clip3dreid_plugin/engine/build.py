@@ -88,7 +88,8 @@ def _cal_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: bool
     return CALEngine(datamanager, model, optimizer, clothes_optimizer, outfits, scheduler=scheduler, use_gpu=use_gpu,
                      label_smooth=cfg.loss.softmax.label_smooth, scale=c.scale, epsilon=c.epsilon,
                      start_epoch_cc=c.start_epoch_cc, start_epoch_adv=c.start_epoch_adv,
-                     triplet_weight=c.triplet_weight, triplet_margin=c.triplet_margin, amp=cfg.runtime.amp, **common)
+                     triplet_weight=c.triplet_weight, triplet_margin=c.triplet_margin, amp=cfg.runtime.amp,
+                     pooling_method=cfg.video.pooling_method, **common)
 
 
 # model name -> fn(cfg, datamanager, model, optimizer, scheduler, use_gpu, **common) -> engine, where common holds

@@ -45,13 +45,14 @@ class CALEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         triplet_weight: weight of a batch-hard triplet term on the cosine distance ``1 - cos`` (0: none).
         triplet_margin: its margin.
         amp: ``none`` | ``bf16`` | ``fp16`` autocast of the network's forward.
+        pooling_method: ``avg`` | ``max`` over a tracklet's frame features at test time (video data).
         **kwargs: the evaluation and checkpoint options of :class:`ClothesAwareEngineMixin`.
     """
 
     def __init__(self, datamanager, model, optimizer, clothes_optimizer, outfits: torch.Tensor, scheduler=None,
                  use_gpu: bool = True, label_smooth: bool = True, scale: float = 16.0, epsilon: float = 0.1,
                  start_epoch_cc: int = 25, start_epoch_adv: int = 25, triplet_weight: float = 0.0,
-                 triplet_margin: float = 0.3, amp: str = "none", **kwargs):
+                 triplet_margin: float = 0.3, amp: str = "none", pooling_method: str = "avg", **kwargs):
         super().__init__(datamanager, use_gpu, **kwargs)
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.register_model("model", model, optimizer, scheduler)
@@ -62,6 +63,7 @@ class CALEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
         self.triplet_weight, self.triplet_margin = triplet_weight, triplet_margin
         self.amp = amp
         self.scaler = grad_scaler(amp, self.use_gpu)
+        self.pooling_method = pooling_method
 
     @property
     def clothes_classifier(self) -> torch.nn.Module:

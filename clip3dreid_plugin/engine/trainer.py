@@ -142,6 +142,8 @@ def wrap_for_training(model, distributed: bool, trainable: bool, device, compile
             # Their gradients come from a backward of their own, outside DDP's forward, which DDP's reducer would
             # take for a second pass; the engine averages them over the ranks itself.
             torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, list(own))
+            for p in own.values():  # nor does DDP broadcast them: every rank starts from rank 0's, as for the rest
+                torch.distributed.broadcast(p.data, src=0)
         out = torch.nn.parallel.DistributedDataParallel(
             out, device_ids=[device.index] if device.type == "cuda" else None, **(ddp_kwargs or {}))
     if compile_model:

@@ -34,6 +34,7 @@ CHANCE_DRAWS = 200  # random rankings averaged for the chance row (standard erro
 BASELINE_CFG = "synthcc/resnet50_baseline_128x64"
 CLIP3DREID_CFG = "synthcc/clip3dreid_r50_vitb32_128x64"
 SHAPE_PROBE_CFG = "synthcc/shape_probe_r50_128x64"
+CAL_CFG = "synthcc/cal_r50_128x64"
 TEACHERS = ("auto", "clip", "ideal", "stand-in")
 #: Per offline teacher: (sample sd of the paired CC-mAP difference clip3dreid - baseline over seeds, in points;
 #: the number of seeds), from the method study in BENCHMARKS.md (``benchmarks/results/method_study/summary.json``,
