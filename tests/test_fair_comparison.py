@@ -453,6 +453,41 @@ def test_every_clip3dreid_recipe_has_a_baseline_with_the_same_start_and_recipe(f
             assert torch.equal(trunk["conv1.weight"], fake_imagenet["conv1.weight"]), student
 
 
+def _recipe_triples():
+    """``(baseline, cal, clip3dreid or None)`` for every CAL recipe, matched by the size at the end of the name."""
+    triples = []
+    for cal in sorted(glob.glob(osp.join(REPO, "configs", "*", "cal_*.yaml"))):
+        folder, size = osp.dirname(cal), re.sub(r"^cal_r50_", "", osp.basename(cal))
+        baseline = [f for f in glob.glob(osp.join(folder, f"resnet50_*{size}"))]
+        students = [f for f in glob.glob(osp.join(folder, f"clip3dreid_r50_vit*_{size}"))]
+        triples.append((baseline[0] if len(baseline) == 1 else None, cal, students[0] if students else None))
+    return triples
+
+
+def test_every_cal_recipe_has_the_start_and_recipe_of_its_baseline_and_clip3dreid(fake_imagenet):
+    triples = _recipe_triples()
+    families = {osp.basename(osp.dirname(cal)) for _, cal, _ in triples}
+    assert {"ltcc", "prcc", "vcclothes", "deepchange", "last", "ccvid", "celebreid", "celebreid_light",
+            "celebreid_blur", "celebreid_light_blur", "synthcc"} <= families, families
+    for baseline, cal, student in triples:
+        assert baseline is not None, f"{cal} has no resnet50 baseline of its size beside it"
+        cb, cc = load_config(baseline), load_config(cal)
+        assert cc.model.name == "cal"
+        for other in [cb] + ([load_config(student)] if student else []):
+            for key in RECIPE_KEYS:
+                assert _get(other, key) == _get(cc, key), (osp.relpath(cal, REPO), key, _get(other, key),
+                                                           _get(cc, key))
+        torch.manual_seed(cc.train.seed)
+        base = build_model(cb, num_classes=4, use_gpu=False).state_dict()
+        torch.manual_seed(cc.train.seed)
+        trunk = _student_trunk(build_model(cc, num_classes=4, use_gpu=False, num_clothes=6))
+        assert all(torch.equal(base[k], v) for k, v in trunk.items()), cal
+        if cc.model.pretrained:
+            assert torch.equal(trunk["conv1.weight"], fake_imagenet["conv1.weight"]), cal
+    # The triple is real where both methods have a recipe of that size.
+    assert sum(student is not None for _, _, student in triples) >= 9
+
+
 def test_clip_baseline_recipes_name_their_clip_weights():
     files = glob.glob(osp.join(REPO, "configs", "*", "clip_*.yaml"))
     assert files

@@ -364,3 +364,17 @@ def test_transport_tool_reads_the_standin_teachers_own_cache_file():
     assert visualize_transport._run_cache_path(cfg) == clip
     cfg.teacher.mode = "stand-in"
     assert visualize_transport._run_cache_path(cfg) == standin_cache_path(cfg) == clip[:-3] + "-standin.pt"
+
+
+def test_the_cal_row_keeps_the_reference_fraction_of_epochs_before_its_clothes_terms(monkeypatch, tmp_path):
+    """The positive control runs CAL's synthcc recipe; a shorter run starts the clothes terms at the same share of
+    its epochs as the reference (25 of 60), so they are never silently off."""
+    study = _load_study()
+    seen = []
+    monkeypatch.setattr(train_net, "run", lambda cfg, name: seen.append(cfg) or {"synthcc": {"cc_mAP": 0.1}})
+    study.run_row(str(tmp_path), "cal", 2, "cpu")
+    study.run_row(str(tmp_path), "cal", 2, "cpu", epochs=3)
+    full, short = seen
+    assert (full.model.name, full.train.max_epoch, full.cal.start_epoch_adv, full.cal.start_epoch_cc) == \
+        ("cal", 12, 5, 5)
+    assert (short.train.max_epoch, short.cal.start_epoch_adv, short.cal.start_epoch_cc) == (3, 1, 1)

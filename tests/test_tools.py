@@ -283,3 +283,21 @@ def test_benchmark_training_step_is_the_engine_step_in_the_asked_layout(tmp_path
         for part in ("backbone", "aggregator", "classifier", "text_head", "image_head"):
             moved = [not torch.equal(p, start[n]) for n, p in engine.model.named_parameters() if n.startswith(part)]
             assert moved and all(moved), (nhwc, part)
+
+
+def test_benchmark_cal_step_is_calengines_step_with_both_clothes_terms():
+    """The CAL row times CALEngine.forward_backward with the clothes step and the adversarial term: both logged,
+    the clothes classifier and the network each moved by their own optimiser."""
+    cpu = torch.device("cpu")
+    batch = benchmark._batch(8, 64, 32, 2, cpu)
+    assert batch["clothes_id"].tolist() == [0, 1, 0, 1, 2, 3, 2, 3]
+    torch.manual_seed(0)
+    step = benchmark.cal_step(2, batch, cpu)
+    engine = step.func.__self__
+    start = {n: p.detach().clone() for n, p in engine.model.named_parameters()}
+    terms = step()
+    assert set(terms) == {"ce", "clothes", "cal"}
+    for part in ("backbone", "bnneck", "classifier", "clothes_classifier"):
+        moved = [not torch.equal(p, start[n]) for n, p in engine.model.named_parameters() if n.split(".")[0] == part]
+        assert moved and all(moved), part
+    assert engine.outfits.tolist() == [[True, True, False, False], [False, False, True, True]]

@@ -215,6 +215,18 @@ def add_clip3dreid_config(cfg: CN) -> CN:
     cfg.synthcc.poses_per_view = 2  # poses rendered per (identity, outfit, camera)
     cfg.synthcc.seed = 0  # seed of the generated benchmark
     cfg.synthcc.beta_sigma = 1.25  # sd of the identities' shape coefficients: the spread of body shapes
+
+    # ---------------------------------------------------------- CAL (baseline)
+    cfg.cal = CN()
+    cfg.cal.last_stride = 1  # stride of ResNet-50's last stage (CAL: 1)
+    cfg.cal.start_epoch_cc = 25  # first epoch (0-based) whose steps update the clothes classifier
+    cfg.cal.start_epoch_adv = 25  # first epoch (0-based) whose loss has the clothes-adversarial term
+    cfg.cal.epsilon = 0.1  # share of the adversarial target spread over the identity's outfits
+    cfg.cal.scale = 16.0  # scale s of the clothes classifier's cosines, in both clothes losses
+    cfg.cal.clothes_lr = 3.5e-4  # Adam learning rate of the clothes classifier (never scheduled, as the reference)
+    cfg.cal.clothes_weight_decay = 5e-4  # its weight decay
+    cfg.cal.triplet_weight = 0.0  # weight of the cosine-distance batch-hard triplet term (LaST recipe: 1.0)
+    cfg.cal.triplet_margin = 0.3  # its margin
     return cfg
 
 

@@ -108,6 +108,9 @@ class ClothesAwareEngineMixin:
         """Entries an engine adds to every checkpoint it writes (none here)."""
         return {}
 
+    def restore_extras(self, ckpt: dict) -> None:
+        """Gives an engine back what its :meth:`checkpoint_extras` wrote, on resume (nothing here)."""
+
     def resume(self, fpath: str, name: str = "model") -> int:
         """Restores model, optimizer, scheduler, scaler and this rank's RNG from ``fpath``; returns the epoch to
         start from."""
@@ -115,6 +118,7 @@ class ClothesAwareEngineMixin:
                                              self._scheds[name], getattr(self, "scaler", None))
         self.best_metric = float(ckpt.get("best_metric", -float("inf")))
         self.evaluations = dict(ckpt.get("evaluations") or {})
+        self.restore_extras(ckpt)
         return int(ckpt["epoch"])
 
     # ------------------------------------------------------------------ main loop

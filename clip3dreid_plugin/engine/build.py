@@ -9,7 +9,10 @@ from yacs.config import CfgNode as CN
 from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.data.frames import item_image_paths
 from clip3dreid_plugin.data.meshset import build_synthetic_stream
+from clip3dreid_plugin.data.outfits import check_clothes_labels, identity_outfits
+from clip3dreid_plugin.engine.cal_engine import CALEngine
 from clip3dreid_plugin.engine.clip3dreid_engine import CLIP3DReIDEngine
+from clip3dreid_plugin.engine.common import unwrap
 from clip3dreid_plugin.engine.evaluator import EvalOptions
 from clip3dreid_plugin.engine.loss_terms import LOSS_TERMS, LossSwitches
 from clip3dreid_plugin.engine.standard import ClothesSoftmaxEngine, ClothesTripletEngine, ClothesVideoSoftmaxEngine
@@ -54,19 +57,39 @@ def _clip3dreid_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gp
     return engine
 
 
+def _cal_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: bool, **common):
+    train = datamanager.train_set.train
+    if not cfg.test.evaluate:  # an evaluation trains nothing and needs no clothes labels
+        check_clothes_labels(train, list(datamanager.sources), "model.name cal")
+    classifier = unwrap(model).clothes_classifier
+    if classifier is None:
+        raise ConfigError("model.name cal was built without a clothes classifier (num_clothes 0); build it through "
+                          "the plugin's trainer, which passes the training split's outfits")
+    clothes_optimizer = torch.optim.Adam(classifier.parameters(), lr=cfg.cal.clothes_lr,
+                                         weight_decay=cfg.cal.clothes_weight_decay)
+    outfits = identity_outfits(train, datamanager.num_train_pids, datamanager.num_train_clothes)
+    c = cfg.cal
+    return CALEngine(datamanager, model, optimizer, clothes_optimizer, outfits, scheduler=scheduler, use_gpu=use_gpu,
+                     label_smooth=cfg.loss.softmax.label_smooth, scale=c.scale, epsilon=c.epsilon,
+                     start_epoch_cc=c.start_epoch_cc, start_epoch_adv=c.start_epoch_adv,
+                     triplet_weight=c.triplet_weight, triplet_margin=c.triplet_margin, amp=cfg.runtime.amp,
+                     pooling_method=cfg.video.pooling_method, **common)
+
+
 # model name -> fn(cfg, datamanager, model, optimizer, scheduler, use_gpu, **common) -> engine, where common holds
 # the evaluation and checkpoint options every plugin engine takes (ClothesAwareEngineMixin) and the run's resolved
 # ``device`` (a torch.device: pass it to whatever the builder places on the GPU). The study's models
 # (``shape_probe``, :mod:`clip3dreid_plugin.study`) sit above this package: ``register()`` adds their builders.
-ENGINE_BUILDERS: Dict[str, Callable] = {"clip3dreid": _clip3dreid_engine}
+ENGINE_BUILDERS: Dict[str, Callable] = {"clip3dreid": _clip3dreid_engine, "cal": _cal_engine}
 
 
 def _standard_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: bool, **common):
     if cfg.runtime.amp != "none":
         # torchreid's engines call the model and optimizer themselves; ignoring the option would hide that the
         # baseline trained in float32 while the user asked for mixed precision.
-        raise ConfigError(f"runtime.amp {cfg.runtime.amp} (--amp) applies to model.name clip3dreid and shape_probe "
-                          f"only; torchreid's engines train '{cfg.model.name}' in float32: set runtime.amp none")
+        raise ConfigError(f"runtime.amp {cfg.runtime.amp} (--amp) applies to model.name clip3dreid, cal and "
+                          f"shape_probe only; torchreid's engines train '{cfg.model.name}' in float32: set "
+                          "runtime.amp none")
     if cfg.data.type == "video":
         if cfg.loss.name != "softmax":
             raise ConfigError("video training supports loss.name softmax only")

@@ -60,8 +60,8 @@ from clip3dreid_plugin.utils.runtime import (activate_device, check_amp_support,
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DefaultTrainer", "RunContext", "ddp_options", "wrap_for_training", "resume_checkpoint",
-           "write_run_config"]
+__all__ = ["DefaultTrainer", "RunContext", "ddp_options", "engine_optimised_parameters", "wrap_for_training",
+           "resume_checkpoint", "write_run_config"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +122,13 @@ def ddp_options(cfg) -> dict:
     return {"static_graph": True}
 
 
+def engine_optimised_parameters(model: torch.nn.Module) -> Dict[str, torch.nn.Parameter]:
+    """Parameters the method's engine steps with an optimiser of its own, by name (the submodules a model lists in
+    ``engine_optimised``, e.g. CAL's clothes classifier): the main optimiser and DDP leave them out."""
+    names = getattr(model, "engine_optimised", ())
+    return {n: p for n, p in model.named_parameters() if n.split(".", 1)[0] in names}
+
+
 def wrap_for_training(model, distributed: bool, trainable: bool, device, compile_model: bool = False,
                       ddp_kwargs: Optional[dict] = None):
     """The module the engine trains: DDP around a model that has something to train, then ``torch.compile``.
@@ -134,6 +141,13 @@ def wrap_for_training(model, distributed: bool, trainable: bool, device, compile
     """
     out = model
     if distributed and trainable:
+        own = engine_optimised_parameters(model)
+        if own:
+            # Their gradients come from a backward of their own, outside DDP's forward, which DDP's reducer would
+            # take for a second pass; the engine averages them over the ranks itself.
+            torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, list(own))
+            for p in own.values():  # nor does DDP broadcast them: every rank starts from rank 0's, as for the rest
+                torch.distributed.broadcast(p.data, src=0)
         out = torch.nn.parallel.DistributedDataParallel(
             out, device_ids=[device.index] if device.type == "cuda" else None, **(ddp_kwargs or {}))
     if compile_model:
@@ -214,7 +228,8 @@ class DefaultTrainer:
         """
         cfg = self.cfg
         model = model_build.build_model(cfg, datamanager.num_train_pids, self.context.use_gpu,
-                                        checkpoint=cfg.model.load_weights or resume_checkpoint(cfg))
+                                        checkpoint=cfg.model.load_weights or resume_checkpoint(cfg),
+                                        num_clothes=getattr(datamanager, "num_train_clothes", None))
         if cfg.model.load_weights:
             compat.load_pretrained_weights(model, cfg.model.load_weights)
         return model
@@ -230,13 +245,19 @@ class DefaultTrainer:
         return model
 
     def build_optimizer(self, model: torch.nn.Module):
-        """torchreid's optimizer of ``train.*``; None for a model with nothing to train (``clip_zeroshot``), which
+        """torchreid's optimizer of ``train.*`` over every parameter but the engine's own
+        (:func:`engine_optimised_parameters`); None for a model with nothing to train (``clip_zeroshot``), which
         only an evaluation may run."""
         if not any(p.requires_grad for p in model.parameters()):
             if not self.cfg.test.evaluate:
                 raise ConfigError(f"model '{self.cfg.model.name}' has no trainable parameter: run it with --eval-only")
             return None
-        return torchreid.optim.build_optimizer(model, **optimizer_kwargs(self.cfg))
+        optimizer = torchreid.optim.build_optimizer(model, **optimizer_kwargs(self.cfg))
+        own = {id(p) for p in engine_optimised_parameters(model).values()}
+        if own:  # stepped by the method's engine (CAL's clothes classifier has its own Adam)
+            for group in optimizer.param_groups:
+                group["params"] = [p for p in group["params"] if id(p) not in own]
+        return optimizer
 
     def build_scheduler(self, optimizer):
         """torchreid's learning-rate scheduler of ``train.*``; None without an optimizer."""

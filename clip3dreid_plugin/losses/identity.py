@@ -31,20 +31,29 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smooth: boo
     return F.cross_entropy(logits, targets, label_smoothing=TORCHREID_LABEL_SMOOTHING if label_smooth else 0.0)
 
 
-def batch_hard_triplet(features: torch.Tensor, targets: torch.Tensor, margin: float = 0.3) -> torch.Tensor:
+def batch_hard_triplet(features: torch.Tensor, targets: torch.Tensor, margin: float = 0.3,
+                       metric: str = "euclidean") -> torch.Tensor:
     """torchreid's ``TripletLoss``: for every anchor the farthest same-identity and the nearest other-identity
-    feature (euclidean), in a hinge ``mean(max(0, d_ap - d_an + margin))``.
+    feature, in a hinge ``mean(max(0, d_ap - d_an + margin))``.
 
     Args:
         features: ``[B, D]``.
         targets: ``[B]`` identities; every anchor needs another identity in the batch.
         margin: hinge margin.
+        metric: ``euclidean`` (torchreid) or ``cosine``: ``1 - cos`` of the L2-normalised features (CAL's pair
+            loss).
 
     Returns:
         Scalar loss.
     """
-    sq = features.pow(2).sum(dim=1, keepdim=True)
-    dist = (sq + sq.t()).addmm_(features, features.t(), beta=1, alpha=-2).clamp(min=1e-12).sqrt()
+    if metric == "cosine":
+        unit = F.normalize(features, dim=1)
+        dist = 1.0 - unit @ unit.t()
+    elif metric == "euclidean":
+        sq = features.pow(2).sum(dim=1, keepdim=True)
+        dist = (sq + sq.t()).addmm_(features, features.t(), beta=1, alpha=-2).clamp(min=1e-12).sqrt()
+    else:
+        raise ValueError(f"metric must be 'euclidean' or 'cosine', got '{metric}'")
     same = targets.unsqueeze(0) == targets.unsqueeze(1)
     hardest_pos = dist.masked_fill(~same, float("-inf")).amax(dim=1)
     hardest_neg = dist.masked_fill(same, float("inf")).amin(dim=1)

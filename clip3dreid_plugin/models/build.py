@@ -5,7 +5,7 @@ import inspect
 import logging
 import os.path as osp
 import urllib.error
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -26,7 +26,8 @@ def model_kwargs_from_cfg(cfg: CN) -> Dict[str, Any]:
     return {"cfg": cfg}
 
 
-def build_model(cfg: CN, num_classes: int, use_gpu: bool, checkpoint: str = "") -> nn.Module:
+def build_model(cfg: CN, num_classes: int, use_gpu: bool, checkpoint: str = "",
+                num_clothes: Optional[int] = None) -> nn.Module:
     """Builds ``cfg.model.name`` from torchreid's registry (call ``register()`` first).
 
     With ``model.pretrained True``, a torchreid model's ImageNet file is put in torch's model-zoo cache first (or a
@@ -39,6 +40,7 @@ def build_model(cfg: CN, num_classes: int, use_gpu: bool, checkpoint: str = "") 
         checkpoint: a checkpoint the caller loads into the model next. Its weights replace the ImageNet ones, so
             those are neither loaded nor asked for (an evaluation needs no ImageNet file); the frozen CLIP of
             ``clip_zeroshot`` / ``clip_linear`` is never in a checkpoint and is still loaded.
+        num_clothes: the training split's outfits, passed to a factory that takes ``num_clothes`` (``cal``).
 
     Raises:
         ConfigError: the name is not a registered model.
@@ -67,6 +69,8 @@ def build_model(cfg: CN, num_classes: int, use_gpu: bool, checkpoint: str = "") 
     params = inspect.signature(factory).parameters
     if "cfg" in params:
         kwargs.update(model_kwargs_from_cfg(cfg))
+    if num_clothes is not None and "num_clothes" in params:
+        kwargs["num_clothes"] = num_clothes
     try:
         model = factory(**kwargs)
     except (OSError, urllib.error.URLError) as err:
@@ -92,12 +96,14 @@ def build_inference_model(cfg: CN, weights: str = "") -> nn.Module:
         FileNotFoundError: ``weights`` does not exist.
         CheckpointError: ``weights`` leaves tensors of the model (other than the classifier) unfilled.
     """
-    num_classes = 1
+    num_classes, num_clothes = 1, None
     if weights:
         state = compat.load_checkpoint(weights)
         state = state.get("state_dict", state)
         for k, v in state.items():
-            if k.endswith("classifier.weight"):
+            if k.endswith("clothes_classifier.weight"):
+                num_clothes = v.shape[0]
+            elif k.endswith("classifier.weight"):
                 num_classes = v.shape[0]
             # A student trained from objects took its teacher's width, which its config may not say (Phi's input).
             if cfg.model.name == "clip3dreid" and k.endswith(("image_head.0.weight", "image_head.weight")) \
@@ -107,7 +113,7 @@ def build_inference_model(cfg: CN, weights: str = "") -> nn.Module:
                 cfg = cfg.clone()
                 cfg.defrost()
                 cfg.clip3dreid.teacher_dim = int(v.shape[1])
-    model = build_model(cfg, num_classes, use_gpu=False, checkpoint=weights)
+    model = build_model(cfg, num_classes, use_gpu=False, checkpoint=weights, num_clothes=num_clothes)
     if weights:
         # At inference every tensor matters but the classifier (sized by the number of training identities).
         unfilled = [k for k in compat.load_pretrained_weights(model, weights) if "classifier" not in k]

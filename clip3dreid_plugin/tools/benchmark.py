@@ -109,6 +109,8 @@ def _batch(bs: int, h: int, w: int, num_pids: int, device: torch.device) -> dict
     return {
         "img": torch.randn(bs, 3, h, w, generator=g).to(device),
         "pid": (torch.arange(bs) // 4 % num_pids).to(device),
+        # Two outfits per identity (CAL's row reads them): identity p wears outfits 2p and 2p + 1.
+        "clothes_id": (torch.arange(bs) // 4 % num_pids * 2 + torch.arange(bs) % 2).to(device),
         "impath": [f"/bench/img_{i:05d}.jpg" for i in range(bs)],
     }
 
@@ -154,10 +156,33 @@ def clip3dreid_step(cfg, num_pids: int, batch: dict, source, device: torch.devic
     return _step(engine, batch)
 
 
+def cal_step(num_pids: int, batch: dict, device: torch.device) -> Callable[[], None]:
+    """One CAL training step on ``batch`` with both clothes terms on (clothes step, then the adversarial term),
+    built as ``clip3dreid-train`` builds it: Adam for the network, a second Adam for the clothes classifier."""
+    # torchreid warns when first imported: after main's quiet_torchreid_warnings()
+    from clip3dreid_plugin.engine.cal_engine import CALEngine
+    from clip3dreid_plugin.engine.trainer import engine_optimised_parameters
+    from clip3dreid_plugin.models.cal import cal
+
+    model = cal(num_pids, pretrained=False, num_clothes=2 * num_pids).to(device)
+    optimizer = _adam(model)
+    own = {id(p) for p in engine_optimised_parameters(model).values()}
+    for group in optimizer.param_groups:
+        group["params"] = [p for p in group["params"] if id(p) not in own]
+    outfits = torch.zeros(num_pids, 2 * num_pids, dtype=torch.bool)
+    outfits[torch.arange(num_pids), 2 * torch.arange(num_pids)] = True
+    outfits[torch.arange(num_pids), 2 * torch.arange(num_pids) + 1] = True
+    clothes_optimizer = torch.optim.Adam(model.clothes_classifier.parameters(), lr=3.5e-4, weight_decay=5e-4)
+    engine = CALEngine(_FakeDataManager(num_pids), model, optimizer, clothes_optimizer, outfits,
+                       use_gpu=device.type == "cuda", start_epoch_cc=0, start_epoch_adv=0)
+    model.train()
+    return _step(engine, batch)
+
+
 def train_step_benchmarks(bs: int, h: int, w: int, device: torch.device, teacher_name: str, repeats: int,
                           warmup: int, online: bool = True, body_dir: str = "", synthetic_dir: str = "",
                           synthetic_ratio: float = 0.25) -> Dict[str, Dict[str, float]]:
-    """Seconds per training iteration of the baselines and of CLIP3DReID (cached / online teacher, 3D term)."""
+    """Seconds per training iteration of the baselines, CAL and CLIP3DReID (cached / online teacher, 3D term)."""
     # torchreid warns when first imported: after main's quiet_torchreid_warnings()
     import torchreid
 
@@ -214,6 +239,8 @@ def train_step_benchmarks(bs: int, h: int, w: int, device: torch.device, teacher
         steps[label] = clip3dreid_step(cfg, num_pids, batch, source, device, nhwc,
                                        synthetic=stream if with_3d else None,
                                        shape_loss=shape_loss if with_3d else None)
+    # CAL in torchreid's NCHW layout, like the torchreid rows (it has no channels_last option).
+    steps["cal (last stride 1), both clothes terms"] = cal_step(num_pids, batch, device)
     out = time_interleaved(steps, repeats, warmup, device)
     for r in out.values():
         r["images_per_s"] = bs / r["median_s"]

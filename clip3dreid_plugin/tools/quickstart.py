@@ -36,6 +36,7 @@ CHANCE_DRAWS = 200  # random rankings averaged for the chance row (standard erro
 BASELINE_CFG = "synthcc/resnet50_baseline_128x64"
 CLIP3DREID_CFG = "synthcc/clip3dreid_r50_vitb32_128x64"
 SHAPE_PROBE_CFG = "synthcc/shape_probe_r50_128x64"
+CAL_CFG = "synthcc/cal_r50_128x64"
 TEACHERS = ("auto", "clip", "ideal", "stand-in")
 
 
