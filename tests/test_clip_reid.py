@@ -1,0 +1,233 @@
+"""CLIP-ReID (AAAI 2023) as a registered baseline: the model, its prompt learner and text encoder, its losses and
+its two-stage engine, on tiny open_clip encoders (``tests/fixtures/tiny_clip.py``) with random weights."""
+from __future__ import annotations
+
+import json
+import os.path as osp
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clip3dreid_plugin import compat
+from clip3dreid_plugin.config.defaults import get_cfg
+from clip3dreid_plugin.config.loader import ConfigError
+from clip3dreid_plugin.teacher.clip_teacher import RANDOM_INIT_SEED
+from tests.fixtures.tiny_clip import register_tiny_reid_clips
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tiny_reid(tmp_path_factory):
+    """``(vit_name, rn_name, folder)`` of the registered tiny encoders."""
+    folder = str(tmp_path_factory.mktemp("tiny_reid_clip"))
+    vit, rn = register_tiny_reid_clips(folder)
+    return vit, rn, folder
+
+
+def _cfg(name, height=32, width=16, **clip_reid):
+    cfg = get_cfg()
+    cfg.clip_reid.clip_model = name
+    cfg.data.height, cfg.data.width = height, width
+    for k, v in clip_reid.items():
+        setattr(cfg.clip_reid, k, v)
+    return cfg
+
+
+def _build(cfg, num_classes=8, loss="softmax"):
+    # torchreid's own model table, as torchreid.models.build_model reads it (which passes no cfg).
+    return compat.model_factory()["clip_reid"](num_classes=num_classes, loss=loss, pretrained=False, use_gpu=False,
+                                               cfg=cfg)
+
+
+def _reference_clip(name):
+    """An independent open_clip model with the weights clip_reid's random build draws (the same seeded draw)."""
+    import open_clip
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return open_clip.create_model(name).eval()
+
+
+def _capture(module, store, key):
+    return module.register_forward_hook(lambda m, i, o: store.__setitem__(key, o))
+
+
+# ------------------------------------------------------------------------------------------------ the model
+def test_vit_eval_feature_is_the_concatenation_of_open_clips_cls_features_and_train_returns_logits(tiny_reid):
+    vit = tiny_reid[0]
+    model = _build(_cfg(vit, 32, 32))  # the encoder's own 4x4 grid: nothing resized
+    ref = _reference_clip(vit)
+    x = torch.randn(3, 3, 32, 32)
+    got = {}
+    hooks = [_capture(ref.visual.ln_post, got, "post"), _capture(ref.visual.transformer.resblocks[-2], got, "b11")]
+    model.eval()
+    with torch.no_grad():
+        feat = model(x)
+        f_last, f, f_proj = model.image_features(x)
+        proj = ref.encode_image(x)
+    for h in hooks:
+        h.remove()
+    assert feat.shape == (3, 32 + 24)
+    torch.testing.assert_close(f_proj, proj, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(feat, torch.cat([got["post"][:, 0], proj], dim=1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(f_last, got["b11"][:, 0], rtol=1e-5, atol=1e-5)
+
+    model.train()
+    logits = model(x)
+    bn, bnp = model.bottleneck, model.bottleneck_proj
+    norm = lambda v, b: (v - v.mean(0)) / torch.sqrt(v.var(0, unbiased=False) + b.eps) * b.weight  # noqa: E731
+    want = norm(f, bn) @ model.classifier.weight.t() + norm(f_proj, bnp) @ model.classifier_proj.weight.t()
+    assert logits.shape == (3, 8)
+    torch.testing.assert_close(logits, want, rtol=1e-4, atol=1e-6)
+    logits, trip = _build(_cfg(vit, 32, 32), loss="triplet").train()(x)
+    assert logits.shape == (3, 8) and trip.shape == (3, 56)
+
+
+def test_rn_last_stride_1_and_its_eval_feature_is_layer4_pooled_with_the_attention_pool(tiny_reid):
+    rn = tiny_reid[1]
+    model = _build(_cfg(rn, 32, 16))
+    x = torch.randn(2, 3, 32, 16)
+    got = {}
+    h = _capture(model.image_encoder.layer4, got, "l4")
+    model.eval()
+    with torch.no_grad():
+        feat = model(x)
+        pooled = model.image_encoder(x)  # open_clip's own ModifiedResNet.forward over the changed modules
+    h.remove()
+    assert got["l4"].shape[-2:] == (2, 1)  # output stride 16: layer4 at stride 1
+    assert feat.shape == (2, 256 + 24) and model.feature_dim == 280
+    torch.testing.assert_close(feat, torch.cat([got["l4"].mean((2, 3)), pooled], dim=1), rtol=1e-5, atol=1e-5)
+    ref = _reference_clip(rn)
+    assert ref.visual.layer4[0].avgpool.kernel_size == 2  # open_clip's own layer4 halves the map
+
+
+def test_torchreid_build_model_gives_the_reference_test_feature_widths():
+    import torchreid
+
+    torch.manual_seed(0)
+    model = torchreid.models.build_model("clip_reid", num_classes=8, loss="softmax", pretrained=False)
+    assert model.grid == (16, 8)  # 256x128 with 16-px patches
+    assert model.eval()(torch.randn(1, 3, 256, 128)).shape == (1, 1280)
+    rn = _build(_cfg("RN50-quickgelu", 256, 128))
+    assert rn.grid == (16, 8) and rn.feature_dim == 3072
+
+
+def test_positional_embeddings_are_resized_bilinearly_with_cls_kept(tiny_reid):
+    vit, rn = tiny_reid[:2]
+    for name, get in ((vit, lambda v: v.positional_embedding), (rn, lambda v: v.attnpool.positional_embedding)):
+        model, ref = _build(_cfg(name, 32, 16)), _reference_clip(name)
+        old, new = get(ref.visual).detach(), get(model.image_encoder).detach()
+        side = int(round((old.shape[0] - 1) ** 0.5))
+        h, w = model.grid
+        grid = old[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        want = F.interpolate(grid, size=(h, w), mode="bilinear").permute(0, 2, 3, 1).reshape(h * w, -1)
+        assert new.shape == (1 + h * w, old.shape[1])
+        torch.testing.assert_close(new[0], old[0], rtol=0, atol=0)
+        torch.testing.assert_close(new[1:], want)
+        # Independently: halving the width bilinearly (align_corners False) averages each pair of columns.
+        if h == side and w * 2 == side:
+            pairs = grid.reshape(1, -1, side, w, 2).mean(-1).permute(0, 2, 3, 1).reshape(h * w, -1)
+            torch.testing.assert_close(new[1:], pairs, rtol=1e-6, atol=1e-6)
+
+
+def test_the_overlapping_patch_stride_gives_the_reference_grid(tiny_reid):
+    model = _build(_cfg(tiny_reid[0], 32, 16, stride=4))
+    assert model.grid == ((32 - 8) // 4 + 1, (16 - 8) // 4 + 1) == (7, 3)
+    assert model.image_encoder.conv1.stride == (4, 4)
+    assert model.image_encoder.positional_embedding.shape[0] == 1 + 21
+    assert model.eval()(torch.randn(1, 3, 32, 16)).shape == (1, 56)
+
+
+def test_sie_changes_the_cls_token_only_and_another_camera_another_feature(tiny_reid):
+    model = _build(_cfg(tiny_reid[0], 32, 16, sie_cameras=3, sie_coe=2.0)).eval()
+    x = torch.randn(1, 3, 32, 16).repeat(2, 1, 1, 1)  # one image, seen by two cameras
+    cams = torch.tensor([0, 2])
+    with torch.no_grad():
+        plain = model.vit_tokens(x, sie=False)
+        sie = model.vit_tokens(x, cams)
+        diff = sie - plain
+        torch.testing.assert_close(diff[:, 0], 2.0 * model.cv_embed[cams])
+        assert float(diff[:, 1:].abs().max()) == 0.0
+        feat = model(x, cam_label=cams)
+    assert float((feat[0] - feat[1]).abs().max()) > 1e-4  # the same image under cameras 0 and 2
+    with pytest.raises(ValueError, match="sie_cameras 3"):
+        model(x, cam_label=torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="pass cam_label"):
+        model(x)
+    with pytest.raises(ConfigError, match="SIE is for ViT"):
+        _build(_cfg(tiny_reid[1], sie_cameras=3))
+
+
+def test_the_necks_bias_is_a_buffer_and_the_classifiers_have_none(tiny_reid):
+    from torchreid.reid.utils import open_all_layers
+
+    model = _build(_cfg(tiny_reid[0]))
+    open_all_layers(model)  # what torchreid's engines do every epoch
+    names = {n for n, _ in model.named_parameters()}
+    assert "bottleneck.bias" not in names and "bottleneck_proj.bias" not in names
+    assert float(model.bottleneck.bias.abs().max()) == 0.0 and model.bottleneck.weight.requires_grad
+    assert model.classifier.bias is None and model.classifier_proj.bias is None
+    assert 0.0005 < float(model.classifier.weight.std()) < 0.0015
+
+
+def test_unknown_encoder_and_missing_weights_fail_in_one_line(tiny_reid):
+    from clip3dreid_plugin.models.imagenet import PretrainedWeightsError
+    from clip3dreid_plugin.teacher.weights import TeacherLoadError
+
+    with pytest.raises(TeacherLoadError, match="clip_reid.clip_model='ViT-B-61'"):
+        _build(_cfg("ViT-B-61"))
+    table = compat.model_factory()
+    with pytest.raises(PretrainedWeightsError, match="clip_reid.clip_pretrained is empty"):
+        table["clip_reid"](num_classes=2, pretrained=True, use_gpu=False, cfg=_cfg(tiny_reid[0]))
+    cfg = _cfg(tiny_reid[0])
+    cfg.clip_reid.clip_pretrained = "/no/such/file.pt"
+    with pytest.raises(TeacherLoadError, match=r"clip_reid weights file not found: '/no/such/file.pt'"):
+        table["clip_reid"](num_classes=2, pretrained=True, use_gpu=False, cfg=cfg)
+
+
+def test_local_weights_are_loaded_before_the_geometry_changes(tiny_reid, tmp_path):
+    import open_clip
+
+    vit = tiny_reid[0]
+    torch.manual_seed(5)
+    src = open_clip.create_model(vit)
+    path = str(tmp_path / "w.pt")
+    torch.save(src.state_dict(), path)
+    cfg = _cfg(vit, 32, 32)
+    cfg.clip_reid.clip_pretrained = path
+    model = compat.model_factory()["clip_reid"](num_classes=2, pretrained=True, use_gpu=False, cfg=cfg).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.image_features(x)[2], src.eval().encode_image(x), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- the text side
+def test_prompts_set_to_x_give_open_clips_encode_text_of_the_template(tiny_reid):
+    import open_clip
+
+    for name in tiny_reid[:2]:
+        model, ref = _build(_cfg(name), num_classes=5), _reference_clip(name)
+        tok = open_clip.get_tokenizer(name)
+        text = "A photo of a X X X X person."
+        assert model.prompt_text == text
+        x_id = tok(["X"])[0, 1]
+        with torch.no_grad():
+            model.prompt_learner.cls_ctx.copy_(model.text_encoder.token_embedding.weight[x_id].expand(5, 4, -1))
+            got = model.text_features(torch.arange(5))
+            want = ref.encode_text(tok([text]))
+        assert got.shape == (5, 24)
+        torch.testing.assert_close(got, want.expand(5, -1), rtol=1e-5, atol=1e-5)
+
+
+def test_changing_one_identitys_prompt_changes_only_its_text_feature(tiny_reid):
+    model = _build(_cfg(tiny_reid[0]), num_classes=6)
+    labels = torch.arange(6)
+    with torch.no_grad():
+        before = model.text_features(labels)
+        model.prompt_learner.cls_ctx[3] += torch.randn_like(model.prompt_learner.cls_ctx[3])
+        after = model.text_features(labels)
+    moved = (after - before).abs().amax(dim=1)
+    assert float(moved[3]) > 1e-3
+    assert float(torch.cat([moved[:3], moved[4:]]).max()) == 0.0
