@@ -2,7 +2,6 @@
 its two-stage engine, on tiny open_clip encoders (``tests/fixtures/tiny_clip.py``) with random weights."""
 from __future__ import annotations
 
-import json
 import os.path as osp
 
 import pytest

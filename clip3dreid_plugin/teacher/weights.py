@@ -264,6 +264,7 @@ def load_local_weights(model: nn.Module, path: str, model_name: str, name_key: s
     """Loads a local weights file into an open_clip model, or raises :class:`TeacherLoadError` naming the options."""
     import open_clip
 
+    owner = weights_key.split(".")[0]  # teacher, clip_reid, ...
     try:
         if _is_torchscript_archive(path):
             logger.info("teacher weights %s are a TorchScript archive; loading its state dict", path)
@@ -271,13 +272,14 @@ def load_local_weights(model: nn.Module, path: str, model_name: str, name_key: s
         else:
             open_clip.load_checkpoint(model, path, strict=True)
     except RefusedGlobalError as err:
-        raise TeacherLoadError(f"{weights_key.split('.')[0]} weights '{path}' ({weights_key}) were not loaded: they ask for '{err.module}.{err.name}', "
+        raise TeacherLoadError(f"{owner} weights '{path}' ({weights_key}) were not loaded: they ask for "
+                               f"'{err.module}.{err.name}', "
                                "which a weights file never holds (a pickle can run code)") from None
     except Exception as err:  # noqa: BLE001 - unpickling/format errors vary by file; all mean "bad weights"
         msg = str(err).strip().splitlines()
         short = " ".join(msg[:3])[:600]
         raise TeacherLoadError(
-            f"cannot load {weights_key.split('.')[0]} weights '{path}' ({weights_key}) into open_clip model '{model_name}': {short}. "
+            f"cannot load {owner} weights '{path}' ({weights_key}) into open_clip model '{model_name}': {short}. "
             f"Check that {name_key} matches the checkpoint (OpenAI weights need a '-quickgelu' model). "
             + weights_hint(weights_key)
         ) from err
@@ -299,7 +301,8 @@ def resolve_pretrained(model_name: str, pretrained: Optional[str], weights_key: 
     if osp.isfile(path):
         return "file", path, {}
     if looks_like_path(pretrained):
-        raise TeacherLoadError(f"{weights_key.split('.')[0]} weights file not found: '{pretrained}' ({weights_key}). " + hint)
+        raise TeacherLoadError(f"{weights_key.split('.')[0]} weights file not found: '{pretrained}' "
+                               f"({weights_key}). " + hint)
     tag_cfg = open_clip.get_pretrained_cfg(model_name.replace("/", "-"), pretrained)
     if not tag_cfg:
         tags = open_clip.list_pretrained_tags_by_model(model_name.replace("/", "-"))
