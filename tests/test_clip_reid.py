@@ -230,3 +230,32 @@ def test_changing_one_identitys_prompt_changes_only_its_text_feature(tiny_reid):
     moved = (after - before).abs().amax(dim=1)
     assert float(moved[3]) > 1e-3
     assert float(torch.cat([moved[:3], moved[4:]]).max()) == 0.0
+
+
+# ------------------------------------------------------------------------------------------------ the losses
+def _supcon_by_hand(anchors, contrast, ya, yc):
+    total = 0.0
+    for i in range(anchors.shape[0]):
+        scores = [float(anchors[i] @ contrast[j]) for j in range(contrast.shape[0])]
+        top = max(scores)
+        log_norm = top + torch.log(torch.tensor([sum(torch.exp(torch.tensor(s - top)) for s in scores)])).item()
+        positives = [j for j in range(contrast.shape[0]) if int(yc[j]) == int(ya[i])]
+        total += -sum(scores[j] - log_norm for j in positives) / len(positives)
+    return total / anchors.shape[0]
+
+
+def test_both_contrastive_losses_equal_a_per_anchor_computation_with_several_positives():
+    from clip3dreid_plugin.losses.supcon import image_to_text_loss, supervised_contrastive_loss, text_to_image_loss
+
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 0, 1, 2, 2, 2, 1, 3])  # 2, 2, 3 and 1 positives per identity
+    img, txt = torch.randn(8, 6) * 2, torch.randn(8, 6) * 2
+    i2t, t2i = image_to_text_loss(img, txt, labels), text_to_image_loss(txt, img, labels)
+    assert abs(float(i2t) - _supcon_by_hand(img, txt, labels, labels)) < 1e-4
+    assert abs(float(t2i) - _supcon_by_hand(txt, img, labels, labels)) < 1e-4
+    assert abs(float(i2t) - float(t2i)) > 1e-3  # the two directions normalise over different sets
+    other = torch.tensor([1, 0, 2, 2, 0])  # anchors of other identities than the contrast rows in their place
+    got = supervised_contrastive_loss(img[:5], txt[:5], other, labels[:5])
+    assert abs(float(got) - _supcon_by_hand(img[:5], txt[:5], other, labels[:5])) < 1e-4
+    with pytest.raises(ValueError, match="needs a positive"):
+        supervised_contrastive_loss(img[:2], txt[:2], torch.tensor([0, 5]), torch.tensor([0, 1]))
