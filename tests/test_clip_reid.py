@@ -2,6 +2,8 @@
 its two-stage engine, on tiny open_clip encoders (``tests/fixtures/tiny_clip.py``) with random weights."""
 from __future__ import annotations
 
+import json
+import math
 import os.path as osp
 
 import pytest
@@ -259,3 +261,191 @@ def test_both_contrastive_losses_equal_a_per_anchor_computation_with_several_pos
     assert abs(float(got) - _supcon_by_hand(img[:5], txt[:5], other, labels[:5])) < 1e-4
     with pytest.raises(ValueError, match="needs a positive"):
         supervised_contrastive_loss(img[:2], txt[:2], torch.tensor([0, 5]), torch.tensor([0, 1]))
+
+
+# ------------------------------------------------------------------------------------------------ the engine
+def test_the_schedules_and_parameter_groups_are_the_references(tiny_reid):
+    from clip3dreid_plugin.engine.clip_reid_engine import stage1_lr_factor, stage2_lr_factor, stage2_param_groups
+
+    # WarmupMultiStepLR (factor 0.1, 10 warm-up epochs, milestones 30/50) at 1-based epochs, written out.
+    for epoch, want in ((1, 0.1 * 0.9 + 0.1), (5, 0.1 * 0.5 + 0.5), (10, 1.0), (29, 1.0), (30, 0.1), (50, 0.01)):
+        assert abs(stage2_lr_factor(epoch, [30, 50], 0.1, 0.1, 10) - want) < 1e-12, epoch
+    base = 3.5e-4
+    assert abs(stage1_lr_factor(1, 120, base, 5, 1e-5, 1e-6) * base - (1e-5 + (base - 1e-5) / 5)) < 1e-12
+    cos60 = 1e-6 + 0.5 * (base - 1e-6) * (1 + math.cos(math.pi * 60 / 120))
+    assert abs(stage1_lr_factor(60, 120, base, 5, 1e-5, 1e-6) * base - cos60) < 1e-12
+    model = _build(_cfg(tiny_reid[0]))
+    weights, biases = stage2_param_groups(model, 5e-6, 1e-4, 2.0, 3e-4)
+    named = {id(p): n for n, p in model.named_parameters()}
+    assert biases["lr"] == 1e-5 and biases["weight_decay"] == 3e-4 and weights["weight_decay"] == 1e-4
+    assert all("bias" in named[id(p)] for p in biases["params"]) and biases["params"]
+    everything = [named[id(p)] for g in (weights, biases) for p in g["params"]]
+    assert not any(n.startswith(("text_encoder.", "prompt_learner.")) for n in everything)
+    assert "classifier.weight" in everything and "image_encoder.conv1.weight" in everything
+
+
+def _train_args(root, out, source, vit, *extra, recipe=("ltcc", "clip_reid_vitb16_256x128.yaml")):
+    return ["--config-file", osp.join(REPO, "configs", *recipe), "--device", "cpu", "--output-dir", out,
+            "--seed", "1", "data.root", root, "data.sources", f"['{source}']", "data.targets", f"['{source}']",
+            "model.pretrained", "False", "clip_reid.clip_model", vit, "clip_reid.stride", "0",
+            "data.height", "32", "data.width", "16", "data.workers", "0", "sampler.num_instances", "2",
+            "train.batch_size", "4", "clip_reid.stage1_epochs", "2", "clip_reid.stage1_batch_size", "4",
+            "train.max_epoch", "1", "test.batch_size", "4", "test.eval_freq", "-1", "eval.flip", "False",
+            "runtime.progress", "False", *extra]
+
+
+def _train_cfg(*args, **kw):
+    from clip3dreid_plugin.tools import train_net
+
+    return train_net.setup_cfg(train_net.build_parser().parse_args(_train_args(*args, **kw)))
+
+
+@pytest.fixture(scope="module")
+def ltcc_root(tmp_path_factory):
+    from fixtures.dataset_trees import make_ltcc
+
+    root = str(tmp_path_factory.mktemp("clip_reid_trees"))
+    make_ltcc(root)
+    return root
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_stage1_prompts_retrieve_their_identitys_images_far_above_chance_and_nothing_else_moves(
+        tiny_reid, toy_market_root, tmp_path):
+    from clip3dreid_plugin.tools import train_net
+
+    cfg = _train_cfg(toy_market_root[0], str(tmp_path / "s1"), "market1501", tiny_reid[0],
+                     "clip_reid.stage1_epochs", "30", "clip_reid.stage1_lr", "0.01", "clip_reid.stage1_batch_size",
+                     "12", "clip_reid.stage1_warmup_epochs", "1", "data.height", "64", "data.width", "32",
+                     recipe=("market1501", "clip_reid_vitb16_256x128.yaml"))
+    engine = train_net.build(cfg)
+    net = engine.net
+    before = _state(net)
+    feats, labels = engine.train_image_features()
+    with torch.no_grad():
+        start = (net.text_features(torch.arange(6)) @ feats.t())
+    for engine.epoch in range(30):
+        engine.train()
+    after = _state(net)
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert moved == ["prompt_learner.cls_ctx"], moved  # BN statistics too: the encoders stay in eval mode
+
+    with torch.no_grad():
+        scores = net.text_features(torch.arange(6)) @ feats.t()  # [identities, training images]
+
+    def precision(s):
+        # Of each identity's k top-scored images (k = its image count), the share that are its own.
+        hits = [float((labels[s[p].topk(int((labels == p).sum())).indices] == p).float().mean()) for p in range(6)]
+        return sum(hits) / len(hits)
+
+    chance = float(sum((labels == p).float().mean() for p in range(6)) / 6)
+    rate, rate0 = precision(scores), precision(start)
+    print(f"stage 1 text->image retrieval precision {rate:.3f} (untrained prompts {rate0:.3f}, chance {chance:.3f})")
+    assert rate >= 3 * chance and rate > rate0 + 0.3, (rate, rate0, chance)
+
+
+def test_stage2_trains_an_epoch_evaluates_ltcc_and_leaves_the_text_side_alone(tiny_reid, ltcc_root, tmp_path):
+    from clip3dreid_plugin.tools import train_net
+
+    engine = train_net.build(_train_cfg(ltcc_root, str(tmp_path / "s2"), "ltcc", tiny_reid[0]))
+    net = engine.net
+    seen = {}
+    real = engine.identity_text_features
+
+    def at_stage2():
+        seen["state"] = _state(net)
+        return real()
+
+    engine.identity_text_features = at_stage2
+    start = _state(net)
+    engine.run(save_dir=str(tmp_path / "s2"), max_epoch=1)
+    end = _state(net)
+    text = [k for k in end if k.startswith(("text_encoder.", "prompt_learner."))]
+    assert not torch.equal(start["prompt_learner.cls_ctx"], seen["state"]["prompt_learner.cls_ctx"])  # stage 1
+    assert all(torch.equal(seen["state"][k], end[k]) for k in text), "stage 2 moved the text side"
+    assert not torch.equal(seen["state"]["image_encoder.conv1.weight"], end["image_encoder.conv1.weight"])
+    assert not torch.equal(seen["state"]["classifier_proj.weight"], end["classifier_proj.weight"])
+    metrics = engine.last_metrics["ltcc"]
+    assert {"general_mAP", "general_rank1", "cc_mAP", "cc_rank1"} <= set(metrics), metrics
+
+
+def test_a_run_killed_in_stage1_resumes_stage1_and_ends_as_the_uninterrupted_one(tiny_reid, ltcc_root, tmp_path):
+    from clip3dreid_plugin.engine.clip_reid_engine import CLIPReIDEngine
+    from clip3dreid_plugin.tools import train_net
+
+    common = ("clip_reid.stage1_epochs", "3")
+    straight = str(tmp_path / "straight")
+    train_net.run(_train_cfg(ltcc_root, straight, "ltcc", tiny_reid[0], *common))
+    part = str(tmp_path / "part")
+    real = CLIPReIDEngine._train_prompts
+    calls = []
+
+    def killed(self):
+        if self.epoch == 2:
+            raise KeyboardInterrupt("killed in stage 1")
+        calls.append(self.epoch)
+        return real(self)
+
+    CLIPReIDEngine._train_prompts = killed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_net.run(_train_cfg(ltcc_root, part, "ltcc", tiny_reid[0], *common))
+    finally:
+        CLIPReIDEngine._train_prompts = real
+    assert calls == [0, 1]
+    ckpt = compat.load_checkpoint(osp.join(part, "model", "model.pth.tar-2"))
+    assert ckpt["clip_reid_stage"] == 1 and ckpt["epoch"] == 2
+    resumed = []
+
+    def spy(self):
+        resumed.append(self.epoch)
+        return real(self)
+
+    CLIPReIDEngine._train_prompts = spy
+    try:
+        train_net.run(_train_cfg(ltcc_root, part, "ltcc", tiny_reid[0], *common, "model.resume", "auto"))
+    finally:
+        CLIPReIDEngine._train_prompts = real
+    assert resumed == [2]  # the third stage-1 epoch, then stage 2
+    a = compat.load_checkpoint(osp.join(straight, "model", "model.pth.tar-4"))
+    b = compat.load_checkpoint(osp.join(part, "model", "model.pth.tar-4"))
+    assert a["clip_reid_stage"] == b["clip_reid_stage"] == 2
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+
+
+def test_the_train_command_runs_both_stages_of_the_ltcc_recipe(tiny_reid, ltcc_root, tmp_path):
+    from clip3dreid_plugin.tools import train_net
+
+    out = str(tmp_path / "cli")
+    assert train_net.main(_train_args(ltcc_root, out, "ltcc", tiny_reid[0])) == 0
+    with open(osp.join(out, "metrics.json"), encoding="utf-8") as f:
+        record = json.load(f)
+    metrics = record["last"]["metrics"]["ltcc"]
+    assert record["last"]["epoch"] == 3  # 2 stage-1 epochs, then 1 stage-2 epoch
+    assert {"general_mAP", "general_rank1", "cc_mAP", "cc_rank1"} <= set(metrics), metrics
+    assert osp.isfile(osp.join(out, "model", "model.pth.tar-3"))
+
+
+def test_torchreids_softmax_engine_trains_clip_reid(tiny_reid, ltcc_root):
+    import torchreid
+
+    from clip3dreid_plugin.data.datamanager import ClothesImageDataManager
+
+    dm = ClothesImageDataManager(root=ltcc_root, sources="ltcc", height=32, width=16, batch_size_train=2,
+                                 workers=0, train_sampler="RandomSampler", transforms=None)
+    model = _build(_cfg(tiny_reid[0]), num_classes=dm.num_train_pids)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    engine = torchreid.engine.ImageSoftmaxEngine(dm, model, optimizer, use_gpu=False)
+    items = [dm.train_set[i] for i in range(len(dm.train_set))]
+    batch = {"img": torch.stack([it["img"] for it in items]), "pid": torch.tensor([it["pid"] for it in items])}
+    model.train()
+    with torch.no_grad():
+        first = float(F.cross_entropy(model(batch["img"]), batch["pid"]))
+    for _ in range(5):
+        engine.forward_backward(batch)
+    with torch.no_grad():
+        assert float(F.cross_entropy(model(batch["img"]), batch["pid"])) < first

@@ -250,7 +250,7 @@ def add_clip3dreid_config(cfg: CN) -> CN:
     cfg.clip_reid.triplet_weight = 1.0  # weight of the batch-hard triplet loss on each of the three features
     cfg.clip_reid.i2t_weight = 1.0  # weight of the image-to-text cross-entropy against all identities
     cfg.clip_reid.bias_lr_factor = 2.0  # stage 2: learning rate of every bias is train.lr times this
-    cfg.clip_reid.weight_decay_bias = 1e-4  # stage 2: weight decay of every bias (ViT 1e-4, RN50 5e-4)
+    cfg.clip_reid.weight_decay_bias = 1e-4  # stage 2: weight decay of every bias (the recipes: train.weight_decay)
     cfg.clip_reid.warmup_factor = 0.1  # stage 2: lr factor at epoch 0, linear to 1 (ViT 0.1, RN50 0.01)
     cfg.clip_reid.warmup_epochs = 10  # stage 2: warm-up epochs, then train.stepsize milestones with train.gamma
     return cfg

@@ -15,7 +15,7 @@ baseline; :class:`~clip3dreid_plugin.engine.clip_reid_engine.CLIPReIDEngine` run
 from __future__ import annotations
 
 import logging
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -147,6 +147,9 @@ class PromptLearner(nn.Module):
 class CLIPReID(nn.Module):
     """CLIP-ReID's network.
 
+    The text side (``text_encoder``, frozen in both stages, and ``prompt_learner``, trained in stage 1 by the engine's
+    own optimiser) is listed in ``engine_optimised``: the main optimiser and DDP leave it out.
+
     Args:
         clip: an open_clip ``CLIP`` model (ViT or ModifiedResNet image tower); its modules are taken over.
         tokenizer: its tokenizer (open_clip's ``get_tokenizer``).
@@ -159,6 +162,9 @@ class CLIPReID(nn.Module):
         n_ctx: learnable prompt tokens per identity.
         prompt_template: the template, ``{}`` standing for the ``n_ctx`` "X" tokens.
     """
+
+    #: Submodules outside the main optimiser and DDP (see ``DefaultTrainer``): the text side.
+    engine_optimised = ("text_encoder", "prompt_learner")
 
     def __init__(self, clip: nn.Module, tokenizer, num_classes: int, image_size: Tuple[int, int],
                  loss: str = "softmax", stride: int = 0, sie_cameras: int = 0, sie_coe: float = 1.0,
@@ -306,23 +312,22 @@ class CLIPReID(nn.Module):
         logits = (self.classifier(self.bottleneck(f)), self.classifier_proj(self.bottleneck_proj(f_proj)))
         return {"features": (f_last, f, f_proj), "logits": logits}
 
-    def forward(self, x: torch.Tensor, cam_label: Optional[torch.Tensor] = None
-                ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    def forward(self, x: torch.Tensor, cam_label: Optional[torch.Tensor] = None, return_dict: bool = False
+                ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor], Dict[str, torch.Tensor]]:
         """Eval mode: ``cat(f, f_proj)`` ``[B, C + D]``. Train mode: the sum of the two classifiers' logits
-        ``[B, P]`` (``softmax``) or ``(logits, cat(f, f_proj))`` (``triplet``)."""
+        ``[B, P]`` (``softmax``), ``(logits, cat(f, f_proj))`` (``triplet``), or with ``return_dict``
+        :meth:`forward_all`'s dict (the CLIP-ReID engine, through DDP's forward)."""
         if not self.training:
             _, f, f_proj = self.image_features(x, cam_label)
             return torch.cat([f, f_proj], dim=1)
         out = self.forward_all(x, cam_label)
+        if return_dict:
+            return out
         logits = out["logits"][0] + out["logits"][1]
         if self.loss == "triplet":
             return logits, torch.cat(out["features"][1:], dim=1)
         return logits
 
-    @property
-    def text_modules(self) -> Sequence[nn.Module]:
-        """What stays frozen in both stages (the text encoder) and what trains in stage 1 only (the prompts)."""
-        return (self.text_encoder, self.prompt_learner)
 
 
 def clip_reid(num_classes: int, loss: str = "softmax", pretrained: bool = True, use_gpu: bool = True,
