@@ -449,3 +449,48 @@ def test_torchreids_softmax_engine_trains_clip_reid(tiny_reid, ltcc_root):
         engine.forward_backward(batch)
     with torch.no_grad():
         assert float(F.cross_entropy(model(batch["img"]), batch["pid"])) < first
+
+
+# ------------------------------------------------------------------------------------------------ the recipes
+#: What a CLIP-ReID recipe shares with its resnet50 partner: the data, the size, the augmentation, the evaluation.
+PARTNER_KEYS = ["data.sources", "data.targets", "data.type", "data.height", "data.width", "data.transforms",
+                "video.seq_len", "train.seed", "test.dist_metric", "test.normalize_feature", "eval.flip",
+                "eval.protocols", "loss.softmax.label_smooth"]
+#: The reference's schedules (configs/person/vit_clipreid.yml and cnn_clipreid.yml).
+REFERENCE = {
+    "vitb16": {"clip_reid.clip_model": "ViT-B-16-quickgelu", "clip_reid.stage1_epochs": 120, "train.max_epoch": 60,
+               "train.lr": 5e-6, "clip_reid.warmup_factor": 0.1, "train.stepsize": [30, 50],
+               "train.weight_decay": 1e-4, "clip_reid.id_weight": 0.25, "data.norm_mean": [0.5, 0.5, 0.5]},
+    "rn50": {"clip_reid.clip_model": "RN50-quickgelu", "clip_reid.stage1_epochs": 60, "train.max_epoch": 120,
+             "train.lr": 3.5e-4, "clip_reid.warmup_factor": 0.01, "train.stepsize": [40, 70],
+             "train.weight_decay": 5e-4, "clip_reid.id_weight": 1.0, "data.norm_mean": [0.485, 0.456, 0.406]},
+}
+
+
+def test_every_clip_reid_recipe_has_a_partner_of_the_same_data_size_and_augmentation():
+    import glob
+
+    from clip3dreid_plugin.config import load_config
+
+    def get(cfg, key):
+        for part in key.split("."):
+            cfg = cfg[part]
+        return cfg
+
+    recipes = sorted(glob.glob(osp.join(REPO, "configs", "*", "clip_reid_*_256x128.yaml")))
+    families = {osp.basename(osp.dirname(r)) for r in recipes}
+    assert {"market1501", "msmt17", "dukemtmcreid", "ltcc", "prcc", "celebreid", "deepchange", "ccvid"} <= families
+    assert len(recipes) == 2 * len(families)
+    for recipe in recipes:
+        partner = osp.join(osp.dirname(recipe), "resnet50_baseline_256x128.yaml")
+        assert osp.isfile(partner), recipe
+        cr, cb = load_config(recipe), load_config(partner)
+        assert cr.model.name == "clip_reid" and cb.model.name == "resnet50"
+        for key in PARTNER_KEYS:
+            assert get(cr, key) == get(cb, key), (osp.relpath(recipe, REPO), key)
+        backbone = osp.basename(recipe).split("_")[2]
+        for key, want in REFERENCE[backbone].items():
+            assert get(cr, key) == want, (osp.relpath(recipe, REPO), key, get(cr, key))
+        assert (cr.train.batch_size, cr.sampler.num_instances, cr.clip_reid.stage1_batch_size) == (64, 4, 64)
+        assert cr.clip_reid.clip_pretrained == "openai" and cr.train.optim == "adam"
+        assert (cr.clip_reid.bias_lr_factor, cr.clip_reid.weight_decay_bias) == (2.0, cr.train.weight_decay)
