@@ -494,3 +494,39 @@ def test_every_clip_reid_recipe_has_a_partner_of_the_same_data_size_and_augmenta
         assert (cr.train.batch_size, cr.sampler.num_instances, cr.clip_reid.stage1_batch_size) == (64, 4, 64)
         assert cr.clip_reid.clip_pretrained == "openai" and cr.train.optim == "adam"
         assert (cr.clip_reid.bias_lr_factor, cr.clip_reid.weight_decay_bias) == (2.0, cr.train.weight_decay)
+
+
+def test_ccvid_clips_train_as_frames_and_sie_reads_the_cameras_at_test_time(tiny_reid, tmp_path_factory, tmp_path):
+    from fixtures.dataset_trees import make_ccvid
+
+    from clip3dreid_plugin.engine.clip_reid_engine import CLIPReIDEngine
+    from clip3dreid_plugin.tools import train_net
+
+    root = str(tmp_path_factory.mktemp("clip_reid_ccvid"))
+    make_ccvid(root)
+    out = str(tmp_path / "ccvid")
+    seen = []
+    real = CLIPReIDEngine.extract_features
+
+    def spy(self, imgs):
+        seen.append((tuple(imgs.shape), torch.as_tensor(self._eval_cams).tolist()))
+        return real(self, imgs)
+
+    CLIPReIDEngine.extract_features = spy
+    try:
+        train_net.run(_train_cfg(root, out, "ccvid", tiny_reid[0], "video.seq_len", "2", "train.batch_size", "2",
+                                 "clip_reid.sie_cameras", "17", recipe=("ccvid", "clip_reid_vitb16_256x128.yaml")))
+    finally:
+        CLIPReIDEngine.extract_features = real
+    assert seen and all(len(shape) == 5 and len(cams) == shape[0] for shape, cams in seen)
+    with open(osp.join(out, "metrics.json"), encoding="utf-8") as f:
+        metrics = json.load(f)["last"]["metrics"]["ccvid"]
+    assert {"general_mAP", "cc_mAP"} <= set(metrics), metrics
+
+
+def test_too_few_camera_embeddings_stop_before_training(tiny_reid, ltcc_root, tmp_path):
+    from clip3dreid_plugin.tools import train_net
+
+    with pytest.raises(ConfigError, match="clip_reid.sie_cameras is 2 but the data has camera id"):
+        train_net.build(_train_cfg(ltcc_root, str(tmp_path / "o"), "ltcc", tiny_reid[0], "clip_reid.sie_cameras",
+                                   "2"))

@@ -107,6 +107,14 @@ def _clip_reid_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu
     if c.stage1_epochs < 0 or c.stage1_batch_size < 1:
         raise ConfigError(f"clip_reid.stage1_epochs must be >= 0 and clip_reid.stage1_batch_size >= 1, got "
                           f"{c.stage1_epochs} and {c.stage1_batch_size}")
+    if c.sie_cameras > 0:
+        # Checked before training: a camera beyond the embeddings would otherwise stop the first evaluation.
+        sets = [datamanager.train_set.train] + [items for by_mode in getattr(datamanager, "test_dataset", {}).values()
+                                                for items in by_mode.values()]
+        top = max((int(it[2]) for items in sets for it in items), default=-1)
+        if top >= c.sie_cameras:
+            raise ConfigError(f"clip_reid.sie_cameras is {c.sie_cameras} but the data has camera id {top}; set it "
+                              f"to at least {top + 1}")
     net = unwrap(model)
     # The reference's optimisers and schedules replace torchreid's of train.* (built by the trainer, unused here).
     optimizer = torch.optim.Adam(stage2_param_groups(net, cfg.train.lr, cfg.train.weight_decay, c.bias_lr_factor,
