@@ -530,3 +530,41 @@ def test_too_few_camera_embeddings_stop_before_training(tiny_reid, ltcc_root, tm
     with pytest.raises(ConfigError, match="clip_reid.sie_cameras is 2 but the data has camera id"):
         train_net.build(_train_cfg(ltcc_root, str(tmp_path / "o"), "ltcc", tiny_reid[0], "clip_reid.sie_cameras",
                                    "2"))
+
+
+def test_two_processes_train_both_stages_and_hold_the_same_weights(tiny_reid, ltcc_root, tmp_path):
+    """Under torchrun the text side is outside DDP and the engine averages the prompts' gradients, and the stage-1
+    feature pass is sharded then gathered: after both stages, both ranks hold the same prompts and network."""
+    import os
+    import subprocess
+    import sys
+
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    path = os.pathsep.join([REPO, osp.join(REPO, "tests"), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1", DUMP_DIR=str(dump),
+               TINY_CLIP_CONFIG=osp.join(tiny_reid[2], f"{tiny_reid[0]}.json"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           "--master_port=29653", "-m", "fixtures.train_and_dump",
+           *_train_args(ltcc_root, str(tmp_path / "o"), "ltcc", tiny_reid[0], "train.batch_size", "2")]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout.decode(errors="replace")[-3000:]
+    a, b = torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    log = proc.stdout.decode(errors="replace")
+    assert "stage 1 epoch 2/2" in log and "epoch 3/3 done" in log, log[-3000:]  # both stages ran
+    assert osp.isfile(osp.join(str(tmp_path / "o"), "model", "model.pth.tar-3"))
+
+
+def test_bf16_autocast_runs_both_stages(tiny_reid, ltcc_root, tmp_path):
+    from clip3dreid_plugin.tools import train_net
+
+    out = str(tmp_path / "bf16")
+    train_net.run(_train_cfg(ltcc_root, out, "ltcc", tiny_reid[0], "runtime.amp", "bf16"))
+    with open(osp.join(out, "metrics.json"), encoding="utf-8") as f:
+        metrics = json.load(f)["last"]["metrics"]["ltcc"]
+    assert all(math.isfinite(v) for v in metrics.values()) and "cc_mAP" in metrics
+    state = compat.load_checkpoint(osp.join(out, "model", "model.pth.tar-3"))["state_dict"]
+    assert state["prompt_learner.cls_ctx"].dtype == torch.float32  # autocast computes in bf16, weights stay fp32
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
