@@ -493,4 +493,5 @@ def test_clip_baseline_recipes_name_their_clip_weights():
     assert files
     for f in files:
         cfg = load_config(f)
-        assert not cfg.model.pretrained or cfg.teacher.pretrained, f
+        weights = cfg.clip_reid.clip_pretrained if cfg.model.name == "clip_reid" else cfg.teacher.pretrained
+        assert not cfg.model.pretrained or weights, f

@@ -139,7 +139,7 @@ def test_unreadable_image(capsys, toy_market_root, tmp_path):
 def test_amp_with_a_torchreid_engine_is_refused(capsys, toy_market_root, tmp_path):
     # torchreid's engines run in float32; silently ignoring --amp would mislabel the baseline's precision.
     _one_line_error(capsys, _opts(toy_market_root[0], str(tmp_path / "o"), "--amp", "bf16", *SMALL),
-                    "runtime.amp bf16 (--amp) applies to model.name clip3dreid, cal and shape_probe only")
+                    "runtime.amp bf16 (--amp) applies to model.name clip3dreid, cal, clip_reid and shape_probe only")
 
 
 def _raise_in_forward(monkeypatch, exc):

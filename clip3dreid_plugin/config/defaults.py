@@ -227,6 +227,31 @@ def add_clip3dreid_config(cfg: CN) -> CN:
     cfg.cal.clothes_weight_decay = 5e-4  # its weight decay
     cfg.cal.triplet_weight = 0.0  # weight of the cosine-distance batch-hard triplet term (LaST recipe: 1.0)
     cfg.cal.triplet_margin = 0.3  # its margin
+
+    # ---------------------------------------------------------- CLIP-ReID (baseline)
+    cfg.clip_reid = CN()
+    cfg.clip_reid.clip_model = "ViT-B-16-quickgelu"  # open_clip name, ViT or ModifiedResNet (RN50-quickgelu)
+    cfg.clip_reid.clip_pretrained = ""  # open_clip tag (openai) or local weights file; used with model.pretrained
+    cfg.clip_reid.stride = 0  # ViT patch stride (0: the patch size; 12 for ViT-B/16's overlapping patches)
+    cfg.clip_reid.sie_cameras = 0  # camera embeddings added to the ViT's CLS token (0: no SIE)
+    cfg.clip_reid.sie_coe = 1.0  # coefficient of the camera embedding (the reference's README: 1.0)
+    cfg.clip_reid.n_ctx = 4  # learnable prompt tokens per identity
+    cfg.clip_reid.prompt_template = "A photo of a {} person."  # prompt; {} stands for the n_ctx learnt tokens
+    cfg.clip_reid.two_stage = True  # False: torchreid's engine trains the one-stage baseline (no prompts)
+    cfg.clip_reid.stage1_epochs = 120  # prompt-learning epochs (reference: ViT 120, RN50 60)
+    cfg.clip_reid.stage1_lr = 3.5e-4  # stage-1 Adam learning rate of the prompts
+    cfg.clip_reid.stage1_weight_decay = 1e-4  # its weight decay
+    cfg.clip_reid.stage1_batch_size = 64  # cached image features per stage-1 step
+    cfg.clip_reid.stage1_warmup_epochs = 5  # stage-1 linear warm-up epochs, from stage1_warmup_lr
+    cfg.clip_reid.stage1_warmup_lr = 1e-5  # stage-1 learning rate at epoch 0
+    cfg.clip_reid.stage1_min_lr = 1e-6  # stage-1 cosine schedule's floor
+    cfg.clip_reid.id_weight = 0.25  # weight of the ID loss on each classifier (reference: ViT 0.25, RN50 1.0)
+    cfg.clip_reid.triplet_weight = 1.0  # weight of the batch-hard triplet loss on each of the three features
+    cfg.clip_reid.i2t_weight = 1.0  # weight of the image-to-text cross-entropy against all identities
+    cfg.clip_reid.bias_lr_factor = 2.0  # stage 2: learning rate of every bias is train.lr times this
+    cfg.clip_reid.weight_decay_bias = 1e-4  # stage 2: weight decay of every bias (the recipes: train.weight_decay)
+    cfg.clip_reid.warmup_factor = 0.1  # stage 2: lr factor at epoch 0, linear to 1 (ViT 0.1, RN50 0.01)
+    cfg.clip_reid.warmup_epochs = 10  # stage 2: warm-up epochs, then train.stepsize milestones with train.gamma
     return cfg
 
 

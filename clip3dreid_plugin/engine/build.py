@@ -12,6 +12,8 @@ from clip3dreid_plugin.data.meshset import build_synthetic_stream
 from clip3dreid_plugin.data.outfits import check_clothes_labels, identity_outfits
 from clip3dreid_plugin.engine.cal_engine import CALEngine
 from clip3dreid_plugin.engine.clip3dreid_engine import CLIP3DReIDEngine
+from clip3dreid_plugin.engine.clip_reid_engine import (CLIPReIDEngine, stage1_lr_factor, stage2_lr_factor,
+                                                       stage2_param_groups)
 from clip3dreid_plugin.engine.common import unwrap
 from clip3dreid_plugin.engine.evaluator import EvalOptions
 from clip3dreid_plugin.engine.loss_terms import LOSS_TERMS, LossSwitches
@@ -76,19 +78,60 @@ def _cal_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: bool
                      pooling_method=cfg.video.pooling_method, **common)
 
 
+def _clip_reid_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: bool, **common):
+    c = cfg.clip_reid
+    if not c.two_stage:
+        # CLIP-ReID's one-stage baseline: torchreid's engine and optimiser of train.* over the image side.
+        return _standard_engine(cfg, datamanager, model, optimizer, scheduler, use_gpu, **common)
+    if cfg.train.optim != "adam":
+        raise ConfigError(f"model.name clip_reid trains with the reference's Adam; train.optim is "
+                          f"'{cfg.train.optim}': set it to adam")
+    if c.stage1_epochs < 0 or c.stage1_batch_size < 1:
+        raise ConfigError(f"clip_reid.stage1_epochs must be >= 0 and clip_reid.stage1_batch_size >= 1, got "
+                          f"{c.stage1_epochs} and {c.stage1_batch_size}")
+    if c.sie_cameras > 0:
+        # Checked before training: a camera beyond the embeddings would otherwise stop the first evaluation.
+        sets = [datamanager.train_set.train] + [items for by_mode in getattr(datamanager, "test_dataset", {}).values()
+                                                for items in by_mode.values()]
+        top = max((int(it[2]) for items in sets for it in items), default=-1)
+        if top >= c.sie_cameras:
+            raise ConfigError(f"clip_reid.sie_cameras is {c.sie_cameras} but the data has camera id {top}; set it "
+                              f"to at least {top + 1}")
+    net = unwrap(model)
+    # The reference's optimisers and schedules replace torchreid's of train.* (built by the trainer, unused here).
+    optimizer = torch.optim.Adam(stage2_param_groups(net, cfg.train.lr, cfg.train.weight_decay, c.bias_lr_factor,
+                                                     c.weight_decay_bias))
+    milestones, gamma = list(cfg.train.stepsize), cfg.train.gamma
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda e: stage2_lr_factor(e + 1, milestones, gamma, c.warmup_factor, c.warmup_epochs))
+    prompt_optimizer = torch.optim.Adam(net.prompt_learner.parameters(), lr=c.stage1_lr,
+                                        weight_decay=c.stage1_weight_decay)
+    prompt_scheduler = torch.optim.lr_scheduler.LambdaLR(
+        prompt_optimizer, lambda e: stage1_lr_factor(e + 1, max(1, c.stage1_epochs), c.stage1_lr,
+                                                     c.stage1_warmup_epochs, c.stage1_warmup_lr, c.stage1_min_lr))
+    return CLIPReIDEngine(datamanager, model, optimizer, prompt_optimizer, scheduler=scheduler,
+                          prompt_scheduler=prompt_scheduler, use_gpu=use_gpu, stage1_epochs=c.stage1_epochs,
+                          stage1_batch_size=c.stage1_batch_size, id_weight=c.id_weight,
+                          triplet_weight=c.triplet_weight, i2t_weight=c.i2t_weight,
+                          label_smooth=cfg.loss.softmax.label_smooth, triplet_margin=cfg.loss.triplet.margin,
+                          amp=cfg.runtime.amp, seed=cfg.train.seed, pooling_method=cfg.video.pooling_method,
+                          **common)
+
+
 # model name -> fn(cfg, datamanager, model, optimizer, scheduler, use_gpu, **common) -> engine, where common holds
 # the evaluation and checkpoint options every plugin engine takes (ClothesAwareEngineMixin) and the run's resolved
 # ``device`` (a torch.device: pass it to whatever the builder places on the GPU). The study's models
 # (``shape_probe``, :mod:`clip3dreid_plugin.study`) sit above this package: ``register()`` adds their builders.
-ENGINE_BUILDERS: Dict[str, Callable] = {"clip3dreid": _clip3dreid_engine, "cal": _cal_engine}
+ENGINE_BUILDERS: Dict[str, Callable] = {"clip3dreid": _clip3dreid_engine, "cal": _cal_engine,
+                                        "clip_reid": _clip_reid_engine}
 
 
 def _standard_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu: bool, **common):
     if cfg.runtime.amp != "none":
         # torchreid's engines call the model and optimizer themselves; ignoring the option would hide that the
         # baseline trained in float32 while the user asked for mixed precision.
-        raise ConfigError(f"runtime.amp {cfg.runtime.amp} (--amp) applies to model.name clip3dreid, cal and "
-                          f"shape_probe only; torchreid's engines train '{cfg.model.name}' in float32: set "
+        raise ConfigError(f"runtime.amp {cfg.runtime.amp} (--amp) applies to model.name clip3dreid, cal, "
+                          f"clip_reid and shape_probe only; torchreid's engines train '{cfg.model.name}' in float32: set "
                           "runtime.amp none")
     if cfg.data.type == "video":
         if cfg.loss.name != "softmax":

@@ -7,10 +7,12 @@ from typing import Callable, Dict
 from clip3dreid_plugin.models.cal import cal
 from clip3dreid_plugin.models.clip3dreid import clip3dreid
 from clip3dreid_plugin.models.clip_baselines import clip_linear, clip_zeroshot
+from clip3dreid_plugin.models.clip_reid import clip_reid
 
 MODEL_FACTORIES: Dict[str, Callable] = {
     "clip3dreid": clip3dreid,
     "cal": cal,  # CAL (CVPR 2022): ResNet-50 + cosine clothes classifier, trained by CALEngine
+    "clip_reid": clip_reid,  # CLIP-ReID (AAAI 2023): CLIP image encoder + identity prompts, by CLIPReIDEngine
     "clip_zeroshot": clip_zeroshot,  # frozen CLIP image feature (evaluation only)
     "clip_linear": clip_linear,  # frozen CLIP + trainable FC classifier
 }

@@ -50,6 +50,7 @@ from clip3dreid_plugin.teacher.weights import (
     looks_like_path,
     quiet_random_init_warning,
     resolve_pretrained,
+    weights_hint,
     weights_label_for,
 )
 
@@ -69,6 +70,7 @@ __all__ = [
     "gather_text_features",
     "TEACHER_PRECISIONS",
     "resolve_teacher_precision",
+    "create_open_clip",
 ]
 
 DEFAULT_TEACHER = "ViT-L-14-quickgelu"
@@ -80,6 +82,67 @@ RESIZE_MODES: Dict[str, str] = {"pad": "longest", "squash": "squash", "crop": "s
 TEACHER_PRECISIONS: Dict[str, torch.dtype] = {"auto": torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16,
                                              "fp16": torch.float16}
 # --------------------------------------------------------------------------- helpers
+
+
+def create_open_clip(model_name: str, pretrained: Optional[str], name_key: str = "teacher.name",
+                     weights_key: str = "teacher.pretrained", **create_kwargs) -> Tuple[nn.Module, object, str,
+                                                                                      Optional[str]]:
+    """An open_clip model on the CPU from a name and ``pretrained`` (a local file, a hub tag, or empty: random).
+
+    The one place the plugin builds an open_clip model (the teacher and the ``clip_reid`` baseline): the name is
+    checked, the weights resolved by :func:`~clip3dreid_plugin.teacher.weights.resolve_pretrained` (a tag must be in
+    the local cache or reachable within seconds), a random model is a seeded draw in a forked RNG (the same network
+    in every process, and the caller's RNG untouched), and every failure is one :class:`TeacherLoadError` naming
+    ``name_key`` / ``weights_key``.
+
+    Args:
+        model_name: an open_clip model name (also one added with ``open_clip.add_model_config``).
+        pretrained: a weights file, an open_clip tag, or ``None``/``''``.
+        name_key, weights_key: the options the messages name.
+        **create_kwargs: passed to ``open_clip.create_model_and_transforms`` (``precision``, ``image_resize_mode``,
+            ...); a tag's own mean/std/interpolation are added.
+
+    Returns:
+        ``(model, preprocess, kind, local_file)``: the model in train mode with gradients on, its eval
+        preprocessing, ``none`` | ``file`` | ``tag``, and the weights file read (None when none was).
+    """
+    import open_clip
+
+    check_model_name(model_name, name_key, weights_key)
+    kind, source, tag_cfg = resolve_pretrained(model_name, pretrained or None, weights_key)
+    kwargs = dict(device="cpu", **create_kwargs)
+    if tag_cfg:
+        # A tag can carry its own normalisation/interpolation (e.g. non-OpenAI models).
+        for key, arg in (("mean", "image_mean"), ("std", "image_std"), ("interpolation", "image_interpolation")):
+            if tag_cfg.get(key):
+                kwargs[arg] = tag_cfg[key]
+    try:
+        if kind == "tag" and source is None:
+            # Not cached locally and the probe found the network: let open_clip download.
+            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, **kwargs)
+        else:
+            # A seeded draw in a forked RNG: a random model is the same network in every process (so a teacher cache
+            # is reused on reruns), and building one leaves the caller's RNG, hence a student's seeded
+            # initialisation, untouched.
+            with quiet_random_init_warning() if source else contextlib.nullcontext(), \
+                    torch.random.fork_rng(devices=[]):
+                torch.manual_seed(RANDOM_INIT_SEED)
+                model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None, **kwargs)
+    except TeacherLoadError:
+        raise
+    except (RuntimeError, FileNotFoundError, ValueError) as err:
+        raise TeacherLoadError(f"open_clip could not build '{model_name}' ({name_key}, "
+                               f"{weights_key}={pretrained!r}): {err}. {weights_hint(weights_key)}") from err
+    if source is not None:
+        load_local_weights(model, source, model_name, name_key, weights_key)
+    if kind == "none":
+        logger.warning("open_clip model '%s' has RANDOM weights (%s is empty): fine for tests and benchmarks, "
+                       "meaningless otherwise. %s", model_name, weights_key, weights_hint(weights_key))
+    if tag_cfg.get("quick_gelu") and "quickgelu" not in model_name.lower():
+        # open_clip only warns about this deep in its logs; the features silently drift.
+        logger.warning("weights tag '%s' was trained with QuickGELU but model '%s' uses GELU; use '%s-quickgelu'",
+                       pretrained, model_name, model_name)
+    return model, preprocess, kind, source
 
 
 def resolve_teacher_precision(precision: str, device: Union[str, torch.device]) -> str:
@@ -197,45 +260,10 @@ class CLIPTeacher(nn.Module):
         self.prompts: List[str] = build_prompts(self.pairs, self.template)
         self.open_clip_version = open_clip.__version__
 
-        check_model_name(model_name)
-        kind, source, tag_cfg = resolve_pretrained(model_name, self.pretrained)
+        model, preprocess, kind, source = create_open_clip(
+            model_name, self.pretrained, precision=precision, image_resize_mode=RESIZE_MODES[resize_mode])
         self.weights_kind = kind  # none | file | tag
         self.weights_file: Optional[str] = source if kind == "file" else None
-        kwargs = dict(precision=precision, device="cpu", image_resize_mode=RESIZE_MODES[resize_mode])
-        if tag_cfg:
-            # A tag can carry its own normalisation/interpolation (e.g. non-OpenAI models).
-            for key, arg in (("mean", "image_mean"), ("std", "image_std"), ("interpolation", "image_interpolation")):
-                if tag_cfg.get(key):
-                    kwargs[arg] = tag_cfg[key]
-        try:
-            if kind == "tag" and source is None:
-                # Not cached locally and the probe found the network: let open_clip download.
-                model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=self.pretrained,
-                                                                             **kwargs)
-            else:
-                # A seeded draw in a forked RNG: a random teacher is the same network in every process (so its cache
-                # is reused on reruns), and building any teacher leaves the caller's RNG, hence the student's
-                # seeded initialisation, untouched.
-                with quiet_random_init_warning() if source else contextlib.nullcontext(), \
-                        torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(RANDOM_INIT_SEED)
-                    model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None,
-                                                                                 **kwargs)
-        except TeacherLoadError:
-            raise
-        except (RuntimeError, FileNotFoundError, ValueError) as err:
-            raise TeacherLoadError(f"open_clip could not build teacher '{model_name}' "
-                                   f"(pretrained={self.pretrained!r}): {err}. {WEIGHTS_HINT}") from err
-        if source is not None:
-            load_local_weights(model, source, model_name)
-        if kind == "none":
-            logger.warning("CLIP teacher '%s' has RANDOM weights (teacher.pretrained is empty): descriptor labels "
-                           "are meaningless outside tests and benchmarks. %s", model_name, WEIGHTS_HINT)
-        if tag_cfg.get("quick_gelu") and "quickgelu" not in model_name.lower():
-            # open_clip only warns about this deep in its logs; the features silently drift.
-            logger.warning("weights tag '%s' was trained with QuickGELU but model '%s' uses GELU; "
-                           "use '%s-quickgelu'", self.pretrained, model_name, model_name)
-
         model.eval()
         model.requires_grad_(False)
         model.to(device)

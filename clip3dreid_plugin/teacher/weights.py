@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["TeacherLoadError", "WEIGHTS_HINT", "HUB_PROBE_TIMEOUT_S", "cached_file_sha256", "check_model_name",
            "load_local_weights", "looks_like_path", "quiet_random_init_warning", "resolve_pretrained",
-           "weights_id_for", "weights_label_for"]
+           "weights_hint", "weights_id_for", "weights_label_for"]
 
 #: seconds the connectivity probe may take before a hub tag is declared unreachable.
 HUB_PROBE_TIMEOUT_S = 3.0
@@ -42,12 +42,15 @@ _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt")
 # Entries of an OpenAI TorchScript state dict that are not weights of open_clip's CLIP.
 _JIT_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 
-WEIGHTS_HINT = (
-    "To use local weights: on a machine with network access download the checkpoint once (e.g. "
-    "open_clip.create_model('ViT-L-14-quickgelu', pretrained='openai') stores it under "
-    "~/.cache/huggingface/hub), copy the .bin/.pt/.safetensors file here and set "
-    "teacher.pretrained=/path/to/file.pt (on the command line: teacher.pretrained /path/to/file.pt)."
-)
+def weights_hint(weights_key: str = "teacher.pretrained") -> str:
+    """How to supply local weights, naming the option that takes them (``teacher.pretrained``, ...)."""
+    return ("To use local weights: on a machine with network access download the checkpoint once (e.g. "
+            "open_clip.create_model('ViT-L-14-quickgelu', pretrained='openai') stores it under "
+            "~/.cache/huggingface/hub), copy the .bin/.pt/.safetensors file here and set "
+            f"{weights_key}=/path/to/file.pt (on the command line: {weights_key} /path/to/file.pt).")
+
+
+WEIGHTS_HINT = weights_hint()
 
 
 class TeacherLoadError(UserError, RuntimeError):
@@ -125,7 +128,9 @@ def _valid_model_names() -> List[str]:
     return list(open_clip.list_models())
 
 
-def check_model_name(model_name: str) -> None:
+def check_model_name(model_name: str, name_key: str = "teacher.name",
+                     weights_key: str = "teacher.pretrained") -> None:
+    """Raises :class:`TeacherLoadError` naming ``name_key`` and close matches unless open_clip knows the name."""
     if model_name.startswith(("hf-hub:", "local-dir:")):
         return
     names = _valid_model_names()
@@ -135,8 +140,8 @@ def check_model_name(model_name: str) -> None:
     common = ["ViT-L-14-quickgelu", "ViT-B-16-quickgelu", "ViT-B-32-quickgelu", "ViT-L-14", "ViT-B-16", "ViT-B-32"]
     suggest = close + [c for c in common if c not in close and c in names]
     raise TeacherLoadError(
-        f"unknown open_clip model name teacher.name='{model_name}'; valid names include: "
-        f"{', '.join(suggest[:8])} (all {len(names)}: open_clip.list_models()). {WEIGHTS_HINT}"
+        f"unknown open_clip model name {name_key}='{model_name}'; valid names include: "
+        f"{', '.join(suggest[:8])} (all {len(names)}: open_clip.list_models()). {weights_hint(weights_key)}"
     )
 
 
@@ -237,13 +242,13 @@ def _tag_endpoint(tag_cfg: dict) -> str:
     return tag_cfg.get("url", "https://huggingface.co")
 
 
-def _require_network(what: str, endpoint: str) -> None:
+def _require_network(what: str, endpoint: str, hint: str = WEIGHTS_HINT) -> None:
     if _hf_offline():
-        raise TeacherLoadError(f"{what} must be downloaded but HF_HUB_OFFLINE is set. {WEIGHTS_HINT}")
+        raise TeacherLoadError(f"{what} must be downloaded but HF_HUB_OFFLINE is set. {hint}")
     why = _probe_host(endpoint)
     if why is not None:
         raise TeacherLoadError(f"{what} must be downloaded from {endpoint}, which is unreachable ({why}). "
-                               f"{WEIGHTS_HINT}")
+                               f"{hint}")
 
 
 def _load_torchscript_weights(model: nn.Module, path: str) -> None:
@@ -253,9 +258,12 @@ def _load_torchscript_weights(model: nn.Module, path: str) -> None:
     model.load_state_dict(sd, strict=True)
 
 
-def load_local_weights(model: nn.Module, path: str, model_name: str) -> None:
+def load_local_weights(model: nn.Module, path: str, model_name: str, name_key: str = "teacher.name",
+                       weights_key: str = "teacher.pretrained") -> None:
+    """Loads a local weights file into an open_clip model, or raises :class:`TeacherLoadError` naming the options."""
     import open_clip  # seconds to import: only loading weights pays for it
 
+    owner = weights_key.split(".")[0]  # teacher, clip_reid, ...
     try:
         if _is_torchscript_archive(path):
             logger.info("teacher weights %s are a TorchScript archive; loading its state dict", path)
@@ -263,24 +271,28 @@ def load_local_weights(model: nn.Module, path: str, model_name: str) -> None:
         else:
             open_clip.load_checkpoint(model, path, strict=True)
     except RefusedGlobalError as err:
-        raise TeacherLoadError(f"teacher weights '{path}' were not loaded: they ask for '{err.module}.{err.name}', "
+        raise TeacherLoadError(f"{owner} weights '{path}' ({weights_key}) were not loaded: they ask for "
+                               f"'{err.module}.{err.name}', "
                                "which a weights file never holds (a pickle can run code)") from None
     except Exception as err:  # noqa: BLE001 - unpickling/format errors vary by file; all mean "bad weights"
         msg = str(err).strip().splitlines()
         short = " ".join(msg[:3])[:600]
         raise TeacherLoadError(
-            f"cannot load teacher weights '{path}' into open_clip model '{model_name}': {short}. "
-            "Check that teacher.name matches the checkpoint (OpenAI weights need a '-quickgelu' model). "
-            + WEIGHTS_HINT
+            f"cannot load {owner} weights '{path}' ({weights_key}) into open_clip model '{model_name}': {short}. "
+            f"Check that {name_key} matches the checkpoint (OpenAI weights need a '-quickgelu' model). "
+            + weights_hint(weights_key)
         ) from err
 
 
-def resolve_pretrained(model_name: str, pretrained: Optional[str]) -> Tuple[str, Optional[str], dict]:
-    """Returns ``(kind, local_file_or_None, tag_cfg)``; raises fast when weights cannot be had."""
+def resolve_pretrained(model_name: str, pretrained: Optional[str], weights_key: str = "teacher.pretrained"
+                       ) -> Tuple[str, Optional[str], dict]:
+    """Returns ``(kind, local_file_or_None, tag_cfg)``; raises fast, naming ``weights_key``, when weights cannot be
+    had."""
     import open_clip  # seconds to import: only resolving weights pays for it
 
+    hint = weights_hint(weights_key)
     if model_name.startswith("hf-hub:"):
-        _require_network(f"model '{model_name}'", os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+        _require_network(f"model '{model_name}'", os.environ.get("HF_ENDPOINT", "https://huggingface.co"), hint)
         return "tag", None, {}
     if not pretrained:
         return "none", None, {}
@@ -288,18 +300,18 @@ def resolve_pretrained(model_name: str, pretrained: Optional[str]) -> Tuple[str,
     if osp.isfile(path):
         return "file", path, {}
     if looks_like_path(pretrained):
-        raise TeacherLoadError(f"teacher weights file not found: '{pretrained}' (teacher.pretrained). "
-                               + WEIGHTS_HINT)
+        raise TeacherLoadError(f"{weights_key.split('.')[0]} weights file not found: '{pretrained}' "
+                               f"({weights_key}). " + hint)
     tag_cfg = open_clip.get_pretrained_cfg(model_name.replace("/", "-"), pretrained)
     if not tag_cfg:
         tags = open_clip.list_pretrained_tags_by_model(model_name.replace("/", "-"))
         raise TeacherLoadError(
-            f"teacher.pretrained='{pretrained}' is neither an existing file nor an open_clip tag of "
-            f"'{model_name}' (tags: {', '.join(tags) or 'none'}). " + WEIGHTS_HINT
+            f"{weights_key}='{pretrained}' is neither an existing file nor an open_clip tag of "
+            f"'{model_name}' (tags: {', '.join(tags) or 'none'}). " + hint
         )
     cached = _tag_cache_candidates(tag_cfg)
     if cached:
         logger.info("teacher weights tag '%s' found in the local cache: %s", pretrained, cached[0])
         return "tag", cached[0], tag_cfg
-    _require_network(f"weights tag '{pretrained}' of '{model_name}'", _tag_endpoint(tag_cfg))
+    _require_network(f"weights tag '{pretrained}' of '{model_name}'", _tag_endpoint(tag_cfg), hint)
     return "tag", None, tag_cfg
