@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # trains models end to end or starts processes
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # What a fresh clone holds; local run outputs and build products stay behind.
 IGNORE = shutil.ignore_patterns(".git", "work_dirs", "log", "build", "dist", "*.egg-info", "__pycache__", ".benchmarks")

@@ -34,7 +34,7 @@ from datasets_ext.base import DatasetLayoutError
 from datasets_ext.manifest import read_manifest
 from tests.fixtures.tiny_clip import register_tiny_clip, write_tiny_clip_weights
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOY = osp.join(REPO, "configs", "toy", "resnet50_baseline_64x32.yaml")
 
 

@@ -84,7 +84,7 @@ def test_yaml_lists_on_the_command_line():
 @pytest.mark.parametrize("tool", TOOLS)
 def test_every_file_a_tools_docstring_names_exists(tool):
     """A usage example or a pointer that names a recipe or a source file names one of this tree."""
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     doc = importlib.import_module(f"clip3dreid_plugin.tools.{tool}").__doc__ or ""
     named = re.findall(r"(?<![\w/.])((?:configs|clip3dreid_plugin|datasets_ext|scripts)/[\w/.-]+\.(?:yaml|py|sh))", doc)
     missing = [p for p in named if not os.path.isfile(os.path.join(repo, p))]

@@ -39,7 +39,7 @@ from clip3dreid_plugin.teacher.descriptors import (
 )
 from tests.fixtures.tiny_clip import register_tiny_clip, write_tiny_clip_weights
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 GUIDANCE = "teacher.pretrained=/path/to/file.pt"
 ERROR_BOUND_S = 10.0  # an error-path bound (no 46 s hub retries), not a speed goal
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)

@@ -15,6 +15,8 @@ from clip3dreid_plugin.data.meshset import SyntheticMeshDataset, SyntheticStream
 from clip3dreid_plugin.models import MODEL_FACTORIES
 from clip3dreid_plugin.utils.distributed import broadcast_buffers
 
+pytestmark = pytest.mark.slow  # trains models end to end or starts processes
+
 
 def _broadcast_worker(rank: int, store: str, out):
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)

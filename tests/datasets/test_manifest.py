@@ -18,7 +18,7 @@ from datasets_ext.base import DatasetLayoutError
 from datasets_ext.manifest import read_manifest
 from fixtures.dataset_trees import write_image
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOY = osp.join(REPO, "configs", "toy", "resnet50_baseline_64x32.yaml")
 HEADER = ["path", "pid", "camid", "clothes_id", "split"]
 

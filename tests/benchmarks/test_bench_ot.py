@@ -6,7 +6,7 @@ import os.path as osp
 import pytest
 import torch
 
-BENCH = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "benchmarks", "bench_ot.py")
+BENCH = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), "benchmarks", "bench_ot.py")
 
 
 @pytest.fixture(scope="module")

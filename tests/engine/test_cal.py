@@ -16,7 +16,9 @@ from clip3dreid_plugin.losses.clothes import clothes_adversarial_loss, clothes_c
 from clip3dreid_plugin.tools import train_net
 from fixtures.dataset_trees import make_ccvid, make_ltcc, make_manifest, make_prcc
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+pytestmark = pytest.mark.slow  # trains models end to end or starts processes
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 # Three identities wearing one, two and three outfits: outfit -> identity.
 OWNER = [0, 1, 1, 2, 2, 2]

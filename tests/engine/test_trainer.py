@@ -14,7 +14,7 @@ from clip3dreid_plugin.data.samplers import DISTRIBUTED_SAMPLERS, DistributedIde
 from clip3dreid_plugin.engine.evaluator import EvalOptions
 from clip3dreid_plugin.engine.trainer import DefaultTrainer, RunContext
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOY = osp.join(REPO, "configs", "toy", "resnet50_baseline_64x32.yaml")
 
 

@@ -14,7 +14,7 @@ from fixtures.dataset_trees import make_ltcc
 from clip3dreid_plugin.evaluation.visrank import protocol_masks
 from clip3dreid_plugin.tools import benchmark, export_curves, export_onnx, extract_features, train_net
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOY = osp.join(REPO, "configs", "toy", "resnet50_baseline_64x32.yaml")
 
 

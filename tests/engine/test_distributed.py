@@ -20,7 +20,9 @@ from clip3dreid_plugin.data.samplers import DistributedIdentitySampler, ShardSam
 from clip3dreid_plugin.tools import train_net
 from fixtures.tiny_clip import tiny_clip
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+pytestmark = pytest.mark.slow  # trains models end to end or starts processes
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOY = osp.join(REPO, "configs", "toy", "resnet50_baseline_64x32.yaml")
 
 

@@ -23,7 +23,7 @@ from clip3dreid_plugin.errors import UserError, WriteError
 from clip3dreid_plugin.tools import common
 from clip3dreid_plugin.utils.io import atomic_write
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def _commands() -> dict:

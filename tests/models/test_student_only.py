@@ -19,7 +19,9 @@ from clip3dreid_plugin.teacher.source import build_teacher
 from clip3dreid_plugin.tools import extract_features, train_net
 from fixtures.tiny_clip import tiny_clip
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+pytestmark = pytest.mark.slow  # trains models end to end or starts processes
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOY = osp.join(REPO, "configs", "toy", "resnet50_baseline_64x32.yaml")
 # Nothing listens on port 9 of this host: a download from there is refused at once, i.e. "no network".
 DEAD_URL = "http://127.0.0.1:9/resnet50-19c8e357.pth"

@@ -10,7 +10,7 @@ from clip3dreid_plugin import compat
 from clip3dreid_plugin.config import ConfigError, load_config
 from clip3dreid_plugin.config.defaults import get_default_config
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 RECIPES = sorted(p for p in glob.glob(osp.join(REPO, "configs", "**", "*.yaml"), recursive=True)
                  if "_base_" not in p)
 

@@ -22,7 +22,7 @@ from clip3dreid_plugin.teacher.cache import build_teacher_cache, cache_file_path
 from clip3dreid_plugin.teacher.source import build_teacher
 from clip3dreid_plugin.tools import train_net
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOY = osp.join(REPO, "configs", "toy", "resnet50_baseline_64x32.yaml")
 
 

@@ -16,7 +16,9 @@ from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.teacher.clip_teacher import RANDOM_INIT_SEED
 from tests.fixtures.tiny_clip import register_tiny_reid_clips
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+pytestmark = pytest.mark.slow  # trains models end to end or starts processes
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from clip3dreid_plugin.models.clip3dreid import CLIP3DReID
 from clip3dreid_plugin.models.imagenet import PretrainedWeightsError
 from fixtures.dataset_trees import make_ccvid, write_image
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOY = osp.join(REPO, "configs", "toy", "resnet50_baseline_64x32.yaml")
 TRUNK = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
 RESNET50_FILE = "resnet50-19c8e357.pth"

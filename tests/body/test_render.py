@@ -17,7 +17,7 @@ from clip3dreid_plugin.body.smpl_io import load_body_model
 from clip3dreid_plugin.body.meshset_plan import read_synthetic_meta
 from clip3dreid_plugin.body.meshset import SyntheticSetError, render_synthetic_set
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 H, W = 256, 128
 BACKGROUND = (0.5, 0.5, 0.5)
 
@@ -208,7 +208,7 @@ def test_the_old_command_name_runs_the_same_main_and_says_it_is_deprecated(model
     import logging
     import sys
 
-    tree = ast.parse(open(osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "setup.py")).read())
+    tree = ast.parse(open(osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), "setup.py")).read())
     commands = next(ast.literal_eval(n.value) for n in ast.walk(tree) if isinstance(n, ast.Assign)
                     and any(getattr(t, "id", "") == "COMMANDS" for t in n.targets))
     assert commands["clip3dreid-render-synthetic"] == commands["clip3dreid-render-meshset"] == "render_meshset"

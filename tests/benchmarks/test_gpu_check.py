@@ -7,7 +7,7 @@ import os
 import os.path as osp
 import subprocess
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def _summary_module():

@@ -13,6 +13,8 @@ import pytest
 
 from clip3dreid_plugin.tools import quickstart
 
+pytestmark = pytest.mark.slow  # trains models end to end or starts processes
+
 
 @pytest.mark.parametrize("teacher", ["auto", "stand-in"])
 def test_quickstart_runs_every_step_and_the_baseline_beats_chance(tmp_path, teacher):
@@ -63,7 +65,7 @@ def test_quickstart_runs_every_step_and_the_baseline_beats_chance(tmp_path, teac
         assert not osp.isdir(osp.join(work, "teacher_cache"))  # the ideal teacher needs no labelling pass
 
 
-STUDY = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "benchmarks", "results", "method_study")
+STUDY = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), "benchmarks", "results", "method_study")
 
 
 def _study_runs(row: str) -> dict:

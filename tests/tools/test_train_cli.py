@@ -15,7 +15,9 @@ import torch
 from clip3dreid_plugin import compat
 from clip3dreid_plugin.tools import train_net
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+pytestmark = pytest.mark.slow  # trains models end to end or starts processes
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOY = osp.join(REPO, "configs", "toy", "resnet50_baseline_64x32.yaml")
 # The checkpointing tests write several checkpoints: ResNet-18 keeps each near 45 MB instead of 130 MB.
 SMALL = ("model.name", "resnet18")

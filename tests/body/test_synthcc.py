@@ -19,7 +19,7 @@ from datasets_ext import IMAGE_DATASETS
 from datasets_ext.base import DatasetLayoutError
 from datasets_ext.synthcc import SynthCC
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 ARGS = dict(num_ids=6, outfits_per_id=2, num_cameras=2, poses_per_view=1, height=64, width=32, seed=0)
 N_IMAGES = 6 * 2 * 2 * 1
 

@@ -12,7 +12,7 @@ from clip3dreid_plugin.engine.evaluator import selection_score
 from clip3dreid_plugin.tools import train_net
 from fixtures.dataset_trees import make_ccvid, make_ltcc, make_prcc
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOY = osp.join(REPO, "configs", "toy", "resnet50_baseline_64x32.yaml")
 
 

@@ -23,7 +23,7 @@ from clip3dreid_plugin.study.shape_probe_model import ShapeProbe
 from clip3dreid_plugin.teacher.source import build_teacher_source
 from clip3dreid_plugin.tools import train_net
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 logger = logging.getLogger(__name__)
 
 
