@@ -56,16 +56,8 @@ from clip3dreid_plugin.body.smpl_io import BodyModel, load_body_model
 from clip3dreid_plugin.body.meshset import canonical_descriptors
 from clip3dreid_plugin.errors import UserError
 from clip3dreid_plugin.shape import DESCRIPTOR_PAIRS
-from clip3dreid_plugin.utils.artefact import (
-    PartialBuild,
-    StaleArtefactError,
-    apply_stale_policy,
-    as_fingerprint,
-    check_stale_policy,
-    digest,
-    fingerprint,
-    fingerprint_diff,
-)
+from clip3dreid_plugin.utils.artefact import (PartialBuild, StaleArtefactError, apply_stale_policy, as_fingerprint,
+                                              check_stale_policy, digest, fingerprint, fingerprint_diff)
 from clip3dreid_plugin.utils.hashing import file_sha256
 from clip3dreid_plugin.utils.io import atomic_write
 from clip3dreid_plugin.utils.paths import stays_inside

@@ -16,6 +16,7 @@ from clip3dreid_plugin.body.render import HeadlessGLError, MeshRenderer
 from clip3dreid_plugin.body.smpl_io import load_body_model
 from clip3dreid_plugin.body.meshset_plan import read_synthetic_meta
 from clip3dreid_plugin.body.meshset import SyntheticSetError, render_synthetic_set
+from fixtures.interrupt import count_writes
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 H, W = 256, 128
@@ -106,17 +107,7 @@ def _count_saves(monkeypatch, fail_after=None):
     """Counts the mesh set's image writes; optionally raises once ``fail_after`` images are written."""
     from clip3dreid_plugin.body import meshset
 
-    calls = {"n": 0}
-    original = meshset._save_image
-
-    def wrapped(img, path):
-        if fail_after is not None and calls["n"] == fail_after:
-            raise KeyboardInterrupt("simulated interruption")
-        original(img, path)
-        calls["n"] += 1
-
-    monkeypatch.setattr(meshset, "_save_image", wrapped)
-    return calls
+    return count_writes(monkeypatch, meshset, "_save_image", fail_after)
 
 
 def _same_set(out_a, meta_a, out_b, meta_b):

@@ -15,6 +15,7 @@ from clip3dreid_plugin.body import procedural
 from clip3dreid_plugin.body.synthcc import FILE_PATTERN, SynthCCError, build_synthcc, camera_background, \
     outfit_pool_size, read_synthcc_meta, synthcc_ground_truth, synthcc_labels_by_path
 from clip3dreid_plugin.evaluation import evaluate_all
+from fixtures.interrupt import count_writes
 from datasets_ext import IMAGE_DATASETS
 from datasets_ext.base import DatasetLayoutError
 from datasets_ext.synthcc import SynthCC
@@ -201,17 +202,7 @@ def _count_saves(monkeypatch, fail_after=None):
     """Counts synthcc's image writes; optionally raises once ``fail_after`` images are written."""
     from clip3dreid_plugin.body import synthcc
 
-    calls = {"n": 0}
-    original = synthcc._save_png
-
-    def wrapped(img, path):
-        if fail_after is not None and calls["n"] == fail_after:
-            raise KeyboardInterrupt("simulated interruption")
-        original(img, path)
-        calls["n"] += 1
-
-    monkeypatch.setattr(synthcc, "_save_png", wrapped)
-    return calls
+    return count_writes(monkeypatch, synthcc, "_save_png", fail_after)
 
 
 def _same_set(root_a, meta_a, root_b, meta_b):

@@ -8,13 +8,13 @@ import os.path as osp
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.data.outfits import check_clothes_labels, identity_outfits
 from clip3dreid_plugin.losses.clothes import clothes_adversarial_loss, clothes_classification_loss
 from clip3dreid_plugin.tools import train_net
 from fixtures.dataset_trees import make_ccvid, make_ltcc, make_manifest, make_prcc
+from fixtures.torchreid_training import softmax_engine_lowers_ce
 
 pytestmark = pytest.mark.slow  # trains models end to end or starts processes
 
@@ -281,19 +281,8 @@ def test_torchreids_softmax_engine_trains_cal(trees):
     dm = ClothesImageDataManager(root=trees[0], sources="ltcc", height=64, width=32, batch_size_train=2,
                                  workers=0, train_sampler="RandomSampler", transforms=None)
     model = torchreid.models.build_model("cal", num_classes=dm.num_train_pids, loss="softmax", pretrained=False)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    engine = torchreid.engine.ImageSoftmaxEngine(dm, model, optimizer, use_gpu=False)
-    items = [dm.train_set[i] for i in range(len(dm.train_set))]  # both identities, not a random pair
-    batch = {"img": torch.stack([it["img"] for it in items]), "pid": torch.tensor([it["pid"] for it in items])}
-    assert len(set(batch["pid"].tolist())) == 2
-    model.train()
-    with torch.no_grad():
-        first = float(F.cross_entropy(model(batch["img"]), batch["pid"]))
-    for _ in range(5):
-        engine.forward_backward(batch)
-    with torch.no_grad():
-        model.train()
-        assert float(F.cross_entropy(model(batch["img"]), batch["pid"])) < first
+    before, after = softmax_engine_lowers_ce(dm, model, torch.optim.SGD(model.parameters(), lr=0.01))
+    assert after < before
 
 
 def test_kill_and_resume_give_the_uninterrupted_weights(trees, tmp_path):

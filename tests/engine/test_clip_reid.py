@@ -14,7 +14,8 @@ from clip3dreid_plugin import compat
 from clip3dreid_plugin.config.defaults import get_cfg
 from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.teacher.clip_teacher import RANDOM_INIT_SEED
-from tests.fixtures.tiny_clip import register_tiny_reid_clips
+from fixtures.tiny_clip import register_tiny_reid_clips
+from fixtures.torchreid_training import softmax_engine_lowers_ce
 
 pytestmark = pytest.mark.slow  # trains models end to end or starts processes
 
@@ -433,24 +434,13 @@ def test_the_train_command_runs_both_stages_of_the_ltcc_recipe(tiny_reid, ltcc_r
 
 
 def test_torchreids_softmax_engine_trains_clip_reid(tiny_reid, ltcc_root):
-    import torchreid
-
     from clip3dreid_plugin.data.datamanager import ClothesImageDataManager
 
     dm = ClothesImageDataManager(root=ltcc_root, sources="ltcc", height=32, width=16, batch_size_train=2,
                                  workers=0, train_sampler="RandomSampler", transforms=None)
     model = _build(_cfg(tiny_reid[0]), num_classes=dm.num_train_pids)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    engine = torchreid.engine.ImageSoftmaxEngine(dm, model, optimizer, use_gpu=False)
-    items = [dm.train_set[i] for i in range(len(dm.train_set))]
-    batch = {"img": torch.stack([it["img"] for it in items]), "pid": torch.tensor([it["pid"] for it in items])}
-    model.train()
-    with torch.no_grad():
-        first = float(F.cross_entropy(model(batch["img"]), batch["pid"]))
-    for _ in range(5):
-        engine.forward_backward(batch)
-    with torch.no_grad():
-        assert float(F.cross_entropy(model(batch["img"]), batch["pid"])) < first
+    before, after = softmax_engine_lowers_ce(dm, model, torch.optim.Adam(model.parameters(), lr=1e-3))
+    assert after < before
 
 
 # ------------------------------------------------------------------------------------------------ the recipes

@@ -11,17 +11,9 @@ import pytest
 import torch
 
 from clip3dreid_plugin.errors import InputError, UserError
-from clip3dreid_plugin.utils.artefact import (
-    SCHEME,
-    PartialBuild,
-    StaleArtefactError,
-    apply_stale_policy,
-    as_fingerprint,
-    check_stale_policy,
-    digest,
-    fingerprint,
-    fingerprint_diff,
-)
+from clip3dreid_plugin.utils.artefact import (SCHEME, PartialBuild, StaleArtefactError, apply_stale_policy,
+                                              as_fingerprint, check_stale_policy, digest, fingerprint,
+                                              fingerprint_diff)
 
 INPUTS = {"seed": 3, "sigma": 1.25, "size": [128, 64], "body_model": {"female": "ab", "male": "cd"}, "name": "x"}
 
