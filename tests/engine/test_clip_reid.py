@@ -420,6 +420,37 @@ def test_a_run_killed_in_stage1_resumes_stage1_and_ends_as_the_uninterrupted_one
         assert torch.equal(v, b["state_dict"][k]), k
 
 
+def test_a_run_stopped_in_stage2_resumes_stage2_and_ends_as_the_uninterrupted_one(tiny_reid, ltcc_root, tmp_path):
+    from clip3dreid_plugin.engine.clip_reid_engine import CLIPReIDEngine
+    from clip3dreid_plugin.tools import train_net
+
+    stage1 = ("clip_reid.stage1_epochs", "1")
+    straight = str(tmp_path / "straight")
+    train_net.run(_train_cfg(ltcc_root, straight, "ltcc", tiny_reid[0], *stage1, "train.max_epoch", "2"))
+    part = str(tmp_path / "part")  # stops after its first stage-2 epoch, then resumes into the second
+    train_net.run(_train_cfg(ltcc_root, part, "ltcc", tiny_reid[0], *stage1, "train.max_epoch", "1"))
+    assert compat.load_checkpoint(osp.join(part, "model", "model.pth.tar-2"))["clip_reid_stage"] == 2
+    real = CLIPReIDEngine._train_prompts
+    prompt_epochs = []
+
+    def spy(self):
+        prompt_epochs.append(self.epoch)
+        return real(self)
+
+    CLIPReIDEngine._train_prompts = spy
+    try:
+        train_net.run(_train_cfg(ltcc_root, part, "ltcc", tiny_reid[0], *stage1, "train.max_epoch", "2",
+                                 "model.resume", "auto"))
+    finally:
+        CLIPReIDEngine._train_prompts = real
+    assert prompt_epochs == []  # stage 1 is not run again
+    a = compat.load_checkpoint(osp.join(straight, "model", "model.pth.tar-3"))
+    b = compat.load_checkpoint(osp.join(part, "model", "model.pth.tar-3"))
+    assert a["clip_reid_stage"] == b["clip_reid_stage"] == 2
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+
+
 def test_the_train_command_runs_both_stages_of_the_ltcc_recipe(tiny_reid, ltcc_root, tmp_path):
     from clip3dreid_plugin.tools import train_net
 
