@@ -64,7 +64,8 @@ step "3/6 CUDA tests (limit 230 s)"
 # the teacher in half precision (online and labelling), SyncBatchNorm across two ranks, the GPU RNG and fp16
 # GradScaler state through a checkpoint, fp16 in the shape probe's engine.
 timeout 230 python3 -m pytest -q -rfEs -p no:cacheprovider tests/losses/test_ot.py tests/evaluation/test_evaluation.py \
-  tests/engine/test_clip3dreid_engine.py tests/engine/test_multi_process.py tests/teacher/test_teacher.py tests/study/test_method_study.py \
+  tests/engine/test_clip3dreid_engine.py tests/engine/test_multi_process.py tests/teacher/test_teacher.py \
+  tests/study/test_method_study.py \
   -k "cuda" 2>&1 | tee "$OUT/pytest_cuda.txt" || status=1
 
 step "4/6 OT loss against the POT loop (limit 110 s)"

@@ -131,8 +131,8 @@ def _standard_engine(cfg: CN, datamanager, model, optimizer, scheduler, use_gpu:
         # torchreid's engines call the model and optimizer themselves; ignoring the option would hide that the
         # baseline trained in float32 while the user asked for mixed precision.
         raise ConfigError(f"runtime.amp {cfg.runtime.amp} (--amp) applies to model.name clip3dreid, cal, "
-                          f"clip_reid and shape_probe only; torchreid's engines train '{cfg.model.name}' in float32: set "
-                          "runtime.amp none")
+                          f"clip_reid and shape_probe only; torchreid's engines train '{cfg.model.name}' in float32: "
+                          "set runtime.amp none")
     if cfg.data.type == "video":
         if cfg.loss.name != "softmax":
             raise ConfigError("video training supports loss.name softmax only")

@@ -48,7 +48,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="meta.npz of an earlier set whose descriptor thresholds to reuse "
                              "(default: medians of this set's population)")
     parser.add_argument("--ext", choices=["png", "jpg"], default="png", help="image format")
-    parser.add_argument("--overwrite", action="store_true", help="re-render a folder holding another set (default: refuse it, naming what changed)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="re-render a folder holding another set (default: refuse it, naming what changed)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = parser.parse_args(argv)
     start_cli(stream=sys.stderr)
