@@ -139,10 +139,13 @@ def test_sync_batchnorm_conversion_keeps_every_tensor_what_it_was(tmp_path, name
     from clip3dreid_plugin.config import get_cfg
     from clip3dreid_plugin.models.build import build_model
     from clip3dreid_plugin.utils.distributed import convert_sync_batchnorm
-    from fixtures.tiny_clip import tiny_clip
+    from fixtures.tiny_clip import register_tiny_reid_clips, tiny_clip
 
     clip_name, weights = tiny_clip(str(tmp_path))
+    reid_vit, _ = register_tiny_reid_clips(str(tmp_path))
     cfg = get_cfg()
+    # The input below is 64x32: clip_reid sizes its positional embeddings from data.height / data.width.
+    cfg.merge_from_list(["data.height", "64", "data.width", "32", "clip_reid.clip_model", reid_vit])
     cfg.merge_from_list(["model.name", name, "model.pretrained", "False", "clip3dreid.backbone", "resnet18",
                          "clip3dreid.local_dim", "64", "clip3dreid.agg_hidden_dim", "16", "clip3dreid.head_hidden_dim",
                          "16", "clip3dreid.teacher_dim", "64", "teacher.name", clip_name, "teacher.pretrained", weights,

@@ -70,7 +70,7 @@ print("hg" in vm_flags(middle(x.grad)))
 def test_ot_gradient_buffer_advised_only_when_asked(huge_pages):
     # A fresh process: an earlier hint can stay on heap pages that glibc hands out again (see the module docstring),
     # so whether an unadvised buffer carries the flag depends on what ran before it in the same process.
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.abspath(__file__)),
                                                         os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, "-c", OT_GRADIENT_FLAG, str(huge_pages)], capture_output=True, text=True,
                          env=env, timeout=300)
