@@ -60,8 +60,8 @@ from clip3dreid_plugin.utils.runtime import (activate_device, check_amp_support,
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DefaultTrainer", "RunContext", "ddp_options", "engine_optimised_parameters", "wrap_for_training",
-           "resume_checkpoint", "write_run_config"]
+__all__ = ["DefaultTrainer", "RunContext", "ddp_options", "engine_optimised_parameters", "without_engine_optimised",
+           "wrap_for_training", "resume_checkpoint", "write_run_config"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +127,16 @@ def engine_optimised_parameters(model: torch.nn.Module) -> Dict[str, torch.nn.Pa
     ``engine_optimised``, e.g. CAL's clothes classifier): the main optimiser and DDP leave them out."""
     names = getattr(model, "engine_optimised", ())
     return {n: p for n, p in model.named_parameters() if n.split(".", 1)[0] in names}
+
+
+def without_engine_optimised(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """``optimizer`` (freshly built, no state yet) with ``model``'s :func:`engine_optimised_parameters` taken out of
+    its groups: the method's engine steps them with an optimiser of its own (CAL's clothes classifier)."""
+    own = {id(p) for p in engine_optimised_parameters(model).values()}
+    if own:
+        for group in optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in own]
+    return optimizer
 
 
 def wrap_for_training(model, distributed: bool, trainable: bool, device, compile_model: bool = False,
@@ -252,12 +262,7 @@ class DefaultTrainer:
             if not self.cfg.test.evaluate:
                 raise ConfigError(f"model '{self.cfg.model.name}' has no trainable parameter: run it with --eval-only")
             return None
-        optimizer = torchreid.optim.build_optimizer(model, **optimizer_kwargs(self.cfg))
-        own = {id(p) for p in engine_optimised_parameters(model).values()}
-        if own:  # stepped by the method's engine (CAL's clothes classifier has its own Adam)
-            for group in optimizer.param_groups:
-                group["params"] = [p for p in group["params"] if id(p) not in own]
-        return optimizer
+        return without_engine_optimised(torchreid.optim.build_optimizer(model, **optimizer_kwargs(self.cfg)), model)
 
     def build_scheduler(self, optimizer):
         """torchreid's learning-rate scheduler of ``train.*``; None without an optimizer."""

@@ -161,14 +161,11 @@ def cal_step(num_pids: int, batch: dict, device: torch.device) -> Callable[[], N
     built as ``clip3dreid-train`` builds it: Adam for the network, a second Adam for the clothes classifier."""
     # torchreid warns when first imported: after main's quiet_torchreid_warnings()
     from clip3dreid_plugin.engine.cal_engine import CALEngine
-    from clip3dreid_plugin.engine.trainer import engine_optimised_parameters
+    from clip3dreid_plugin.engine.trainer import without_engine_optimised
     from clip3dreid_plugin.models.cal import cal
 
     model = cal(num_pids, pretrained=False, num_clothes=2 * num_pids).to(device)
-    optimizer = _adam(model)
-    own = {id(p) for p in engine_optimised_parameters(model).values()}
-    for group in optimizer.param_groups:
-        group["params"] = [p for p in group["params"] if id(p) not in own]
+    optimizer = without_engine_optimised(_adam(model), model)
     outfits = torch.zeros(num_pids, 2 * num_pids, dtype=torch.bool)
     outfits[torch.arange(num_pids), 2 * torch.arange(num_pids)] = True
     outfits[torch.arange(num_pids), 2 * torch.arange(num_pids) + 1] = True

@@ -375,53 +375,54 @@ def test_stage2_trains_an_epoch_evaluates_ltcc_and_leaves_the_text_side_alone(ti
     assert {"general_mAP", "general_rank1", "cc_mAP", "cc_rank1"} <= set(metrics), metrics
 
 
-def test_a_run_killed_in_stage1_resumes_stage1_and_ends_as_the_uninterrupted_one(tiny_reid, ltcc_root, tmp_path):
+def _record_prompt_epochs(monkeypatch, kill_at=None) -> list:
+    """Records the epochs whose prompts train (stage 1); with ``kill_at`` that epoch raises ``KeyboardInterrupt``
+    instead, as a killed run would."""
     from clip3dreid_plugin.engine.clip_reid_engine import CLIPReIDEngine
+
+    real, epochs = CLIPReIDEngine._train_prompts, []
+
+    def spy(self):
+        if self.epoch == kill_at:
+            raise KeyboardInterrupt("killed in stage 1")
+        epochs.append(self.epoch)
+        return real(self)
+
+    monkeypatch.setattr(CLIPReIDEngine, "_train_prompts", spy)
+    return epochs
+
+
+def _assert_same_final_stage2_weights(straight: str, part: str, epoch: int) -> None:
+    a = compat.load_checkpoint(osp.join(straight, "model", f"model.pth.tar-{epoch}"))
+    b = compat.load_checkpoint(osp.join(part, "model", f"model.pth.tar-{epoch}"))
+    assert a["clip_reid_stage"] == b["clip_reid_stage"] == 2
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+
+
+def test_a_run_killed_in_stage1_resumes_stage1_and_ends_as_the_uninterrupted_one(tiny_reid, ltcc_root, tmp_path,
+                                                                                   monkeypatch):
     from clip3dreid_plugin.tools import train_net
 
     common = ("clip_reid.stage1_epochs", "3")
     straight = str(tmp_path / "straight")
     train_net.run(_train_cfg(ltcc_root, straight, "ltcc", tiny_reid[0], *common))
     part = str(tmp_path / "part")
-    real = CLIPReIDEngine._train_prompts
-    calls = []
-
-    def killed(self):
-        if self.epoch == 2:
-            raise KeyboardInterrupt("killed in stage 1")
-        calls.append(self.epoch)
-        return real(self)
-
-    CLIPReIDEngine._train_prompts = killed
-    try:
+    with monkeypatch.context() as m:
+        calls = _record_prompt_epochs(m, kill_at=2)
         with pytest.raises(KeyboardInterrupt):
             train_net.run(_train_cfg(ltcc_root, part, "ltcc", tiny_reid[0], *common))
-    finally:
-        CLIPReIDEngine._train_prompts = real
     assert calls == [0, 1]
     ckpt = compat.load_checkpoint(osp.join(part, "model", "model.pth.tar-2"))
     assert ckpt["clip_reid_stage"] == 1 and ckpt["epoch"] == 2
-    resumed = []
-
-    def spy(self):
-        resumed.append(self.epoch)
-        return real(self)
-
-    CLIPReIDEngine._train_prompts = spy
-    try:
-        train_net.run(_train_cfg(ltcc_root, part, "ltcc", tiny_reid[0], *common, "model.resume", "auto"))
-    finally:
-        CLIPReIDEngine._train_prompts = real
+    resumed = _record_prompt_epochs(monkeypatch)
+    train_net.run(_train_cfg(ltcc_root, part, "ltcc", tiny_reid[0], *common, "model.resume", "auto"))
     assert resumed == [2]  # the third stage-1 epoch, then stage 2
-    a = compat.load_checkpoint(osp.join(straight, "model", "model.pth.tar-4"))
-    b = compat.load_checkpoint(osp.join(part, "model", "model.pth.tar-4"))
-    assert a["clip_reid_stage"] == b["clip_reid_stage"] == 2
-    for k, v in a["state_dict"].items():
-        assert torch.equal(v, b["state_dict"][k]), k
+    _assert_same_final_stage2_weights(straight, part, 4)
 
 
-def test_a_run_stopped_in_stage2_resumes_stage2_and_ends_as_the_uninterrupted_one(tiny_reid, ltcc_root, tmp_path):
-    from clip3dreid_plugin.engine.clip_reid_engine import CLIPReIDEngine
+def test_a_run_stopped_in_stage2_resumes_stage2_and_ends_as_the_uninterrupted_one(tiny_reid, ltcc_root, tmp_path,
+                                                                                   monkeypatch):
     from clip3dreid_plugin.tools import train_net
 
     stage1 = ("clip_reid.stage1_epochs", "1")
@@ -430,25 +431,11 @@ def test_a_run_stopped_in_stage2_resumes_stage2_and_ends_as_the_uninterrupted_on
     part = str(tmp_path / "part")  # stops after its first stage-2 epoch, then resumes into the second
     train_net.run(_train_cfg(ltcc_root, part, "ltcc", tiny_reid[0], *stage1, "train.max_epoch", "1"))
     assert compat.load_checkpoint(osp.join(part, "model", "model.pth.tar-2"))["clip_reid_stage"] == 2
-    real = CLIPReIDEngine._train_prompts
-    prompt_epochs = []
-
-    def spy(self):
-        prompt_epochs.append(self.epoch)
-        return real(self)
-
-    CLIPReIDEngine._train_prompts = spy
-    try:
-        train_net.run(_train_cfg(ltcc_root, part, "ltcc", tiny_reid[0], *stage1, "train.max_epoch", "2",
-                                 "model.resume", "auto"))
-    finally:
-        CLIPReIDEngine._train_prompts = real
+    prompt_epochs = _record_prompt_epochs(monkeypatch)
+    train_net.run(_train_cfg(ltcc_root, part, "ltcc", tiny_reid[0], *stage1, "train.max_epoch", "2",
+                             "model.resume", "auto"))
     assert prompt_epochs == []  # stage 1 is not run again
-    a = compat.load_checkpoint(osp.join(straight, "model", "model.pth.tar-3"))
-    b = compat.load_checkpoint(osp.join(part, "model", "model.pth.tar-3"))
-    assert a["clip_reid_stage"] == b["clip_reid_stage"] == 2
-    for k, v in a["state_dict"].items():
-        assert torch.equal(v, b["state_dict"][k]), k
+    _assert_same_final_stage2_weights(straight, part, 3)
 
 
 def test_the_train_command_runs_both_stages_of_the_ltcc_recipe(tiny_reid, ltcc_root, tmp_path):
