@@ -52,7 +52,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-from clip3dreid_plugin.tools.quickstart import BASELINE_CFG, CAL_CFG, CLIP3DREID_CFG, SHAPE_PROBE_CFG
+from clip3dreid_plugin.tools.quickstart import BASELINE_CFG, CAL_CFG, CLIP3DREID_CFG, SHAPE_PROBE_CFG, cal_schedule_opts
 from clip3dreid_plugin.utils.io import atomic_write_json
 from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings, setup_logging
 
@@ -91,8 +91,6 @@ ROWS: Dict[str, tuple] = {
     # The positive control: CAL uses synthcc's clothes labels, the one clothes-invariance signal the benchmark has.
     "cal": (CAL_CFG, [], "(clothes labels)"),
 }
-# CAL's clothes terms start after 25 of the reference's 60 epochs; a run of another length keeps that fraction.
-CAL_START_FRACTION = 25 / 60
 METRICS = ("general_mAP", "general_rank1", "cc_mAP", "cc_rank1")
 PAIRED = ("cc_mAP", "cc_rank1", "general_mAP")
 
@@ -136,8 +134,7 @@ def run_row(work: str, row: str, seed: int, device: str, epochs: Optional[int] =
     if epochs is not None:
         opts += ["train.max_epoch", str(epochs)]
         if cfg_name == CAL_CFG:
-            start = str(round(epochs * CAL_START_FRACTION))
-            opts += ["cal.start_epoch_cc", start, "cal.start_epoch_adv", start]
+            opts += cal_schedule_opts(epochs)
     args = train_net.build_parser().parse_args(
         ["--config-file", cfg_name, "--device", device, "--output-dir", out_dir, "--seed", str(seed), *opts])
     handler = _EpochLines()

@@ -74,6 +74,7 @@ def test_installed_quickstart_module_runs(venv, tmp_path):
                 "cpu", "--num-ids", "16", "--epochs", "1"], tmp_path, timeout=1500)
     assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-3000:]
     res = json.load(open(work / "results.json"))
-    assert set(res["results"]) == {"resnet50 (torchreid)", "clip3dreid (teacher: ideal)"}  # offline auto = ideal
-    assert res["teacher"] == "ideal" and res["verdict"]
+    # offline auto = ideal; CAL trains unless --no-cal
+    assert set(res["results"]) == {"resnet50 (torchreid)", "clip3dreid (teacher: ideal)", "cal (clothes labels)"}
+    assert res["teacher"] == "ideal" and set(res["verdicts"]) == set(res["results"]) - {"resnet50 (torchreid)"}
     assert set(res["chance"]) == {"general", "sc", "cc"}

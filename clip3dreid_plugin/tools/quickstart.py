@@ -11,10 +11,11 @@ Steps (``bash scripts/quickstart.sh`` runs them after installing):
    is tested with targets that carry shape. ``--teacher stand-in`` keeps the earlier offline mix (``teacher.mode
    stand-in``: ground-truth labels, text features of a randomly initialised text tower, no ``L_global``), in a
    cache file and fingerprint of its own (:mod:`clip3dreid_plugin.study.standin_teacher`);
-4. train torchreid's ``resnet50`` baseline and ``clip3dreid`` with the same budget;
+4. train torchreid's ``resnet50`` baseline, ``clip3dreid`` and the CAL baseline (``cal``, from synthcc's clothes
+   labels; ``--no-cal`` skips it) with the same start and budget;
 5. print one side-by-side table of general / SC / CC mAP and rank-1 with a chance row, the teacher of each row,
-   and a verdict: is the CC mAP difference larger than the seed spread the method study measured (its committed
-   record, :mod:`clip3dreid_plugin.study.records`)?
+   and a verdict per method: is its CC mAP difference from the baseline larger than the seed spread the method
+   study measured (its committed record, :mod:`clip3dreid_plugin.study.records`)?
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from clip3dreid_plugin.tools.common import CLIParser, cli_main
 
 logger = logging.getLogger("clip3dreid.quickstart")
 
-__all__ = ["main", "verdict"]
+__all__ = ["CAL_START_FRACTION", "cal_schedule_opts", "main", "verdict"]
 
 CHANCE_DRAWS = 200  # random rankings averaged for the chance row (standard error well under a point)
 # Recipe names, found among the installed recipes (or a checkout's configs/) from any folder.
@@ -38,31 +39,44 @@ CLIP3DREID_CFG = "synthcc/clip3dreid_r50_vitb32_128x64"
 SHAPE_PROBE_CFG = "synthcc/shape_probe_r50_128x64"
 CAL_CFG = "synthcc/cal_r50_128x64"
 TEACHERS = ("auto", "clip", "ideal", "stand-in")
+# CAL's clothes terms start after 25 of the reference's 60 epochs; a run of another length keeps that fraction.
+CAL_START_FRACTION = 25 / 60
+BASELINE_ROW = "resnet50 (torchreid)"
+CAL_ROW = "cal (clothes labels)"
 
 
-def verdict(diff_cc_map: float, teacher: str, record: str = "") -> str:
-    """One line: is this run's CC-mAP difference (clip3dreid - baseline, in points) outside the seed spread?
+def verdict(diff_cc_map: float, row: str, record: str = "") -> str:
+    """One line: is this run's CC-mAP difference (``row`` - baseline, in points) outside the seed spread?
 
     A difference within two standard deviations of the paired difference measured over seeds is not told apart
-    from seed noise by one run. The spread is read from the method study's record (``record``, default the
-    committed :data:`~clip3dreid_plugin.study.records.SEED_SPREAD_FILE`); without one the line says so.
+    from seed noise by one run. The spread of the method-study row that ``row`` (a label of the quickstart's table)
+    repeats is read from the study's record (``record``, default the committed
+    :data:`~clip3dreid_plugin.study.records.SEED_SPREAD_FILE`); without one the line says so.
     """
     from clip3dreid_plugin.study.records import SEED_SPREAD_FILE, read_seed_spread
 
     record = record or SEED_SPREAD_FILE
     spread = read_seed_spread(record)
+    head = f"verdict, {row} vs the baseline: CC mAP differs by {diff_cc_map:+.1f} points"
     if spread is None:
-        return (f"verdict: CC mAP differs by {diff_cc_map:+.1f} points; the method study's seed-spread record "
-                f"'{record}' is missing, so one run cannot say whether that is more than seed noise")
-    if teacher not in spread:
-        return (f"verdict: CC mAP differs by {diff_cc_map:+.1f} points; the method study has no seed spread for the "
-                f"{teacher} teacher, so one run cannot say whether that is more than seed noise")
-    sd, n = spread[teacher]
+        return (f"{head}; the method study's seed-spread record '{record}' is missing, so one run cannot say "
+                f"whether that is more than seed noise")
+    if row not in spread:
+        return f"{head}; the method study has no seed spread for this row, so one run cannot say whether that is " \
+               f"more than seed noise"
+    sd, n = spread[row]
     outside = abs(diff_cc_map) > 2 * sd
-    return (f"verdict: CC mAP differs by {diff_cc_map:+.1f} points, {'more' if outside else 'less'} than twice the "
-            f"seed spread of the paired difference (sd {sd:.1f} over {n} seeds, BENCHMARKS.md): "
-            + ("clip3dreid is " + ("ahead" if diff_cc_map > 0 else "behind") if outside
+    method = row.split(" ", 1)[0]
+    return (f"{head}, {'more' if outside else 'less'} than twice the seed spread of the paired difference (sd "
+            f"{sd:.1f} over {n} seeds, BENCHMARKS.md): "
+            + (f"{method} is " + ("ahead" if diff_cc_map > 0 else "behind") if outside
                else "one run does not tell them apart"))
+
+
+def cal_schedule_opts(epochs: int) -> List[str]:
+    """The overrides that start CAL's clothes terms at :data:`CAL_START_FRACTION` of a run of ``epochs`` epochs."""
+    start = str(round(epochs * CAL_START_FRACTION))
+    return ["cal.start_epoch_cc", start, "cal.start_epoch_adv", start]
 
 
 def _train(cfg_file: str, out_dir: str, device: str, opts: List[str]) -> Dict[str, Dict[str, float]]:
@@ -86,7 +100,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="clip (needs --clip-weights) | ideal (offline stand-in that knows synthcc's shapes) | "
                         "stand-in (ground-truth labels + a random text tower) | auto: clip with weights, else ideal")
     p.add_argument("--body-model", default="", help="folder with smpl/SMPL_*.pkl; default: the procedural body")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs of both models (same budget)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs of every model (same budget)")
+    p.add_argument("--no-cal", action="store_true", help="skip the CAL baseline (about a third of the time)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--num-ids", type=int, default=None, help="synthcc identities (default synthcc.num_ids)")
     p.add_argument("--json", default="", help="write the results as JSON (default WORK_DIR/results.json)")
@@ -165,27 +180,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             cc_opts += ["teacher.mode", "stand-in", "loss.clip3dreid.use_global", "False"]
 
     results: Dict[str, Dict[str, Dict[str, float]]] = {}
+    folders = {BASELINE_ROW: "resnet50", f"clip3dreid (teacher: {teacher})": "clip3dreid"}
     logger.info("[4/5] training torchreid's resnet50 baseline")
-    results["resnet50 (torchreid)"] = _train(BASELINE_CFG, osp.join(w, "resnet50"), args.device, common)
+    results[BASELINE_ROW] = _train(BASELINE_CFG, osp.join(w, "resnet50"), args.device, common)
     logger.info("[4/5] training clip3dreid with the same budget")
     results[f"clip3dreid (teacher: {teacher})"] = _train(CLIP3DREID_CFG, osp.join(w, "clip3dreid"), args.device,
                                                          cc_opts)
+    if not args.no_cal:
+        logger.info("[4/5] training the CAL baseline (synthcc's clothes labels) with the same budget")
+        cal_opts = common + (cal_schedule_opts(args.epochs) if args.epochs is not None else [])
+        results[CAL_ROW] = _train(CAL_CFG, osp.join(w, "cal"), args.device, cal_opts)
+        folders[CAL_ROW] = "cal"
 
     ds, _ = build_train_split("synthcc", data_root)
     chance = chance_level(ds, ds.eval_protocols, CHANCE_DRAWS, seed=args.seed)
-    runs = load_runs([osp.join(w, "resnet50"), osp.join(w, "clip3dreid")], labels=list(results))
+    runs = load_runs([osp.join(w, folders[label]) for label in results], labels=list(results))
     chance_row = {"model": "-", "seed": "-", "last": {"epoch": "-", "metrics": {
         "synthcc": {f"{p}_{k}": v[k] for p, v in chance.items() for k in ("mAP", "rank1")}}}}
     # clip3dreid-compare's table and CMC plots (no curve for the chance row); written to WORK_DIR/compare.
     table, _ = write_comparison(runs + [(f"random ranking (chance, {CHANCE_DRAWS} draws)", chance_row)],
                                 osp.join(w, "compare"))
-    base, student = (r["synthcc"] for r in results.values())
-    line = verdict(100 * (student["cc_mAP"] - base["cc_mAP"]), teacher)
+    base = results[BASELINE_ROW]["synthcc"]
+    verdicts = {label: verdict(100 * (r["synthcc"]["cc_mAP"] - base["cc_mAP"]), label)
+                for label, r in results.items() if label != BASELINE_ROW}
     # Logged once: the console handler prints it, the log file keeps it.
     logger.info("[5/5] results on synthcc, seed %d (teacher: %s, %.1f min in all):\n%s\n%s", args.seed, teacher,
-                (time.time() - t0) / 60, table, line)
+                (time.time() - t0) / 60, table, "\n".join(verdicts.values()))
     atomic_write_json({"teacher": teacher, "seed": args.seed, "results": results, "chance": chance,
-                       "verdict": line}, args.json or osp.join(w, "results.json"))
+                       "verdicts": verdicts}, args.json or osp.join(w, "results.json"))
     return 0
 
 
