@@ -14,6 +14,7 @@ from typing import Sequence, Tuple
 from yacs.config import CfgNode as CN
 
 from clip3dreid_plugin.config.loader import ConfigError
+from clip3dreid_plugin.utils.artefact import STALE_POLICIES
 
 __all__ = ["Accepted", "LOSSES", "IDENTITY_SAMPLERS", "check_config"]
 
@@ -103,7 +104,8 @@ def check_config(cfg: CN, accepted: Accepted) -> None:
     Raises:
         ConfigError: the first option torchreid would refuse later, named with its value and what it takes:
             a dataset of ``data.sources``/``data.targets`` (with a "did you mean"), the sampler and the batch sizes
-            it needs, ``loss.name``, ``train.optim``, ``train.lr_scheduler``, ``data.height``/``data.width``.
+            it needs, ``loss.name``, ``train.optim``, ``train.lr_scheduler``, ``data.height``/``data.width``,
+            ``teacher.on_stale``.
     """
     _datasets(cfg, accepted)
     _positive("data.height", cfg.data.height)
@@ -112,5 +114,7 @@ def check_config(cfg: CN, accepted: Accepted) -> None:
     _one_of("loss.name", cfg.loss.name, LOSSES, "loss")
     _one_of("train.optim", cfg.train.optim, accepted.optimizers, "optimiser")
     _one_of("train.lr_scheduler", cfg.train.lr_scheduler, accepted.schedulers, "scheduler")
+    # Read only when a cache turns out stale, which can be an hour into labelling: refused before anything runs.
+    _one_of("teacher.on_stale", cfg.teacher.on_stale, STALE_POLICIES, "stale policy")
     if not cfg.test.evaluate:  # an evaluation-only run draws no training batch (train_net gives it no sampler)
         _sampler(cfg, accepted)

@@ -100,6 +100,13 @@ def test_loss_optimiser_and_scheduler_names():
     assert msg.startswith("train.lr_scheduler: unknown scheduler 'step'") and "cosine, multi_step, single_step" in msg
 
 
+def test_the_teacher_cache_stale_policy_is_checked_before_anything_runs():
+    msg = _refused("teacher.on_stale", "rebuilt")
+    assert msg.startswith("teacher.on_stale: unknown stale policy 'rebuilt'; did you mean 'rebuild'?"), msg
+    assert "error, rebuild" in msg
+    _check("teacher.on_stale", "error")
+
+
 @pytest.mark.parametrize("key", ["data.height", "data.width", "train.batch_size", "test.batch_size"])
 def test_sizes_must_be_positive(key):
     assert _refused(key, "0") == f"{key} must be a positive integer, got 0"
