@@ -230,6 +230,28 @@ def test_before_start_epoch_cc_the_clothes_classifier_does_not_move(trees, tmp_p
     assert torch.equal(engine.model.clothes_classifier.weight, before)
 
 
+def test_bf16_autocast_runs_the_cal_step_close_to_float32(trees, tmp_path):
+    """``runtime.amp bf16`` (the CPU's autocast) trains CAL's step: the same batch from the same weights gives terms
+    within bf16's precision of the float32 step, and not bit-equal to it, so the autocast did run."""
+    terms = {}
+    for amp in ("none", "bf16"):
+        cfg = _cfg(trees[0], str(tmp_path / amp), "ltcc", "cal.start_epoch_cc", "0", "cal.start_epoch_adv", "0",
+                   "runtime.amp", amp)
+        engine = train_net.build(cfg)
+        if amp == "none":
+            state = {k: v.clone() for k, v in engine.model.state_dict().items()}
+            batch = next(iter(engine.train_loader))
+        else:
+            engine.model.load_state_dict(state)
+        engine.set_model_mode("train")
+        engine.epoch = 0
+        terms[amp] = {k: float(v) for k, v in engine.forward_backward(batch).items()}
+    assert set(terms["bf16"]) == set(terms["none"]) == {"ce", "clothes", "cal"}
+    for k, v in terms["none"].items():
+        assert terms["bf16"][k] == pytest.approx(v, rel=0.05, abs=0.05), (k, terms)
+    assert terms["bf16"] != terms["none"], terms
+
+
 @pytest.mark.parametrize("source", ["ltcc", "prcc", "ccmanifest", "ccvid"])
 def test_cal_trains_and_evaluates_every_protocol(trees, tmp_path, source):
     root = trees[1] if source == "ccmanifest" else trees[0]
