@@ -120,7 +120,7 @@ def add_clip3dreid_config(cfg: CN) -> CN:
     # ---------------------------------------------------------------- runtime
     cfg.runtime = CN()
     cfg.runtime.device = "auto"  # auto | cpu | cuda | cuda:N: auto picks cuda when available
-    cfg.runtime.deterministic = False  # deterministic kernels where they exist, no cuDNN benchmark (docs/distributed)
+    cfg.runtime.deterministic = False  # deterministic kernels where possible, no cuDNN benchmark (docs/distributed.md)
     cfg.runtime.ckpt_freq = 1  # save a resumable checkpoint every N epochs (0 = only at the end)
     cfg.runtime.keep_checkpoints = 2  # keep the latest N model.pth.tar-* (model-best.pth.tar stays too); 0 = all
     cfg.runtime.amp = "none"  # none | bf16 | fp16 autocast for the student forward

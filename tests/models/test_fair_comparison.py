@@ -1,6 +1,7 @@
 """The fair comparison with torchreid's baselines: one ImageNet file and one random start for both models, a clear
-error offline, torchreid's own engines training clip3dreid, the full method built from objects (the README's two
-scripts, run as written apart from paths and sizes), and baseline/clip3dreid recipe pairs that agree."""
+error offline, torchreid's own engines training clip3dreid, the full method built from objects
+(docs/getting_started.md's two scripts, run as written apart from paths and sizes), and baseline/clip3dreid recipe
+pairs that agree."""
 from __future__ import annotations
 
 import glob
@@ -159,15 +160,15 @@ def ltcc_root(tmp_path_factory):
 
 
 def _readme_example(tag: str) -> str:
-    text = open(osp.join(REPO, "README.md"), encoding="utf-8").read()
+    text = open(osp.join(REPO, "docs", "getting_started.md"), encoding="utf-8").read()
     m = re.search(rf"<!-- example: {tag} -->\s*```python\n(.*?)```", text, re.S)
-    assert m, f"README has no example '{tag}'"
+    assert m, f"docs/getting_started.md has no example '{tag}'"
     return m.group(1)
 
 
 def _substitute(code: str, replacements: dict) -> str:
     for old, new in replacements.items():
-        assert old in code, f"the README example no longer contains {old!r}"
+        assert old in code, f"the getting-started example no longer contains {old!r}"
         code = code.replace(old, new)
     return code
 
@@ -219,7 +220,7 @@ def test_torchreid_image_engines_train_and_evaluate_clip3dreid(ltcc_root, tmp_pa
     torchreid.engine.Engine.run = spy_run
     try:
         ns = {}
-        exec(compile(code, "README:torchreid-engine", "exec"), ns)
+        exec(compile(code, "docs/getting_started.md:torchreid-engine", "exec"), ns)
     finally:
         torchreid.engine.Engine.run = original_run
     engine, model = seen["engine"], ns["model"]
@@ -317,7 +318,7 @@ def test_clip3dreid_engine_from_objects_trains_every_term(ltcc_root, tmp_path, c
     CLIP3DReIDEngine.forward_backward = spy
     try:
         ns = {}
-        exec(compile(code, "README:clip3dreid-engine", "exec"), ns)
+        exec(compile(code, "docs/getting_started.md:clip3dreid-engine", "exec"), ns)
     finally:
         CLIP3DReIDEngine.forward_backward = original
     engine, model = ns["engine"], ns["model"]
