@@ -161,7 +161,7 @@ def ltcc_root(tmp_path_factory):
 
 def _readme_example(tag: str) -> str:
     text = open(osp.join(REPO, "docs", "getting_started.md"), encoding="utf-8").read()
-    m = re.search(rf"<!-- example: {tag} -->\s*```python\n(.*?)```", text, re.S)
+    m = re.search(rf"<!-- example: {tag} -->\s*(?:<!-- doc-test: skip [^\n]*-->\s*)?```python\n(.*?)```", text, re.S)
     assert m, f"docs/getting_started.md has no example '{tag}'"
     return m.group(1)
 
