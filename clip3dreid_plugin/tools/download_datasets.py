@@ -121,7 +121,7 @@ SOURCES: Dict[str, Source] = {
     ),
     "ccmanifest": Source(
         "your own data (a manifest CSV)", ".",
-        "Nothing to download: list your images in ROOT/manifest.csv (see docs/datasets.md, "Your own data").",
+        "Nothing to download: list your images in ROOT/manifest.csv (see docs/datasets.md, 'Your own data').",
         "manifest.csv   (path,pid,camid,clothes_id,split; paths relative to ROOT)\n  <your images>",
     ),
     "ccda": Source(
