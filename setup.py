@@ -50,6 +50,7 @@ COMMANDS = {
     "clip3dreid-extract-features": "extract_features",
     "clip3dreid-visualize-transport": "visualize_transport",
     "clip3dreid-compare": "compare",
+    "clip3dreid-study": "study",
 }
 
 EXTRAS = {
