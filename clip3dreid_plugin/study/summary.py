@@ -31,9 +31,10 @@ Runs = Mapping[str, Mapping[int, dict]]  # label -> seed -> per-run structure
 _KEYS = (("mAP", "mAP"), ("rank1", "rank1"))  # (summary key, metric suffix in metrics.json)
 
 
-def groups_of(runs: Runs, protocols: Optional[Sequence[str]] = None) -> List[Tuple[str, str]]:
-    """``(target, protocol)`` pairs any run has, targets in first-seen order; only ``protocols`` when given (in
-    their order)."""
+def groups_of(runs: Runs, protocols: Optional[Sequence[str]] = None,
+              targets: Sequence[str] = ()) -> List[Tuple[str, str]]:
+    """``(target, protocol)`` pairs any run has, targets in the order of ``targets`` (the recipe's ``data.targets``)
+    then first-seen; only ``protocols`` when given (in their order)."""
     groups: List[Tuple[str, str]] = []
     for by_seed in runs.values():
         for run in by_seed.values():
@@ -42,7 +43,7 @@ def groups_of(runs: Runs, protocols: Optional[Sequence[str]] = None) -> List[Tup
                 for proto in (protocols if protocols is not None else found):
                     if proto in found and (target, proto) not in groups:
                         groups.append((target, proto))
-    targets = list(dict.fromkeys(t for t, _ in groups))
+    targets = list(dict.fromkeys([*[t for t in targets if any(g[0] == t for g in groups)], *(t for t, _ in groups)]))
     order = list(protocols) if protocols is not None else []
     return sorted(groups, key=lambda g: (targets.index(g[0]), order.index(g[1]) if g[1] in order else 0))
 
@@ -58,9 +59,10 @@ def _values(by_seed: Mapping[int, dict], target: str, proto: str, key: str) -> D
 
 
 def summarise(runs: Runs, reference: str, order: Sequence[str], protocols: Optional[Sequence[str]] = None,
-              chance: Optional[dict] = None) -> dict:
-    """The summary (module docstring) of the rows in ``order`` that have at least one run."""
-    groups = groups_of(runs, protocols)
+              chance: Optional[dict] = None, targets: Sequence[str] = ()) -> dict:
+    """The summary (module docstring) of the rows in ``order`` that have at least one run (``protocols`` and
+    ``targets`` as :func:`groups_of` takes them)."""
+    groups = groups_of(runs, protocols, targets)
     ref = runs.get(reference, {})
     rows = {}
     for label in order:

@@ -247,7 +247,7 @@ def summarise_study(study: Study, output: str, planned: Sequence[Planned], write
     targets = list(dict.fromkeys(t for by_seed in runs.values() for r in by_seed.values() for t in r["metrics"]))
     ref_cfg = next((p.cfg for p in planned if p.row.label == study.reference), planned[0].cfg)
     chance = chance_levels(study, output, {t: ref_cfg.data.root for t in targets}, write=write)
-    summary = summarise(runs, study.reference, order, study.protocols, chance)
+    summary = summarise(runs, study.reference, order, study.protocols, chance, list(ref_cfg.data.targets))
     summary["study"] = study.path
     table = markdown(summary)
     if write:
