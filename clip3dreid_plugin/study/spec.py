@@ -21,7 +21,9 @@ unset variable) is one :class:`ConfigError` naming the file and the key.
 """
 from __future__ import annotations
 
+import glob
 import os
+import os.path as osp
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -30,7 +32,10 @@ import yaml
 
 from clip3dreid_plugin.errors import ConfigError
 
-__all__ = ["StudyRow", "Study", "read_study"]
+__all__ = ["STUDIES_DIR", "StudyRow", "Study", "read_study", "resolve_study_file", "shipped_studies"]
+
+#: The study files installed with the package, one per cloth-changing dataset (``clip3dreid-study ltcc``).
+STUDIES_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "studies")
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _REQUIRED = ("output", "seeds", "reference", "opts", "rows")
@@ -106,6 +111,27 @@ def _unknown(keys, allowed, path: str, where: str) -> None:
     extra = [k for k in keys if k not in allowed]
     if extra:
         raise ConfigError(f"study file '{path}': unknown key '{extra[0]}' in {where} (keys: {', '.join(allowed)})")
+
+
+def shipped_studies() -> List[str]:
+    """The names of the installed study files (``ltcc``, ``prcc``, ...)."""
+    return sorted(osp.splitext(osp.basename(p))[0] for p in glob.glob(osp.join(STUDIES_DIR, "*.yaml")))
+
+
+def resolve_study_file(name: str) -> str:
+    """``name`` as a path when that file exists, else an installed study file's name (``ltcc``, ``.yaml`` optional).
+
+    Raises:
+        ConfigError: neither (the message lists the installed ones).
+    """
+    if osp.isfile(name):
+        return name
+    for candidate in (name, name + ".yaml"):
+        path = osp.join(STUDIES_DIR, candidate)
+        if osp.isfile(path):
+            return path
+    raise ConfigError(f"study file '{name}' not found: neither a file nor one of the installed studies "
+                      f"({', '.join(shipped_studies())})")
 
 
 def read_study(path: str) -> Study:

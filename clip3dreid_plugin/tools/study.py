@@ -5,6 +5,7 @@ Usage::
 
     clip3dreid-study STUDY.yaml [--device cpu|cuda|cuda:N] [--rows LABEL ...] [--seeds K ...] [--output DIR]
     clip3dreid-study STUDY.yaml --summary          # only read the records and print the table
+    REID_DATA=/data clip3dreid-study ltcc          # an installed study file (clip3dreid_plugin/studies/)
     torchrun --nproc_per_node 2 -m clip3dreid_plugin.tools.study STUDY.yaml    # every run a distributed run
 
 The study file's format is :mod:`clip3dreid_plugin.study.spec`'s. Each run goes into ``OUTPUT/<label>/seed<k>/``
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 from clip3dreid_plugin.errors import ConfigError
-from clip3dreid_plugin.study.spec import Study, StudyRow, read_study
+from clip3dreid_plugin.study.spec import Study, StudyRow, read_study, resolve_study_file
 from clip3dreid_plugin.tools.common import CLIParser, cli_main
 from clip3dreid_plugin.utils.io import atomic_write_json
 from clip3dreid_plugin.utils.runtime import DEVICE_HELP
@@ -265,7 +266,8 @@ def summarise_study(study: Study, output: str, planned: Sequence[Planned], write
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; returns the exit status (2 with one line for a user error)."""
     p = CLIParser(description="Train every (row, seed) of a study file and compare the rows over seeds.")
-    p.add_argument("study", help="the study file (YAML: output, seeds, reference, opts, rows)")
+    p.add_argument("study", help="the study file (YAML: output, seeds, reference, opts, rows), or the name of an "
+                   "installed one (ltcc, prcc, ...)")
     p.add_argument("--device", default=None, help=f"{DEVICE_HELP} (overrides the study file's device)")
     p.add_argument("--summary", action="store_true", help="only read the finished runs and print the table")
     p.add_argument("--rerun-stale", action="store_true",
@@ -278,7 +280,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings, setup_logging  # torch: after parsing
 
     quiet_torchreid_warnings()
-    study = read_study(args.study)
+    study = read_study(resolve_study_file(args.study))
     output = args.output or study.output
     is_main = launched_rank() == 0
     setup_logging(output if is_main and not args.summary else "", "study.log", is_main=is_main)
