@@ -29,7 +29,7 @@ from clip3dreid_plugin.utils.artefact import fingerprint
 from clip3dreid_plugin.utils.io import atomic_write_json
 
 __all__ = ["STUDY_RUN_NAME", "run_dir", "legacy_path", "config_fingerprint", "write_study_run", "read_study_run",
-           "legacy_run", "load_run", "protocols_of"]
+           "legacy_run", "load_run", "protocols_of", "flatten_config"]
 
 STUDY_RUN_NAME = "study_run.json"
 #: Config keys that do not change what a run measures: where it writes, and on which device it ran (recorded apart).
@@ -46,12 +46,13 @@ def legacy_path(output: str, label: str, seed: int) -> str:
     return osp.join(output, f"{label}_seed{seed}.json")
 
 
-def _flatten(node: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+def flatten_config(node: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """A (yacs or YAML) config as flat ``section.key`` entries; tuples become lists."""
     out: Dict[str, Any] = {}
     for key, value in node.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            out.update(_flatten(value, name + "."))
+            out.update(flatten_config(value, name + "."))
         else:
             out[name] = list(value) if isinstance(value, tuple) else value
     return out
@@ -60,7 +61,7 @@ def _flatten(node: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
 def config_fingerprint(cfg) -> Dict[str, Any]:
     """The fingerprint of a run's merged config: every key (``section.key``) but :data:`_NOT_FINGERPRINTED`, so
     that :func:`~clip3dreid_plugin.utils.artefact.fingerprint_diff` names the keys two runs differ in."""
-    flat = {k: v for k, v in _flatten(cfg).items() if k not in _NOT_FINGERPRINTED}
+    flat = {k: v for k, v in flatten_config(cfg).items() if k not in _NOT_FINGERPRINTED}
     return fingerprint(flat)
 
 
