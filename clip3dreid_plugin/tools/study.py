@@ -160,6 +160,30 @@ def run_study(study: Study, output: str, labels: Sequence[str], seeds: Sequence[
     code = code_version()  # at the start: a commit made while the study runs must not be credited with it
     planned = plan_runs(study, output, labels, seeds, device)
     _report_stale(study, planned, rerun_stale)
+    todo = [p for p in planned if p.state not in ("done", "legacy")]
+    if todo and _launched():
+        _join_group(todo[0].cfg)
+    try:
+        _train_all(study, planned, code)
+    finally:
+        if todo and _launched():
+            from clip3dreid_plugin.utils import distributed as dist_utils
+
+            dist_utils.cleanup()
+    return planned
+
+
+def _join_group(cfg) -> None:
+    """Forms torchrun's process group once for every run of the study (torchrun's store takes one group per
+    process; each trainer then runs in this one and leaves it standing)."""
+    from clip3dreid_plugin.utils import distributed as dist_utils
+    from clip3dreid_plugin.utils.runtime import activate_device, resolve_device
+
+    device = activate_device(resolve_device(cfg.runtime.device, launched_local_rank()))
+    dist_utils.init_distributed(cfg.runtime.dist_backend, device.type)
+
+
+def _train_all(study: Study, planned: Sequence[Planned], code: str) -> None:
     for p in planned:
         if p.state in ("done", "legacy"):
             logger.info("%s/seed%d: done%s", p.row.label, p.seed, " (a method-study record)" if p.state == "legacy"
@@ -168,7 +192,6 @@ def run_study(study: Study, output: str, labels: Sequence[str], seeds: Sequence[
         if p.state == "incomplete":
             logger.info("%s/seed%d: no study_run.json (cut short): retrained from scratch", p.row.label, p.seed)
         _train(study, p, code)
-    return planned
 
 
 def chance_levels(study: Study, output: str, roots: Dict[str, str], write: bool = True) -> dict:
@@ -292,6 +315,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = args.device or study.device
     if not args.summary:
         run_study(study, output, args.rows or labels, args.seeds or study.seeds, device, args.rerun_stale)
+        if not is_main:
+            return 0  # rank 0 summarises; another rank may not see its last study_run.json yet
     all_seeds = list(dict.fromkeys([*study.seeds, *(args.seeds or [])]))
     planned = plan_runs(study, output, labels, all_seeds, device)
     # --summary writes nothing: it must not replace a study's files (nor method_study.py's own summary.json)

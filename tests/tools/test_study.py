@@ -144,3 +144,37 @@ def test_a_study_cut_short_resumes_and_its_table_is_the_seed_statistics(tmp_path
     assert study_tool.main([str(study_file), "--rerun-stale"]) == 0
     assert sorted(calls[n:]) == [osp.join(out, "other", "seed1"), osp.join(out, "other", "seed2")]
     assert {f: os.stat(osp.join(first, f)).st_mtime_ns for f in stamps} == stamps
+
+
+@pytest.mark.slow
+def test_a_study_under_torchrun_runs_every_run_distributed_and_rank_0_writes(tmp_path, toy_market_root):
+    """2 CPU processes, 2 rows x 1 seed: two distributed trainings in one torchrun job (one process group)."""
+    import subprocess
+    import sys
+
+    repo = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+    out = tmp_path / "out"
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(f"""output: {out}
+seeds: [1]
+reference: base
+opts: [data.root, {toy_market_root[0]}, model.name, resnet18, train.max_epoch, 1,
+       sampler.train_sampler, RandomIdentitySampler]
+device: cpu
+chance_draws: 10
+rows:
+  - {{label: base, config: toy/resnet50_baseline_64x32, opts: []}}
+  - {{label: other, config: toy/resnet50_baseline_64x32, opts: [train.lr, 0.001]}}
+""")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          "--master_addr=127.0.0.1", "--master_port=29633", osp.join(repo, "scripts", "study.py"),
+                          str(study_file)], env=env, capture_output=True, text=True, timeout=600)
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log[-3000:]
+    assert log.count("(rank 0/2)") == 2  # each training ran distributed
+    for row in ("base", "other"):
+        rec = json.load(open(out / row / "seed1" / "study_run.json"))
+        assert rec["device"] == "cpu" and rec["seed"] == 1
+    summary = json.load(open(out / "summary.json"))
+    assert set(summary["rows"]) == {"base", "other"}
