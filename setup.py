@@ -50,6 +50,7 @@ COMMANDS = {
     "clip3dreid-extract-features": "extract_features",
     "clip3dreid-visualize-transport": "visualize_transport",
     "clip3dreid-compare": "compare",
+    "clip3dreid-study": "study",
 }
 
 EXTRAS = {
@@ -67,8 +68,10 @@ setup(
     packages=find_packages(include=["clip3dreid_plugin", "clip3dreid_plugin.*", "datasets_ext", "datasets_ext.*"])
     + ["clip3dreid_plugin.configs"],
     package_dir={"clip3dreid_plugin.configs": "configs"},
-    # study/seed_spread.json: the method study's record the quickstart's verdict reads.
-    package_data={"clip3dreid_plugin.configs": ["*.yaml", "*/*.yaml"], "clip3dreid_plugin.study": ["*.json"]},
+    # study/seed_spread.json: the method study's record the quickstart's verdict reads; studies/: clip3dreid-study's
+    # study files, one per cloth-changing dataset.
+    package_data={"clip3dreid_plugin.configs": ["*.yaml", "*/*.yaml"], "clip3dreid_plugin.study": ["*.json"],
+                  "clip3dreid_plugin": ["studies/*.yaml"]},
     entry_points={"console_scripts": [f"{cmd} = clip3dreid_plugin.tools.{mod}:main" for cmd, mod in COMMANDS.items()]},
     python_requires=">=3.9",
     install_requires=RUNTIME,

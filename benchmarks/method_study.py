@@ -47,12 +47,13 @@ import math
 import os.path as osp
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
+from clip3dreid_plugin.study.stats import mean_ci, mean_sd
 from clip3dreid_plugin.tools.quickstart import BASELINE_CFG, CAL_CFG, CLIP3DREID_CFG, SHAPE_PROBE_CFG, cal_schedule_opts
+from clip3dreid_plugin.utils.code_version import code_version
 from clip3dreid_plugin.utils.io import atomic_write_json
 from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings, setup_logging
 
@@ -151,36 +152,6 @@ def run_row(work: str, row: str, seed: int, device: str, epochs: Optional[int] =
             "minutes": (time.time() - t0) / 60, "code": code}
 
 
-def code_version() -> str:
-    """The checkout's commit (``+dirty`` with uncommitted changes), so that a result names the code it measured."""
-    here = osp.dirname(osp.abspath(__file__))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        # benchmarks/results/ is left out: the campaign's own tracked log changes while it runs.
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
-                                ":(top,exclude)benchmarks/results"], cwd=here,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("+dirty" if dirty else "")
-
-
-def t_quantile_975(dof: int) -> float:
-    """Two-sided 95% Student-t quantile."""
-    from scipy.stats import t
-
-    return float(t.ppf(0.975, dof))
-
-
-def mean_ci(values: Sequence[float]) -> tuple:
-    """``(mean, half-width of the 95% t interval)``; the half-width is nan for fewer than two values."""
-    m = statistics.mean(values)
-    if len(values) < 2:
-        return m, float("nan")
-    return m, t_quantile_975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-
-
 def load_runs(out: str) -> List[dict]:
     return [json.load(open(p, encoding="utf-8")) for p in sorted(glob.glob(osp.join(out, "*_seed*.json")))]
 
@@ -201,13 +172,13 @@ def summarise(runs: List[dict], chance: Optional[dict] = None) -> dict:
         entry = {"seeds": seeds, "teacher": ROWS[row][2], "metrics": {}, "paired": {}}
         for m in METRICS:
             vals = [100 * rs[s]["metrics"][m] for s in seeds]
-            entry["metrics"][m] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else float("nan"))
+            entry["metrics"][m] = mean_sd(vals)
         common = [s for s in seeds if s in base]
         if row != "baseline" and common:
             for m in PAIRED:
                 diffs = [100 * (rs[s]["metrics"][m] - base[s]["metrics"][m]) for s in common]
                 mean, half = mean_ci(diffs)
-                sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
+                sd = mean_sd(diffs)[1]
                 entry["paired"][m] = {"mean": mean, "ci95": half, "sd": sd, "n": len(diffs)}
         terms = [rs[s].get("last_epoch_terms", {}) for s in seeds]
         entry["last_epoch_terms"] = {k: statistics.mean(t[k] for t in terms) for k in terms[0]

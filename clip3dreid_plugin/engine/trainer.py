@@ -331,13 +331,17 @@ class DefaultTrainer:
         cfg = self.cfg
         if dist_utils.launched_rank() == 0:  # only rank 0 of a torchrun job writes files
             logger.info("config written to %s", write_run_config(cfg))
+        # A process group formed by the caller (clip3dreid-study runs many trainings in one torchrun job: torchrun's
+        # store does not take a second group) is the caller's to end; the one formed here ends here.
+        owns_group = not dist_utils.is_distributed()
         try:
             engine = self.build()
             run_kw = engine_run_kwargs(cfg)
             run_kw["start_epoch"] = self.resume_or_load()
             last = engine.run(**run_kw)
         finally:
-            dist_utils.cleanup()
+            if owns_group:
+                dist_utils.cleanup()
         if engine.is_main and engine.evaluations:
             logger.info("metrics written to %s", write_metrics(cfg.data.save_dir, cfg, engine.evaluations,
                                                                self.config_file))

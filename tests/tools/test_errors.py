@@ -213,6 +213,7 @@ def _bad_argv(command: str, tmp) -> list:
         "clip3dreid-visualize-transport": ["--config-file", missing + ".yaml", "--image", missing,
                                            "--output", str(tmp / "t.png")],
         "clip3dreid-compare": [missing],
+        "clip3dreid-study": [missing + ".yaml"],
     }[command]
 
 
