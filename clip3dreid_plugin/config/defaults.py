@@ -206,6 +206,7 @@ def add_clip3dreid_config(cfg: CN) -> CN:
     cfg.body.poses_per_subject = 10  # renders per subject
     cfg.body.seed = 0  # seed for shapes, poses and cameras of the synthetic set
     cfg.body.beta_sigma = 1.0  # standard deviation of the sampled synthetic shape coefficients
+    cfg.body.check_set = False  # True: refuse a synthetic_dir whose metadata differs from the body.* keys above
 
     # ---------------------------------------------------- synthcc (default dataset)
     cfg.synthcc = CN()

@@ -23,8 +23,8 @@ from datasets_ext.image_io import read_image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SyntheticMeshDataset", "SyntheticStream", "build_synthetic_stream", "synthetic_batch_size",
-           "synthetic_stream", "GENDER_IDS"]
+__all__ = ["SyntheticMeshDataset", "SyntheticStream", "build_synthetic_stream", "check_synthetic_set",
+           "synthetic_batch_size", "synthetic_set_description", "synthetic_stream", "GENDER_IDS"]
 
 
 class SyntheticMeshDataset(Dataset):
@@ -58,6 +58,41 @@ class SyntheticMeshDataset(Dataset):
         if self.transform is not None:
             img = self.transform(img)
         return {"img": img, "labels": self.labels[i], "betas": self.betas[i], "gender": self.genders[i]}
+
+
+def synthetic_set_description(meta: Dict) -> Dict[str, object]:
+    """What a set's metadata says it is, under the names of the ``body.*`` keys (``size`` is ``[H, W]``)."""
+    subject = np.asarray(meta["subject"]).reshape(-1)
+    genders = np.asarray(meta["gender"]).reshape(-1).astype(str)
+    subjects, first, per_subject = np.unique(subject, return_index=True, return_counts=True)
+    return {"num_female": int((genders[first] == "female").sum()), "num_male": int((genders[first] == "male").sum()),
+            "poses_per_subject": int(per_subject.max()) if len(subjects) else 0, "seed": int(meta["seed"]),
+            "beta_sigma": float(meta["sigma"]), "size": [int(v) for v in np.asarray(meta["image_size"])]}
+
+
+def check_synthetic_set(cfg: CN, folder: str) -> None:
+    """Refuses a rendered set that is not the one the ``body.*`` keys (and ``data.height/width``) describe.
+
+    A study row naming ``body.synthetic_dir`` of another size would otherwise train on the wrong set and be credited
+    with the size it names.
+
+    Raises:
+        ConfigError: one line naming the folder and every mismatching key with both values.
+    """
+    try:
+        got = synthetic_set_description(read_synthetic_meta(folder))
+    except (FileNotFoundError, KeyError) as err:
+        raise ConfigError(f"body.check_set: synthetic set '{folder}' has no readable metadata ({err})") from None
+    b = cfg.body
+    want = {"num_female": int(b.num_female), "num_male": int(b.num_male),
+            "poses_per_subject": int(b.poses_per_subject), "seed": int(b.seed), "beta_sigma": float(b.beta_sigma),
+            "size": [int(cfg.data.height), int(cfg.data.width)]}
+    bad = [k for k in want if (abs(want[k] - got[k]) > 1e-9 if k == "beta_sigma" else want[k] != got[k])]
+    if bad:
+        names = ", ".join(f"{'data.height/width' if k == 'size' else 'body.' + k} {want[k]} (set: {got[k]})"
+                          for k in bad)
+        raise ConfigError(f"body.check_set: synthetic set '{folder}' does not match {names}; render it with these "
+                          "keys or set them to the set's")
 
 
 def synthetic_batch_size(real_batch: int, ratio: float) -> int:
@@ -146,6 +181,8 @@ def build_synthetic_stream(cfg: CN, datamanager) -> Iterator[dict]:
         raise ConfigError("loss.clip3dreid.use_3d needs body.synthetic_dir (render one with "
                           "clip3dreid-render-meshset)")
     # Video batches are trained on as their frames, so the real part of a step is batch_size x seq_len images.
+    if cfg.body.check_set:
+        check_synthetic_set(cfg, cfg.body.synthetic_dir)
     real = cfg.train.batch_size * (cfg.video.seq_len if cfg.data.type == "video" else 1)
     bs = synthetic_batch_size(real, cfg.body.synthetic_ratio)
     logger.info("synthetic ratio %.2f of each step", cfg.body.synthetic_ratio)

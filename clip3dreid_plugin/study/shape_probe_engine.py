@@ -51,9 +51,13 @@ class ShapeProbeEngine(ClothesAwareEngineMixin, torchreid.engine.Engine):
                            "trains on synthcc only")
         return torch.stack([self.shapes[p] for p in paths])
 
+    def batch_targets(self, data: dict) -> torch.Tensor:
+        """True shapes ``[B, num_coeffs]`` of a training batch (here looked up by image path)."""
+        return self.targets(list(data["impath"]))
+
     def forward_backward(self, data: dict) -> Dict[str, torch.Tensor]:
         imgs = data["img"].to(self.device, non_blocking=True)
-        target = self.targets(list(data["impath"])).to(self.device)
+        target = self.batch_targets(data).to(self.device)
         with autocast(self.amp, self.use_gpu):
             pred = self.model(imgs)
         loss = F.mse_loss(pred.float(), target)
