@@ -93,7 +93,7 @@ def all_blocks(repo: str = REPO) -> List[Block]:
 
 
 def load_substitutions(path: str = SUBSTITUTIONS) -> List[Dict[str, str]]:
-    """The declared substitutions: a list of ``{old, new, why}``; ``new`` may name ``{root}`` / ``{tmp}``."""
+    """The declared substitutions: a list of ``{old, new, why}``; ``new`` may name ``{root}`` / ``{tmp}`` / ``{repo}``."""
     with open(path, encoding="utf-8") as f:
         subs = yaml.safe_load(f) or []
     for k, s in enumerate(subs):

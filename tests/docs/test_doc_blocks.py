@@ -54,7 +54,7 @@ def test_block_runs(block, doc_env, tmp_path):
     if block.skip is not None:
         pytest.skip(block.skip)
     code = doc_blocks.substitute(block.code, doc_blocks.load_substitutions(),
-                                 {"root": doc_env["root"], "tmp": str(tmp_path)})
+                                 {"root": doc_env["root"], "tmp": str(tmp_path), "repo": doc_blocks.REPO})
     doc_blocks.run_block(block, code, cwd=str(tmp_path), env=doc_env["env"])
 
 

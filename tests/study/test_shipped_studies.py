@@ -69,3 +69,20 @@ def test_a_shipped_study_runs_recipes_that_agree_with_its_reference(name, monkey
             assert cfg[section] == ref[section], (name, label, section)
         assert {k: v for k, v in cfg.data.items() if f"data.{k}" not in SKIP} == \
             {k: v for k, v in ref.data.items() if f"data.{k}" not in SKIP}, (name, label)
+
+
+def test_the_readme_ltcc_study_is_the_installed_one():
+    """README.md's "Comparing methods over seeds" shows the LTCC study in full; it must be the file that
+    ``clip3dreid-study ltcc`` runs, key for key."""
+    import re
+
+    import yaml
+
+    with open(osp.join(REPO, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    section = readme.split("## Comparing methods over seeds", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block, "README.md's 'Comparing methods over seeds' has no yaml block"
+    with open(osp.join(STUDIES_DIR, "ltcc.yaml"), encoding="utf-8") as f:
+        installed = yaml.safe_load(f)
+    assert yaml.safe_load(block.group(1)) == installed
