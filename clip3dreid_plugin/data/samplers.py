@@ -30,6 +30,16 @@ DISTRIBUTED_SAMPLERS = {
 }
 
 
+def _check_identities(data_source: Sequence, batch_size: int, num_instances: int) -> None:
+    """torchreid's identity sampler only asserts that a batch's identities exist; say which options to change."""
+    pids = len({item[1] for item in data_source})
+    needed = batch_size // max(num_instances, 1)
+    if pids < needed:
+        raise ConfigError(f"train.batch_size {batch_size} / sampler.num_instances {num_instances} draws {needed} "
+                          f"identities per batch, but the training set has {pids}: lower train.batch_size or raise "
+                          f"sampler.num_instances")
+
+
 def build_train_sampler(data_source: Sequence, name: str, batch_size: int, num_instances: int = 4,
                         num_cams: int = 1, num_datasets: int = 1, rank: int = 0, world_size: int = 1,
                         seed: int = 0, evaluate_only: bool = False) -> Sampler:
@@ -51,11 +61,14 @@ def build_train_sampler(data_source: Sequence, name: str, batch_size: int, num_i
 
     Raises:
         ConfigError: under ``torchrun``, a sampler without a distributed version (``RandomDomainSampler``,
-            ``RandomDatasetSampler``), or a training set too small for one global batch.
+            ``RandomDatasetSampler``), or a training set too small for one global batch; an identity sampler whose
+            batch needs more identities than the training set has.
     """
     if evaluate_only:
         return SequentialSampler(data_source)
     if world_size <= 1:
+        if name == "RandomIdentitySampler":
+            _check_identities(data_source, batch_size, num_instances)
         import torchreid  # slow to import: the distributed samplers and the shard sampler do without it
 
         return torchreid.data.sampler.build_train_sampler(

@@ -133,6 +133,16 @@ def test_a_distributed_random_sampler_refuses_a_set_smaller_than_a_global_batch(
         build_train_sampler(_Items(), "RandomSampler", 20, rank=0, world_size=2)
 
 
+def test_an_identity_sampler_needing_more_identities_than_the_set_has_is_one_line():
+    """torchreid's sampler would stop with a bare AssertionError; 8 identities cannot fill 16 per batch, 8 can."""
+    with pytest.raises(ConfigError) as err:
+        build_train_sampler(_Items(), "RandomIdentitySampler", 32, num_instances=2)
+    message = str(err.value)
+    assert "\n" not in message and "draws 16 identities per batch, but the training set has 8" in message
+    assert "train.batch_size" in message and "sampler.num_instances" in message
+    assert len(list(build_train_sampler(_Items(), "RandomIdentitySampler", 16, num_instances=2))) > 0
+
+
 def test_eval_options_are_built_from_the_config_once_and_take_torchreids_keywords():
     cfg = get_cfg()
     cfg.test.dist_metric, cfg.test.ranks, cfg.eval.protocols, cfg.eval.flip = "cosine", [1, 3], ["cc"], False
