@@ -20,6 +20,7 @@ import tokenize
 from typing import Dict, List, Optional, Tuple
 
 from clip3dreid_plugin.config import defaults
+from clip3dreid_plugin.config.flat import flatten_config
 from clip3dreid_plugin.utils.io import atomic_write
 
 __all__ = ["plugin_keys", "render", "main"]
@@ -47,17 +48,6 @@ torchreid's own keys (`model.*`, `data.*`, `sampler.*`, `video.*`, `train.*`, `s
 `scripts/default_config.py` and mean what they mean there. Below is every key the plugin adds
 (`add_clip3dreid_config`), with its default and its comment in `defaults.py`, grouped by top-level node.
 """
-
-
-def _flatten(node, prefix: str = "") -> Dict[str, object]:
-    out = {}
-    for k, v in node.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, name + "."))
-        else:
-            out[name] = v
-    return out
 
 
 def _comments(source: str) -> Dict[int, str]:
@@ -89,8 +79,8 @@ def plugin_keys() -> List[Tuple[str, object, str]]:
     comments = _comments(source)
     func = next(n for n in ast.walk(ast.parse(source))
                 if isinstance(n, ast.FunctionDef) and n.name == "add_clip3dreid_config")
-    base = set(_flatten(defaults.get_default_config()))
-    built = _flatten(defaults.get_cfg())
+    base = set(flatten_config(defaults.get_default_config()))
+    built = flatten_config(defaults.get_cfg())
     rows = []
     for stmt in func.body:
         if not isinstance(stmt, ast.Assign) or len(stmt.targets) != 1:

@@ -10,7 +10,7 @@ from yacs.config import CfgNode as CN
 from clip3dreid_plugin.config.defaults import get_cfg
 from clip3dreid_plugin.errors import ConfigError
 
-__all__ = ["ConfigError", "load_config", "load_yaml_with_base", "recipe_dirs", "resolve_config_file"]
+__all__ = ["ConfigError", "find_named_yaml", "load_config", "load_yaml_with_base", "recipe_dirs", "resolve_config_file"]
 
 BASE_KEY = "_BASE_"
 
@@ -26,6 +26,19 @@ def recipe_dirs() -> List[str]:
     return found
 
 
+def find_named_yaml(name: str, folders: Sequence[str]) -> Optional[str]:
+    """``name`` as a path when that file exists, else the first ``folder/name`` or ``folder/name.yaml`` found in
+    ``folders``; None when there is none. The one lookup of a YAML file given by path or by installed name."""
+    if osp.isfile(name):
+        return name
+    for folder in folders:
+        for candidate in (name, name + ".yaml"):
+            path = osp.join(folder, candidate)
+            if osp.isfile(path):
+                return path
+    return None
+
+
 def resolve_config_file(name: str) -> str:
     """``name`` as a path when that file exists, else a recipe name such as ``ltcc/clip3dreid_r50_vitl14_384x192``
     (``.yaml`` optional) looked up in :func:`recipe_dirs`.
@@ -33,15 +46,11 @@ def resolve_config_file(name: str) -> str:
     Raises:
         ConfigError: neither a file nor a recipe (the message lists where it looked).
     """
-    if osp.isfile(name):
-        return name
-    for folder in recipe_dirs():
-        for candidate in (name, name + ".yaml"):
-            path = osp.join(folder, candidate)
-            if osp.isfile(path):
-                return path
-    raise ConfigError(f"config file not found: '{name}' is neither a file nor a recipe under "
-                      f"{recipe_dirs() or 'the installed recipes (none found)'}")
+    path = find_named_yaml(name, recipe_dirs())
+    if path is None:
+        raise ConfigError(f"config file not found: '{name}' is neither a file nor a recipe under "
+                          f"{recipe_dirs() or 'the installed recipes (none found)'}")
+    return path
 
 
 def _deep_merge(base: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, Any]:

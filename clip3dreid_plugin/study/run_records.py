@@ -23,13 +23,14 @@ import json
 import os.path as osp
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from clip3dreid_plugin.config.flat import flatten_config
 from clip3dreid_plugin.errors import ConfigError
 from clip3dreid_plugin.evaluation.records import read_metrics
 from clip3dreid_plugin.utils.artefact import fingerprint
 from clip3dreid_plugin.utils.io import atomic_write_json
 
 __all__ = ["STUDY_RUN_NAME", "run_dir", "legacy_path", "config_fingerprint", "write_study_run", "read_study_run",
-           "legacy_run", "load_run", "protocols_of", "flatten_config"]
+           "legacy_run", "load_run", "protocols_of"]
 
 STUDY_RUN_NAME = "study_run.json"
 #: Config keys that do not change what a run measures: where it writes, and on which device it ran (recorded apart).
@@ -44,18 +45,6 @@ def run_dir(output: str, label: str, seed: int) -> str:
 def legacy_path(output: str, label: str, seed: int) -> str:
     """Where ``benchmarks/method_study.py`` wrote the same run's record."""
     return osp.join(output, f"{label}_seed{seed}.json")
-
-
-def flatten_config(node: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
-    """A (yacs or YAML) config as flat ``section.key`` entries; tuples become lists."""
-    out: Dict[str, Any] = {}
-    for key, value in node.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten_config(value, name + "."))
-        else:
-            out[name] = list(value) if isinstance(value, tuple) else value
-    return out
 
 
 def config_fingerprint(cfg) -> Dict[str, Any]:

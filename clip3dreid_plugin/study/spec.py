@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from clip3dreid_plugin.config.loader import find_named_yaml
 from clip3dreid_plugin.errors import ConfigError
 
 __all__ = ["STUDIES_DIR", "StudyRow", "Study", "read_study", "resolve_study_file", "shipped_studies"]
@@ -124,14 +125,11 @@ def resolve_study_file(name: str) -> str:
     Raises:
         ConfigError: neither (the message lists the installed ones).
     """
-    if osp.isfile(name):
-        return name
-    for candidate in (name, name + ".yaml"):
-        path = osp.join(STUDIES_DIR, candidate)
-        if osp.isfile(path):
-            return path
-    raise ConfigError(f"study file '{name}' not found: neither a file nor one of the installed studies "
-                      f"({', '.join(shipped_studies())})")
+    path = find_named_yaml(name, [STUDIES_DIR])
+    if path is None:
+        raise ConfigError(f"study file '{name}' not found: neither a file nor one of the installed studies "
+                          f"({', '.join(shipped_studies())})")
+    return path
 
 
 def read_study(path: str) -> Study:

@@ -25,6 +25,7 @@ import re
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from clip3dreid_plugin.config.flat import flatten_config
 from clip3dreid_plugin.config.loader import ConfigError
 from clip3dreid_plugin.evaluation.records import read_metrics
 from clip3dreid_plugin.tools.common import CLIParser, cli_main, start_cli
@@ -139,8 +140,6 @@ def _run_config(run_dir: str) -> Dict[str, Any]:
         ConfigError: the folder has no readable ``config.yaml`` (named).
     """
     import yaml
-
-    from clip3dreid_plugin.study.run_records import flatten_config
 
     path = osp.join(run_dir, "config.yaml")
     try:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import importlib.util
 import os.path as osp
 import re
-from typing import Dict, List
+from typing import List
 
 import pytest
 import yaml
 
+from clip3dreid_plugin.config.flat import flatten_config
 from clip3dreid_plugin.config.loader import load_config, resolve_config_file
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -29,16 +30,6 @@ def _study() -> dict:
 
 def _expand(opts: List) -> List[str]:
     return [str(v).replace("${WORK}", WORK) for v in opts]
-
-
-def _flat(node, prefix: str = "") -> Dict[str, object]:
-    out = {}
-    for k, v in node.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _method_study_rows() -> dict:
@@ -66,9 +57,9 @@ def test_the_study_file_has_the_format_the_study_tool_reads():
 def test_each_row_merges_into_its_recipe_and_changes_only_documented_keys(row):
     study = _study()
     assert osp.isfile(resolve_config_file(row["config"]))
-    recipe = _flat(load_config(row["config"]))
+    recipe = flatten_config(load_config(row["config"]))
     cfg = load_config(row["config"], _expand(study["opts"]) + _expand(row["opts"]))
-    merged = _flat(cfg)
+    merged = flatten_config(cfg)
     changed = {k for k in merged if merged[k] != recipe[k]}
     assert changed <= COMMON | ROW_KEYS, changed - COMMON - ROW_KEYS
     assert cfg.body.check_set and cfg.data.root == f"{WORK}/data"
@@ -88,7 +79,7 @@ def test_each_row_merges_into_its_recipe_and_changes_only_documented_keys(row):
         # the method study's full_ideal_global_mean, with the mesh set and share of the row
         cfg_name, opts, _ = _method_study_rows()["full_ideal_global_mean"]
         assert row["config"] == cfg_name
-        expect = _flat(load_config(cfg_name, list(opts)))
+        expect = flatten_config(load_config(cfg_name, list(opts)))
         assert all(merged[k] == expect[k] for k in merged if k not in COMMON | MESH_SET | {"body.synthetic_ratio"})
     if row["label"].startswith("ce_3d_"):
         c = cfg.loss.clip3dreid
