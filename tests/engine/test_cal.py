@@ -302,9 +302,13 @@ def test_torchreids_softmax_engine_trains_cal(trees):
     clip3dreid_plugin.register()
     dm = ClothesImageDataManager(root=trees[0], sources="ltcc", height=64, width=32, batch_size_train=2,
                                  workers=0, train_sampler="RandomSampler", transforms=None)
+    torch.manual_seed(0)
     model = torchreid.models.build_model("cal", num_classes=dm.num_train_pids, loss="softmax", pretrained=False)
-    before, after = softmax_engine_lowers_ce(dm, model, torch.optim.SGD(model.parameters(), lr=0.01))
-    assert after < before
+    # Adam, as CAL's recipes train: plain SGD at lr 0.01 overshoots a fresh ResNet-50 on five images for about
+    # half of all initialisations (the CE went up, 0.73 -> 0.81, in one CI run). Adam at 1e-4 took the CE from
+    # 0.64-0.74 to 0.20-0.26 for each of eight seeds, so the margin below is not luck.
+    before, after = softmax_engine_lowers_ce(dm, model, torch.optim.Adam(model.parameters(), lr=1e-4))
+    assert after < 0.6 * before
 
 
 def test_kill_and_resume_give_the_uninterrupted_weights(trees, tmp_path):
