@@ -21,15 +21,16 @@ from __future__ import annotations
 
 import json
 import os.path as osp
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from clip3dreid_plugin.config.flat import flatten_config
 from clip3dreid_plugin.errors import ConfigError
 from clip3dreid_plugin.evaluation.records import read_metrics
-from clip3dreid_plugin.utils.artefact import fingerprint
+from clip3dreid_plugin.utils.artefact import fingerprint, fingerprint_diff
 from clip3dreid_plugin.utils.io import atomic_write_json
 
-__all__ = ["STUDY_RUN_NAME", "run_dir", "legacy_path", "config_fingerprint", "write_study_run", "read_study_run",
+__all__ = ["STUDY_RUN_NAME", "run_dir", "legacy_path", "config_fingerprint", "run_config_diff", "write_study_run",
+           "read_study_run",
            "legacy_run", "load_run", "protocols_of"]
 
 STUDY_RUN_NAME = "study_run.json"
@@ -52,6 +53,23 @@ def config_fingerprint(cfg) -> Dict[str, Any]:
     that :func:`~clip3dreid_plugin.utils.artefact.fingerprint_diff` names the keys two runs differ in."""
     flat = {k: v for k, v in flatten_config(cfg).items() if k not in _NOT_FINGERPRINTED}
     return fingerprint(flat)
+
+
+def run_config_diff(old: Mapping[str, Any], new: Mapping[str, Any],
+                    defaults: Mapping[str, Any]) -> Tuple[List[str], List[str]]:
+    """How a finished run's fingerprint differs from its row's config now.
+
+    A key the run's record lacks is one the plugin added after the run; when the row leaves it at its default
+    (``defaults``: :func:`config_fingerprint` of the default config) the run ran as the row asks today (a new key's
+    default keeps the old behaviour), so it is not a difference: a multi-day study must survive a new option.
+
+    Returns:
+        ``(lines, added)``: the ``key: old -> new`` lines of every real difference, and the keys added since the
+        run at their defaults.
+    """
+    added = sorted(k for k in new if k not in old and k in defaults and new[k] == defaults[k])
+    keys = sorted((set(old) | set(new)) - set(added))
+    return fingerprint_diff(old, new, keys=keys), added
 
 
 def write_study_run(folder: str, fp: Mapping[str, Any], config: str, opts: Sequence[str], seed: int, code: str,

@@ -12,7 +12,8 @@ The study file's format is :mod:`clip3dreid_plugin.study.spec`'s. Each run goes 
 (the trainer's ``config.yaml`` and ``metrics.json``, then ``study_run.json``, written last: see
 :mod:`clip3dreid_plugin.study.run_records`). A run with a ``study_run.json`` whose config fingerprint matches its
 row's is skipped; one whose fingerprint no longer matches is reported with the keys that differ and the study stops
-(``--rerun-stale`` retrains it); a folder without ``study_run.json`` (a run cut short) is retrained from scratch.
+(``--rerun-stale`` retrains it; a key the plugin added after the run, left at its default by the row, is no
+difference); a folder without ``study_run.json`` (a run cut short) is retrained from scratch.
 ``--rows`` / ``--seeds`` choose the runs to train; the summary covers every row and seed of the study file (plus
 ``--seeds``) that has a finished run. Records of ``benchmarks/method_study.py`` (``OUTPUT/<label>_seed<k>.json``)
 count as finished runs of their row (no fingerprint to compare, no CMC curve).
@@ -83,9 +84,11 @@ def _row_cfg(study: Study, row: StudyRow, seed: int, output: str, device: Option
 def plan_runs(study: Study, output: str, labels: Sequence[str], seeds: Sequence[int],
               device: Optional[str]) -> List[Planned]:
     """Every (row, seed) asked for, seeds outer (so the paired differences fill in seed by seed), with its state."""
-    from clip3dreid_plugin.study.run_records import config_fingerprint, legacy_path, read_study_run, run_dir
-    from clip3dreid_plugin.utils.artefact import fingerprint_diff
+    from clip3dreid_plugin.config.defaults import get_cfg
+    from clip3dreid_plugin.study.run_records import (config_fingerprint, legacy_path, read_study_run, run_config_diff,
+                                                     run_dir)
 
+    defaults = config_fingerprint(get_cfg())
     planned = []
     for seed in seeds:
         for label in labels:
@@ -96,7 +99,10 @@ def plan_runs(study: Study, output: str, labels: Sequence[str], seeds: Sequence[
             record = read_study_run(folder)
             diff: List[str] = []
             if record is not None:
-                diff = fingerprint_diff(record["fingerprint"], fp)
+                diff, added = run_config_diff(record["fingerprint"], fp, defaults)
+                if added:
+                    logger.info("%s/seed%d ran before these keys existed; the row leaves them at their defaults: %s",
+                                label, seed, ", ".join(added))
                 state = "stale" if diff else "done"
             elif osp.isdir(folder):
                 state = "incomplete"

@@ -178,3 +178,34 @@ rows:
         assert rec["device"] == "cpu" and rec["seed"] == 1
     summary = json.load(open(out / "summary.json"))
     assert set(summary["rows"]) == {"base", "other"}
+
+
+def test_a_key_added_after_a_run_at_its_default_keeps_the_run_and_one_the_row_sets_does_not(tmp_path, data_root):
+    from clip3dreid_plugin.config.defaults import get_cfg
+    from clip3dreid_plugin.study.run_records import write_study_run
+    from clip3dreid_plugin.study.spec import read_study
+
+    out = str(tmp_path / "study")
+    study_file = tmp_path / "study.yaml"
+    _write_study(study_file, out)
+    study = read_study(str(study_file))
+    (p,) = study_tool.plan_runs(study, out, ["other"], [1], "cpu")
+    assert p.state == "todo"
+    default = get_cfg()
+    at_default = "runtime.keep_checkpoints"
+    assert p.fingerprint[at_default] == default.runtime.keep_checkpoints
+    assert p.fingerprint["train.lr"] == 0.001 != default.train.lr  # the row's own value
+
+    def record_without(key):
+        os.makedirs(p.folder, exist_ok=True)
+        write_study_run(p.folder, {k: v for k, v in p.fingerprint.items() if k != key}, p.row.config, [], 1,
+                        "abc", "cpu", 1.0)
+        (q,) = study_tool.plan_runs(study, out, ["other"], [1], "cpu")
+        return q
+
+    # the plugin added keep_checkpoints after this run: the row leaves it at its default, so the run still counts
+    q = record_without(at_default)
+    assert (q.state, q.diff) == ("done", [])
+    # a key the row sets away from its default was not what the run ran with: stale, and the line names it
+    q = record_without("train.lr")
+    assert q.state == "stale" and q.diff == ["train.lr: None -> 0.001"]
