@@ -10,7 +10,8 @@ from yacs.config import CfgNode as CN
 from clip3dreid_plugin.config.defaults import get_cfg
 from clip3dreid_plugin.errors import ConfigError
 
-__all__ = ["ConfigError", "find_named_yaml", "load_config", "load_yaml_with_base", "recipe_dirs", "resolve_config_file"]
+__all__ = ["ConfigError", "find_named_yaml", "load_config", "load_yaml_with_base", "recipe_dirs",
+           "resolve_config_file"]
 
 BASE_KEY = "_BASE_"
 

@@ -30,8 +30,7 @@ from clip3dreid_plugin.utils.artefact import fingerprint, fingerprint_diff
 from clip3dreid_plugin.utils.io import atomic_write_json
 
 __all__ = ["STUDY_RUN_NAME", "run_dir", "legacy_path", "config_fingerprint", "run_config_diff", "write_study_run",
-           "read_study_run",
-           "legacy_run", "load_run", "protocols_of"]
+           "read_study_run", "legacy_run", "load_run", "protocols_of"]
 
 STUDY_RUN_NAME = "study_run.json"
 #: Config keys that do not change what a run measures: where it writes, and on which device it ran (recorded apart).
