@@ -66,6 +66,8 @@ def run_config_diff(old: Mapping[str, Any], new: Mapping[str, Any],
         ``(lines, added)``: the ``key: old -> new`` lines of every real difference, and the keys added since the
         run at their defaults.
     """
+    if old.get("scheme") != new.get("scheme"):
+        return fingerprint_diff(old, new), []  # its one "older plugin version" line, as before
     added = sorted(k for k in new if k not in old and k in defaults and new[k] == defaults[k])
     keys = sorted((set(old) | set(new)) - set(added))
     return fingerprint_diff(old, new, keys=keys), added
