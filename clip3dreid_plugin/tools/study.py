@@ -5,6 +5,7 @@ Usage::
 
     clip3dreid-study STUDY.yaml [--device cpu|cuda|cuda:N] [--rows LABEL ...] [--seeds K ...] [--output DIR]
     clip3dreid-study STUDY.yaml --summary          # only read the records and print the table
+    clip3dreid-study STUDY.yaml --summary --reference LABEL   # the same, differences against another row
     REID_DATA=/data clip3dreid-study ltcc          # an installed study file (clip3dreid_plugin/studies/)
     torchrun --nproc_per_node 2 -m clip3dreid_plugin.tools.study STUDY.yaml    # every run a distributed run
 
@@ -31,7 +32,7 @@ import os.path as osp
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence
 
 from clip3dreid_plugin.errors import ConfigError
@@ -304,6 +305,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--output", default=None, help="the study's folder (overrides the study file's output)")
     p.add_argument("--rows", nargs="+", default=None, metavar="LABEL", help="train only these rows")
     p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="K", help="train only these seeds")
+    p.add_argument("--reference", default=None, metavar="LABEL",
+                   help="with --summary: take the paired differences against this row instead of the study file's "
+                        "reference (for example one mesh set against another)")
     args = p.parse_args(argv)
     from clip3dreid_plugin.registry import register
     from clip3dreid_plugin.utils.runtime import quiet_torchreid_warnings, setup_logging  # torch: after parsing
@@ -317,6 +321,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for label in args.rows or []:
         if label not in labels:
             raise ConfigError(f"--rows: '{label}' is not a row of '{args.study}' ({', '.join(labels)})")
+    if args.reference is not None:
+        if not args.summary:
+            # a study's summary.json and table.md are against its own reference; another one is a read-only view
+            raise ConfigError("--reference is read-only: pass it with --summary")
+        if args.reference not in labels:
+            raise ConfigError(f"--reference: '{args.reference}' is not a row of '{args.study}' ({', '.join(labels)})")
+        study = replace(study, reference=args.reference)
     register()
     device = args.device or study.device
     if not args.summary:

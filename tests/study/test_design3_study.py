@@ -86,3 +86,22 @@ def test_each_row_merges_into_its_recipe_and_changes_only_documented_keys(row):
         assert (c.use_ot, c.use_global, c.use_3d) == (False, False, True)
     if row["label"].startswith("shape_probe_meshset"):
         assert cfg.model.name == "shape_probe_meshset"
+
+
+def test_the_summary_of_the_committed_records_is_benchmarks_md_table(monkeypatch):
+    """ACCEPTANCE (issue 27): the Design 3 table of BENCHMARKS.md is ``--summary`` of the committed records, 5 seeds."""
+    from clip3dreid_plugin.study.spec import read_study
+    from clip3dreid_plugin.tools import study as study_tool
+
+    monkeypatch.chdir(REPO)  # the study's output is relative to the checkout
+    monkeypatch.setenv("WORK", "/tmp/d3work")  # the records' fingerprints hold the campaign's paths
+    study = read_study(STUDY)
+    labels = [r.label for r in study.rows]
+    planned = study_tool.plan_runs(study, study.output, labels, study.seeds, "cpu")
+    assert [p.state for p in planned] == ["done"] * 11 * 5
+    table = study_tool.summarise_study(study, study.output, planned, write=False)["table"]
+    text = open(osp.join(REPO, "BENCHMARKS.md"), encoding="utf-8").read()
+    assert text.count(table) == 1
+    # each row's 5 seeds, and no row short of them
+    rows = [ln.split("|") for ln in table.splitlines()[2:-1]]
+    assert [r[2].strip() for r in rows] == ["5"] * 11

@@ -129,6 +129,27 @@ def test_a_study_cut_short_resumes_and_its_table_is_the_seed_statistics(tmp_path
     for target, proto in groups:
         assert osp.isfile(osp.join(out, f"cmc_{target}_{proto}.png"))
 
+    # --summary --reference: the differences taken the other way round, and the study's own files untouched
+    seen = []
+    real_summarise = study_tool.summarise_study
+    monkeypatch.setattr(study_tool, "summarise_study", lambda *a, **k: seen.append(real_summarise(*a, **k)))
+    written = {f: os.stat(osp.join(out, f)).st_mtime_ns for f in ("summary.json", "table.md")}
+    assert study_tool.main([str(study_file), "--summary", "--reference", "other"]) == 0
+    (other_ref,) = seen
+    assert other_ref["reference"] == "other" and not other_ref["rows"]["other"]["paired"]
+    for target, proto in groups:
+        diffs = np.array(vals[(target, f"{proto}_mAP")]["base"]) - np.array(vals[(target, f"{proto}_mAP")]["other"])
+        assert other_ref["rows"]["base"]["paired"][f"{target}/{proto}"]["mAP"]["mean"] == pytest.approx(diffs.mean())
+    assert "base |" in other_ref["table"] and "other (reference)" in other_ref["table"]
+    assert {f: os.stat(osp.join(out, f)).st_mtime_ns for f in written} == written
+    monkeypatch.setattr(study_tool, "summarise_study", real_summarise)
+    n = len(calls)
+    for argv, words in ((["--reference", "other"], "pass it with --summary"),
+                        (["--summary", "--reference", "nope"], "'nope' is not a row")):
+        capsys.readouterr()
+        assert study_tool.main([str(study_file), *argv]) == 2
+        assert words in capsys.readouterr().err and len(calls) == n
+
     # a changed row is reported, with the key that changed, and nothing is trained
     _write_study(study_file, out, "[train.lr, 0.002]")
     n = len(calls)
